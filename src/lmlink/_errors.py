@@ -18,10 +18,10 @@
     ├── DecodeError                 a body that is not the JSON it should be
     └── ResponseTooLargeError       a body or SSE line over its cap
 
-An error reported inside a stream is raised as a class that is both a
-``StreamError`` and the matching ``APIStatusError`` subclass (see
-:func:`stream_variant`), so ``except ContextLengthError`` and ``except StreamError``
-both see it.
+An error reported inside a stream, or a connection lost in the middle of one, is raised as
+a class that is both a ``StreamError`` and the matching class above (see
+:func:`stream_variant`): ``except ContextLengthError``, ``except APIConnectionError`` and
+``except StreamError`` all see it, and ``.partial`` holds the text that did arrive.
 
 Every error pickles (``__reduce__``): the batch runner moves them between processes.
 """
@@ -201,8 +201,10 @@ def _is_variant(cls: type) -> bool:
     return cls.__name__ in _VARIANTS and _VARIANTS[cls.__name__] is cls
 
 
-def stream_variant(cls: type[APIStatusError]) -> type[StreamError]:
+def stream_variant(cls: type[LMLinkError]) -> type[StreamError]:
     """The class for an error of kind ``cls`` reported inside a stream."""
+    if issubclass(cls, StreamError):
+        return cls
     name = f"Stream{cls.__name__}"
     found = _VARIANTS.get(name)
     if found is None:

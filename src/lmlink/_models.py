@@ -1,0 +1,124 @@
+"""The values lmlink hands back and forth: :class:`Message`, :class:`ChatResponse`,
+:class:`ToolCall`, :class:`ModelInfo`. Plain slotted dataclasses: cheap to build on the
+hot path, easy to read, easy to pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ChatResponse", "Message", "ModelInfo", "ToolCall"]
+
+
+@dataclass(slots=True)
+class Message:
+    """One chat message.
+
+    >>> client.chat([lmlink.Message("system", "Answer in French."), lmlink.Message("user", "Hi")])
+    """
+
+    role: str
+    content: str | list[Any] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI wire form, without the fields that are unset."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model asked for. ``arguments`` is JSON text, as the server sent it.
+
+    >>> call = resp.tool_calls[0]
+    >>> call.name, json.loads(call.arguments)
+    """
+
+    id: str
+    name: str
+    arguments: str
+    type: str = "function"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI wire form, to send back in an assistant message."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    """The result of a chat call, streamed or not.
+
+    - ``content``: the answer text (never None), with any reasoning taken out.
+    - ``reasoning``: the model's reasoning (``reasoning_content``, ``reasoning`` or inline
+      ``<think>…</think>``), ``""`` if none.
+    - ``prompt_tokens`` / ``output_tokens``: usage as the server reported it, None if it did not.
+    - ``finish_reason``: ``"stop"``, ``"length"``, ``"tool_calls"``, ... (server synonyms such
+      as TGI's ``stop_sequence`` mapped to the OpenAI word; the server's own word is in
+      ``finish_reason_raw``); None if the stream was cut off.
+    - ``tool_calls``: list of :class:`ToolCall`.
+    - ``parsed``: the validated object when ``response_format`` was a schema or model.
+    - ``ttft_s``: seconds to the first token (to the response headers when not streamed);
+      ``latency_s``: seconds for the whole call, retries included;
+      ``tokens_per_s``: output tokens per second after the first token.
+
+    >>> resp = client.chat("Say hi")
+    >>> print(resp.content, resp.output_tokens, resp.tokens_per_s)
+    """
+
+    content: str = ""
+    reasoning: str = ""
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    parsed: Any = None
+    ttft_s: float | None = None
+    latency_s: float | None = None
+    finish_reason_raw: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Output tokens per second of generation (after the first token), when known."""
+        if not self.output_tokens or self.latency_s is None:
+            return None
+        span = self.latency_s - (self.ttft_s or 0.0)
+        if span <= 0:
+            span = self.latency_s
+        return self.output_tokens / span if span > 0 else None
+
+    @property
+    def total_tokens(self) -> int | None:
+        """prompt_tokens + output_tokens, when both are known."""
+        if self.prompt_tokens is None or self.output_tokens is None:
+            return None
+        return self.prompt_tokens + self.output_tokens
+
+    def to_message(self) -> Message:
+        """This answer as an assistant :class:`Message`, to continue the conversation."""
+        calls = [c.to_dict() for c in self.tool_calls] or None
+        return Message("assistant", self.content, tool_calls=calls)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model the server offers (``client.models()``)."""
+
+    id: str
+    owned_by: str | None = None
+    created: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -1,0 +1,115 @@
+"""Structured output: turning the model's text into a validated object.
+
+A JSON-schema dict is checked with ``jsonschema``; a pydantic model class with pydantic.
+Both are imported only when a call asks for them, so ``import lmlink`` stays light.
+Reasoning has been split off already; markdown code fences around the JSON are tolerated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ._errors import ConfigurationError, StructuredOutputError, clip
+
+__all__ = ["OutputSpec", "extract_json_text"]
+
+_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n(.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+def extract_json_text(text: str) -> str:
+    """The JSON inside ``text``: without a surrounding markdown code fence or stray prose."""
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced:
+        return fenced.group(1).strip()
+    if stripped[:1] in "{[":
+        return stripped
+    starts = [i for i in (stripped.find("{"), stripped.find("[")) if i >= 0]
+    if starts:
+        start = min(starts)
+        end = max(stripped.rfind("}"), stripped.rfind("]"))
+        if end > start:
+            return stripped[start : end + 1]
+    return stripped
+
+
+class OutputSpec:
+    """What a call's ``response_format`` asks for, and how to check the answer."""
+
+    __slots__ = ("model", "schema")
+
+    def __init__(self, schema: Mapping[str, Any] | None, model: type | None) -> None:
+        self.schema = schema
+        self.model = model
+
+    @classmethod
+    def of(cls, response_format: Any) -> OutputSpec | None:
+        """The spec for a schema dict or pydantic class; None for ``None``/``"json"``."""
+        if response_format is None or isinstance(response_format, str):
+            return None
+        if isinstance(response_format, Mapping):
+            if response_format.get("type") == "json_schema":
+                inner = response_format.get("json_schema")
+                if isinstance(inner, Mapping) and isinstance(inner.get("schema"), Mapping):
+                    return cls(inner["schema"], None)
+                return None
+            if response_format.get("type") in ("json_object", "text", "json", "regex"):
+                return None
+            return cls(response_format, None)
+        if isinstance(response_format, type) and hasattr(response_format, "model_validate_json"):
+            return cls(None, response_format)
+        return None
+
+    def parse(self, text: str) -> Any:
+        """The validated object, or StructuredOutputError with the text and the reasons."""
+        candidate = extract_json_text(text)
+        if self.model is not None:
+            return self._parse_model(text, candidate)
+        try:
+            value = orjson.loads(candidate)
+        except orjson.JSONDecodeError as exc:
+            raise _failure(text, f"not valid JSON: {exc}") from exc
+        if self.schema is not None:
+            problems = _schema_problems(self.schema, value)
+            if problems:
+                raise _failure(text, "; ".join(problems))
+        return value
+
+    def _parse_model(self, text: str, candidate: str) -> Any:
+        assert self.model is not None
+        try:
+            from pydantic import ValidationError
+        except ImportError as exc:  # pragma: no cover - pydantic classes imply pydantic
+            raise ConfigurationError("pydantic is needed: pip install 'lmlink[pydantic]'") from exc
+        try:
+            return self.model.model_validate_json(candidate)  # type: ignore[attr-defined]
+        except ValidationError as exc:
+            errors = [
+                f"{'.'.join(str(p) for p in e.get('loc', ())) or '(root)'}: {e.get('msg')}"
+                for e in exc.errors()
+            ]
+            raise _failure(text, "; ".join(errors)) from exc
+
+
+def _schema_problems(schema: Mapping[str, Any], value: Any) -> list[str]:
+    import jsonschema
+
+    try:
+        validator_cls = jsonschema.validators.validator_for(schema)
+        validator = validator_cls(schema)
+        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+    except jsonschema.SchemaError as exc:
+        raise ConfigurationError(f"response_format is not a valid JSON schema: {exc.message}") from exc
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors]
+
+
+def _failure(text: str, reason: str) -> StructuredOutputError:
+    return StructuredOutputError(
+        f"the model's output does not match the requested schema: {clip(reason, 300)}",
+        raw=text,
+        errors=[reason],
+    )

@@ -1,0 +1,286 @@
+"""The OpenAI chat wire format, pure: request bodies out, responses and stream chunks in.
+
+Decoding is written for the servers as they are (SERVERS.md §1): ``choices`` may be null
+or empty, deltas repeat ``role`` and carry ``null`` everywhere, reasoning comes as
+``reasoning_content``, ``reasoning`` or inline ``<think>`` tags, tool-call fragments may
+lack their ``index``, and an ``{"error": ...}`` object can arrive on a 200.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ._errmap import error_from_payload
+from ._errors import ConfigurationError, DecodeError, clip
+from ._models import ChatResponse, Message, ModelInfo, ToolCall
+from ._think import ThinkSplitter
+
+__all__ = [
+    "build_chat_body",
+    "decode_models",
+    "finish_word",
+    "normalize_messages",
+    "parse_chat_response",
+    "response_format_payload",
+]
+
+log = logging.getLogger("lmlink")
+
+MessagesInput = str | Message | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
+
+# Server synonyms for the OpenAI finish words (SERVERS.md rule 9).
+_FINISH = {
+    "stop_sequence": "stop",
+    "eos_token": "stop",
+    "eos": "stop",
+    "end_turn": "stop",
+    "function_call": "tool_calls",
+    "max_tokens": "length",
+}
+
+
+def finish_word(raw: str | None) -> str | None:
+    """The OpenAI finish word for a server's ``finish_reason``."""
+    if raw is None:
+        return None
+    return _FINISH.get(raw, raw)
+
+
+def normalize_messages(messages: MessagesInput) -> list[Any]:
+    """Accept a str, a Message, a dict, or a list of Messages/dicts; return wire dicts."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if isinstance(messages, Message):
+        return [messages.to_dict()]
+    if isinstance(messages, Mapping):
+        return [_check_message(messages, 0)]
+    if not isinstance(messages, Sequence) or isinstance(messages, (bytes, bytearray)):
+        raise ConfigurationError(
+            f"messages must be a str, a Message, or a list of messages, not {type(messages).__name__}"
+        )
+    if not messages:
+        raise ConfigurationError("messages is empty: give at least one message")
+    out: list[Any] = []
+    for i, item in enumerate(messages):
+        out.append(item.to_dict() if isinstance(item, Message) else _check_message(item, i))
+    return out
+
+
+def _check_message(item: Any, index: int) -> Any:
+    if not isinstance(item, Mapping):
+        raise ConfigurationError(
+            f"messages[{index}] must be a dict or lmlink.Message, not {type(item).__name__}"
+        )
+    if "role" not in item:
+        raise ConfigurationError(f"messages[{index}] has no 'role'")
+    return item if isinstance(item, dict) else dict(item)
+
+
+# "type" values of a wire response_format; a JSON schema's own "type" is "object" etc.
+_WIRE_TYPES = frozenset({"json_object", "json_schema", "text", "json", "regex"})
+
+
+def response_format_payload(response_format: Any) -> Any:
+    """The wire ``response_format`` for ``None | "json" | dict schema | pydantic class``."""
+    if response_format is None:
+        return None
+    if response_format == "json":
+        return {"type": "json_object"}
+    if isinstance(response_format, str):
+        if response_format in ("text", "json_object"):
+            return {"type": response_format}
+        raise ConfigurationError(
+            f'response_format must be None, "json", a JSON schema dict or a pydantic model '
+            f"class, not {response_format!r}"
+        )
+    if isinstance(response_format, Mapping):
+        if response_format.get("type") in _WIRE_TYPES:
+            return dict(response_format)  # already the wire form: {"type": "json_schema", ...}
+        schema = dict(response_format)
+        name = schema.get("title") if isinstance(schema.get("title"), str) else "response"
+        return {"type": "json_schema", "json_schema": {"name": _safe_name(name), "schema": schema}}
+    schema_fn = getattr(response_format, "model_json_schema", None)
+    if isinstance(response_format, type) and callable(schema_fn):
+        schema = schema_fn()
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": _safe_name(response_format.__name__), "schema": schema},
+        }
+    raise ConfigurationError(
+        f"response_format must be None, \"json\", a JSON schema dict or a pydantic model class, "
+        f"not {type(response_format).__name__}"
+    )
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64]
+    return cleaned or "response"
+
+
+def build_chat_body(
+    model: str,
+    messages: list[Any],
+    *,
+    stream: bool,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    response_format: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The JSON body of ``POST /chat/completions``; optional fields only when given."""
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if response_format is not None:
+        body["response_format"] = response_format
+    if extra:
+        body.update(extra)
+    try:
+        return orjson.dumps(body)
+    except TypeError as exc:
+        raise ConfigurationError(f"the request cannot be encoded as JSON: {exc}") from exc
+
+
+def loads(data: bytes, what: str) -> Any:
+    """orjson.loads, failing with a DecodeError that shows the start of the data."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        snippet = clip(data.decode("utf-8", "replace"), 200)
+        raise DecodeError(f"{what} is not valid JSON ({exc}): {snippet!r}") from exc
+
+
+def text_of(content: Any) -> str:
+    """Message content as text: strings as they are, content-part lists joined."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text") or "" if isinstance(p, dict) else str(p) for p in content
+        )
+    return str(content)
+
+
+def tool_call_from(item: Any, position: int) -> ToolCall | None:
+    """A complete tool call from a non-streamed ``message.tool_calls`` entry."""
+    if not isinstance(item, dict):
+        return None
+    fn = item.get("function") or {}
+    if not isinstance(fn, dict):
+        return None
+    args = fn.get("arguments")
+    if args is None:
+        args = ""
+    elif not isinstance(args, str):
+        args = orjson.dumps(args).decode()
+    return ToolCall(
+        id=str(item.get("id") or f"call_{position}"),
+        name=str(fn.get("name") or ""),
+        arguments=args,
+        type=str(item.get("type") or "function"),
+    )
+
+
+def usage_of(payload: dict[str, Any]) -> tuple[int | None, int | None] | None:
+    """``(prompt_tokens, completion_tokens)`` from a body or chunk, or None if absent."""
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    output = usage.get("completion_tokens")
+    return (
+        prompt if isinstance(prompt, int) else None,
+        output if isinstance(output, int) else None,
+    )
+
+
+def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:
+    """The ChatResponse of a non-streamed 200 body (raises the error an in-band body reports)."""
+    payload = loads(body, "the response body")
+    if not isinstance(payload, dict):
+        raise DecodeError(f"the response body is not a JSON object: {clip(repr(payload), 200)}")
+    err = error_from_payload(payload, body_text=body.decode("utf-8", "replace"), redact=redact)
+    if err is not None:
+        raise err
+    choices = payload.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise DecodeError(
+            "the response has no choices: "
+            + clip(redact(body.decode("utf-8", "replace")), 200)
+        )
+    choice = choices[0]
+    message = choice.get("message") or {}
+    if not isinstance(message, dict):
+        message = {}
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+    if not isinstance(reasoning, str):
+        reasoning = text_of(reasoning)
+    splitter = ThinkSplitter()
+    splitter.feed(text_of(message.get("content")))
+    content, inline = splitter.finish()
+    if inline:
+        reasoning = f"{reasoning}{inline}" if reasoning else inline
+    calls = []
+    raw_calls = message.get("tool_calls")
+    if isinstance(raw_calls, list):
+        for i, item in enumerate(raw_calls):
+            call = tool_call_from(item, i)
+            if call is not None:
+                calls.append(call)
+    raw_finish = choice.get("finish_reason")
+    raw_finish = raw_finish if isinstance(raw_finish, str) else None
+    usage = usage_of(payload) or (None, None)
+    model = payload.get("model")
+    return ChatResponse(
+        content=content,
+        reasoning=reasoning,
+        prompt_tokens=usage[0],
+        output_tokens=usage[1],
+        model=model if isinstance(model, str) else None,
+        finish_reason=finish_word(raw_finish),
+        tool_calls=calls,
+        finish_reason_raw=raw_finish,
+    )
+
+
+def decode_models(body: bytes) -> list[ModelInfo]:
+    """The model list of ``GET /models`` (OpenAI ``data``, or a top-level ``models`` list)."""
+    payload = loads(body, "the model list")
+    items: Any = None
+    if isinstance(payload, dict):
+        items = payload.get("data")
+        if not isinstance(items, list):
+            items = payload.get("models")
+    elif isinstance(payload, list):
+        items = payload
+    if not isinstance(items, list):
+        raise DecodeError(f"the model list has no 'data' array: {clip(repr(payload), 200)}")
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        ident = item.get("id") or item.get("name") or item.get("model")
+        if not isinstance(ident, str):
+            continue
+        owner = item.get("owned_by")
+        created = item.get("created")
+        out.append(
+            ModelInfo(
+                id=ident,
+                owned_by=owner if isinstance(owner, str) else None,
+                created=created if isinstance(created, int) else None,
+                raw=item,
+            )
+        )
+    return out

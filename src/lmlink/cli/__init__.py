@@ -1,0 +1,27 @@
+"""The ``lmlink`` command line. One module per command group; lmlink itself and rich are
+imported inside the commands, so ``lmlink --help`` stays fast."""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+from ._chat import chat, models
+from ._demo import demo
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lmlink")
+def main() -> None:
+    """Run LLM work against local OpenAI-compatible servers (Ollama, vLLM, llama.cpp, ...).
+
+    The server comes from -e/--endpoint or LMLINK_ENDPOINT, the model from -m/--model or
+    LMLINK_MODEL.
+    """
+
+
+main.add_command(chat)
+main.add_command(models)
+main.add_command(demo)

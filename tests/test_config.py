@@ -1,0 +1,82 @@
+"""Settings: Timeout, RetryPolicy, environment resolution, secrets in reprs."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import lmlink
+from lmlink._config import resolve_endpoint
+
+
+def test_float_timeout_is_the_idle_timeout() -> None:
+    """timeout=5 means idle 5 s, connect at most 5 s, no total deadline."""
+    assert lmlink.Timeout.coerce(5) == lmlink.Timeout(connect=5, idle=5, total=None)
+    assert lmlink.Timeout.coerce(60).connect == 10
+
+
+@pytest.mark.parametrize("bad", [-1, 0, float("nan"), "5", True])
+def test_bad_timeouts_are_rejected(bad: object) -> None:
+    """Negative, zero, NaN and non-numbers raise ConfigurationError."""
+    with pytest.raises(lmlink.ConfigurationError):
+        lmlink.Timeout(idle=bad)  # type: ignore[arg-type]
+
+
+def test_timeout_none_is_refused() -> None:
+    """timeout=None would mean wait forever: refused with a hint."""
+    with pytest.raises(lmlink.ConfigurationError, match="forever"):
+        lmlink.Client(endpoint="http://127.0.0.1:1/v1", timeout=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "expected"),
+    [
+        ("http://h:1/v1/", {}, "http://h:1/v1"),
+        ("http://h:1", {}, "http://h:1/v1"),
+        (None, {"LMLINK_ENDPOINT": "http://a:2/v1"}, "http://a:2/v1"),
+        (None, {"OPENAI_BASE_URL": "http://b:3/v1"}, "http://b:3/v1"),
+        (None, {"LMLINK_ENDPOINT": "http://a:2/v1", "OPENAI_BASE_URL": "http://b:3/v1"},
+         "http://a:2/v1"),
+        (None, {}, None),
+    ],
+    ids=["trailing-slash", "no-path", "lmlink-env", "openai-env", "lmlink-first", "none"],
+)
+def test_endpoint_resolution(given: str | None, env: dict[str, str], expected: str | None) -> None:
+    """The argument wins, then LMLINK_ENDPOINT, then OPENAI_BASE_URL."""
+    assert resolve_endpoint(given, env) == expected
+
+
+def test_bad_endpoint_is_a_config_error() -> None:
+    """A URL without http(s) raises a ConfigurationError naming the value."""
+    with pytest.raises(lmlink.ConfigurationError, match="ftp"):
+        resolve_endpoint("ftp://x", {})
+
+
+def test_env_supplies_model_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LMLINK_MODEL and LMLINK_API_KEY fill what the constructor leaves out."""
+    monkeypatch.setenv("LMLINK_MODEL", "m1")
+    monkeypatch.setenv("LMLINK_API_KEY", "sk-abcdef")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with lmlink.Client(endpoint="http://127.0.0.1:9/v1") as client:
+        assert client.model == "m1"
+        assert "sk-abcdef" not in repr(client)
+        assert "***" in repr(client)
+
+
+def test_retry_policy_validation() -> None:
+    """Negative retries and out-of-range jitter are rejected."""
+    with pytest.raises(lmlink.ConfigurationError):
+        lmlink.RetryPolicy(max_retries=-1)
+    with pytest.raises(lmlink.ConfigurationError):
+        lmlink.RetryPolicy(jitter=2)
+
+
+def test_exported_names_match_all() -> None:
+    """__all__ is exactly the public names of the package."""
+    public = {
+        n for n, v in vars(lmlink).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"
+    }
+    assert sorted(lmlink.__all__) == lmlink.__all__
+    assert set(lmlink.__all__) - {"__version__"} == public
