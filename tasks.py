@@ -2,7 +2,7 @@
 """The project's one task runner, used the same way on a laptop and in CI.
 
     python3 tasks.py demo    # lmlink's main job, against your server or the bundled test server
-    python3 tasks.py test    # ruff, mypy --strict, and the whole test suite (real llama.cpp included)
+    python3 tasks.py test    # ruff, mypy --strict, the whole test suite (real llama.cpp too)
     python3 tasks.py bench   # the benchmarks, side by side with the other clients
 
 Each task makes its own virtualenv in .venv (only Python 3.10+ is needed) and installs what
@@ -34,8 +34,6 @@ def run(*cmd: str | Path, check: bool = True, env: dict[str, str] | None = None)
 
 def ensure_venv(*groups: str) -> None:
     """Create .venv and install lmlink (editable) with the given dependency groups."""
-    if sys.version_info < (3, 10):
-        sys.exit("lmlink needs Python 3.10 or newer")
     if not PY.exists():
         print(f"creating virtualenv in {VENV.name}/", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)

@@ -36,8 +36,11 @@ def test_timeout_none_is_refused() -> None:
         ("http://h:1", {}, "http://h:1/v1"),
         (None, {"LMLINK_ENDPOINT": "http://a:2/v1"}, "http://a:2/v1"),
         (None, {"OPENAI_BASE_URL": "http://b:3/v1"}, "http://b:3/v1"),
-        (None, {"LMLINK_ENDPOINT": "http://a:2/v1", "OPENAI_BASE_URL": "http://b:3/v1"},
-         "http://a:2/v1"),
+        (
+            None,
+            {"LMLINK_ENDPOINT": "http://a:2/v1", "OPENAI_BASE_URL": "http://b:3/v1"},
+            "http://a:2/v1",
+        ),
         (None, {}, None),
     ],
     ids=["trailing-slash", "no-path", "lmlink-env", "openai-env", "lmlink-first", "none"],
@@ -75,7 +78,8 @@ def test_retry_policy_validation() -> None:
 def test_exported_names_match_all() -> None:
     """__all__ is exactly the public names of the package."""
     public = {
-        n for n, v in vars(lmlink).items()
+        n
+        for n, v in vars(lmlink).items()
         if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"
     }
     assert sorted(lmlink.__all__) == lmlink.__all__

@@ -87,8 +87,12 @@ def test_loading_is_waited_for_beyond_max_retries_within_load_wait() -> None:
 def test_refused_connection_waits_until_the_deadline() -> None:
     """With a total deadline, a refused connection (server starting) is retried until it."""
     clock = Clock()
-    state = RetryState(lmlink.RetryPolicy(max_retries=1, backoff_max=1), clock.now + 10,
-                       clock=clock, rand=lambda: 0.0)
+    state = RetryState(
+        lmlink.RetryPolicy(max_retries=1, backoff_max=1),
+        clock.now + 10,
+        clock=clock,
+        rand=lambda: 0.0,
+    )
     refused = lmlink.APIConnectionError("refused", reason="refused")
     waits = run(state, clock, [refused] * 100)
     assert len(waits) > 3

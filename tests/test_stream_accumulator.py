@@ -31,14 +31,16 @@ def fold(events: list[SSEEvent]) -> tuple[str, StreamAccumulator]:
 
 def test_plain_openai_stream() -> None:
     """Role chunk, content chunks, finish chunk, usage chunk and [DONE]."""
-    text, acc = fold([
-        chunk({"role": "assistant", "content": ""}, model="m"),
-        chunk({"content": "Hel"}),
-        chunk({"content": "lo"}),
-        chunk({}, "stop"),
-        ev({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}),
-        ev(b"[DONE]"),
-    ])
+    text, acc = fold(
+        [
+            chunk({"role": "assistant", "content": ""}, model="m"),
+            chunk({"content": "Hel"}),
+            chunk({"content": "lo"}),
+            chunk({}, "stop"),
+            ev({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}),
+            ev(b"[DONE]"),
+        ]
+    )
     resp = acc.response()
     assert text == resp.content == "Hello"
     assert (resp.prompt_tokens, resp.output_tokens, resp.model) == (5, 2, "m")
@@ -49,15 +51,23 @@ def test_plain_openai_stream() -> None:
 
 def test_delta_noise_is_tolerated() -> None:
     """Role in every chunk, null content, null choices and nulls everywhere do no harm."""
-    text, acc = fold([
-        chunk({"role": "assistant", "content": None, "reasoning_content": None,
-               "tool_calls": None}),
-        ev({"choices": None}),
-        ev({"choices": [None]}),
-        chunk({"role": "assistant", "content": "a", "tool_calls": None}),
-        chunk({"role": "assistant", "content": ""}),
-        chunk({"role": None, "content": None}, "stop", usage=None),
-    ])
+    text, acc = fold(
+        [
+            chunk(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "reasoning_content": None,
+                    "tool_calls": None,
+                }
+            ),
+            ev({"choices": None}),
+            ev({"choices": [None]}),
+            chunk({"role": "assistant", "content": "a", "tool_calls": None}),
+            chunk({"role": "assistant", "content": ""}),
+            chunk({"role": None, "content": None}, "stop", usage=None),
+        ]
+    )
     assert text == "a"
     assert acc.response().tool_calls == []
     assert acc.finished
@@ -79,8 +89,10 @@ def test_both_reasoning_names_at_once_are_not_doubled() -> None:
 
 def test_inline_think_split_across_chunks() -> None:
     """<think> tags split at odd places still route reasoning out of content."""
-    text, acc = fold([chunk({"content": c}) for c in ["<th", "ink>why", " so</thi", "nk>\n\nok"]]
-                     + [chunk({}, "stop")])
+    text, acc = fold(
+        [chunk({"content": c}) for c in ["<th", "ink>why", " so</thi", "nk>\n\nok"]]
+        + [chunk({}, "stop")]
+    )
     resp = acc.response()
     assert (text, resp.content, resp.reasoning) == ("ok", "ok", "why so")
 
@@ -96,8 +108,10 @@ def test_tool_calls_accumulate_by_index() -> None:
     ]
     _, acc = fold([chunk({"tool_calls": [f]}) for f in frags] + [chunk({}, "tool_calls")])
     calls = acc.response().tool_calls
-    assert [(c.id, c.name, c.arguments) for c in calls] == [("c1", "f", '{"a":1}'),
-                                                             ("c2", "g", "{}")]
+    assert [(c.id, c.name, c.arguments) for c in calls] == [
+        ("c1", "f", '{"a":1}'),
+        ("c2", "g", "{}"),
+    ]
 
 
 def test_tool_fragments_without_index() -> None:
@@ -143,7 +157,9 @@ def test_finish_synonyms_are_mapped() -> None:
 def test_malformed_chunk_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
     """A chunk that is not JSON is skipped with a WARNING, and the stream goes on."""
     with caplog.at_level(logging.WARNING, logger="lmlink"):
-        text, acc = fold([chunk({"content": "a"}), ev(b"{not json"), chunk({"content": "b"}, "stop")])
+        text, acc = fold(
+            [chunk({"content": "a"}), ev(b"{not json"), chunk({"content": "b"}, "stop")]
+        )
     assert text == "ab"
     assert acc.malformed == 1
     assert any("skipped" in r.getMessage() for r in caplog.records)
@@ -152,13 +168,26 @@ def test_malformed_chunk_is_logged_and_skipped(caplog: pytest.LogCaptureFixture)
 @pytest.mark.parametrize(
     ("event", "cls"),
     [
-        (ev({"error": {"message": "boom", "type": "server_error", "code": 500}}),
-         lmlink.InternalServerError),
-        (ev({"error": {"message": "Input validation error: `inputs` tokens + `max_new_tokens` "
-                                  "must be <= 512", "http_status_code": 422}}),
-         lmlink.ContextLengthError),
-        (ev(b'{"code":500,"message":"slot unavailable","type":"server_error"}', event="error"),
-         lmlink.APIStatusError),
+        (
+            ev({"error": {"message": "boom", "type": "server_error", "code": 500}}),
+            lmlink.InternalServerError,
+        ),
+        (
+            ev(
+                {
+                    "error": {
+                        "message": "Input validation error: `inputs` tokens + `max_new_tokens` "
+                        "must be <= 512",
+                        "http_status_code": 422,
+                    }
+                }
+            ),
+            lmlink.ContextLengthError,
+        ),
+        (
+            ev(b'{"code":500,"message":"slot unavailable","type":"server_error"}', event="error"),
+            lmlink.APIStatusError,
+        ),
         (ev({"error": "Model is overloaded", "error_type": "overloaded"}), lmlink.OverloadedError),
     ],
     ids=["llamacpp", "tgi-context", "legacy-error-field", "tgi-overloaded"],
@@ -176,11 +205,19 @@ def test_in_band_errors_raise_typed_stream_errors(event: SSEEvent, cls: type) ->
 
 def test_usage_chunk_labelled_chat_completion_is_read() -> None:
     """mlx-lm's usage chunk says object chat.completion and TGI's has id ""; both count."""
-    _, acc = fold([
-        chunk({"content": "a"}, "stop", id=""),
-        ev({"object": "chat.completion", "id": "", "choices": [],
-            "usage": {"prompt_tokens": 3, "total_tokens": 4, "completion_tokens": 1}}),
-    ])
+    _, acc = fold(
+        [
+            chunk({"content": "a"}, "stop", id=""),
+            ev(
+                {
+                    "object": "chat.completion",
+                    "id": "",
+                    "choices": [],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 4, "completion_tokens": 1},
+                }
+            ),
+        ]
+    )
     assert (acc.prompt_tokens, acc.output_tokens) == (3, 1)
 
 

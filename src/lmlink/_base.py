@@ -81,7 +81,7 @@ class BaseClient:
         self.timeout = Timeout.coerce(timeout)
         if retry is None:
             retry = RetryPolicy(max_retries=max_retries)
-        elif max_retries != 3 and retry.max_retries != max_retries:
+        elif max_retries not in (3, retry.max_retries):
             raise ConfigurationError("give max_retries= or retry=, not both")
         self.retry = retry
         if max_connections < 1:

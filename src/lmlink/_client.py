@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ._atransport import AsyncResponse, AsyncTransport
 from ._base import BaseClient, Call
@@ -29,13 +29,16 @@ __all__ = ["AsyncChatStream", "AsyncClient", "ChatStream", "Client"]
 log = logging.getLogger("lmlink")
 
 Delta = Callable[[str], Any]
+T = TypeVar("T")
 
 
 def _broken(exc: LMLinkError, acc: StreamAccumulator) -> LMLinkError:
     """A transport failure in mid-stream, re-raised as a StreamError carrying the partial."""
     attrs = {k: v for k, v in exc.__dict__.items() if k != "message"}
     partial = acc.response()
-    message = f"{exc.message} (after {len(partial.content)} characters of content; kept in .partial)"
+    message = (
+        f"{exc.message} (after {len(partial.content)} characters of content; kept in .partial)"
+    )
     return stream_variant(type(exc))(message, partial=partial, **attrs)
 
 
@@ -277,7 +280,9 @@ class AsyncChatStream(_StreamCore):
     async def _open(self, deadline: float | None) -> None:
         call = self._call
         timeouts = self._client._timeouts(deadline)
-        resp = await self._transport.request(call.method, call.url, call.headers, call.body, timeouts)
+        resp = await self._transport.request(
+            call.method, call.url, call.headers, call.body, timeouts
+        )
         self._resp = resp
         if resp.status >= 300:
             body = await resp.read(self._client._max_body)
@@ -395,8 +400,13 @@ class Client(BaseClient):
         >>> client.chat([{"role": "user", "content": "2+2?"}], max_tokens=8).content
         """
         call = self._prepare_chat(
-            messages, model, stream=False, temperature=temperature, max_tokens=max_tokens,
-            response_format=response_format, extra=extra,
+            messages,
+            model,
+            stream=False,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            extra=extra,
         )
         return self._send(call, self._read_chat)
 
@@ -414,8 +424,13 @@ class Client(BaseClient):
     ) -> ChatStream:
         """A streamed chat, as a context manager to iterate (see :class:`ChatStream`)."""
         call = self._prepare_chat(
-            messages, model, stream=True, temperature=temperature, max_tokens=max_tokens,
-            response_format=response_format, extra=extra,
+            messages,
+            model,
+            stream=True,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            extra=extra,
         )
         return ChatStream(self, call, on_delta, on_reasoning)
 
@@ -442,7 +457,7 @@ class Client(BaseClient):
         """
         return self._send(self._prepare_get("/models"), self._read_models)
 
-    def _send(self, call: Call, read: Callable[[Call, Response], Any]) -> Any:
+    def _send(self, call: Call, read: Callable[[Call, Response], T]) -> T:
         deadline = self._deadline(call.started)
         state: RetryState | None = None
         while True:  # bounded: state.delay_for raises once the retry budget is spent
@@ -511,11 +526,15 @@ class AsyncClient(BaseClient):
     ) -> ChatResponse:
         """One chat completion, not streamed. Extra keywords go into the request body."""
         call = self._prepare_chat(
-            messages, model, stream=False, temperature=temperature, max_tokens=max_tokens,
-            response_format=response_format, extra=extra,
+            messages,
+            model,
+            stream=False,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            extra=extra,
         )
-        result: ChatResponse = await self._send(call, self._read_chat)
-        return result
+        return await self._send(call, self._read_chat)
 
     def stream(
         self,
@@ -531,8 +550,13 @@ class AsyncClient(BaseClient):
     ) -> AsyncChatStream:
         """A streamed chat, as an async context manager (see :class:`AsyncChatStream`)."""
         call = self._prepare_chat(
-            messages, model, stream=True, temperature=temperature, max_tokens=max_tokens,
-            response_format=response_format, extra=extra,
+            messages,
+            model,
+            stream=True,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            extra=extra,
         )
         return AsyncChatStream(self, call, on_delta, on_reasoning)
 
@@ -551,10 +575,9 @@ class AsyncClient(BaseClient):
 
     async def models(self) -> list[ModelInfo]:
         """The models the server offers (``GET /models``)."""
-        result: list[ModelInfo] = await self._send(self._prepare_get("/models"), self._read_models)
-        return result
+        return await self._send(self._prepare_get("/models"), self._read_models)
 
-    async def _send(self, call: Call, read: Callable[[Call, AsyncResponse], Any]) -> Any:
+    async def _send(self, call: Call, read: Callable[[Call, AsyncResponse], Awaitable[T]]) -> T:
         deadline = self._deadline(call.started)
         state: RetryState | None = None
         while True:  # bounded: state.delay_for raises once the retry budget is spent
@@ -597,4 +620,3 @@ class AsyncClient(BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-

@@ -125,8 +125,9 @@ def resolve_endpoint(value: str | None, env: Mapping[str, str] | None = None) ->
 
     A URL with no path gets ``/v1`` (``http://127.0.0.1:11434`` → ``…:11434/v1``).
     """
-    raw = resolve_setting(value, os.environ if env is None else env, "LMLINK_ENDPOINT",
-                          "OPENAI_BASE_URL")
+    raw = resolve_setting(
+        value, os.environ if env is None else env, "LMLINK_ENDPOINT", "OPENAI_BASE_URL"
+    )
     if raw is None:
         return None
     parts = urlsplit(raw.strip())

@@ -51,7 +51,9 @@ _OVERLOADED = re.compile(
     re.IGNORECASE,
 )
 _NOT_FOUND = re.compile(r"not found|does not exist|unexpected endpoint|no such model", re.I)
-_INVALID_JSON = re.compile(r"parse error|invalid json|json_parse|failed to parse|syntax error", re.I)
+_INVALID_JSON = re.compile(
+    r"parse error|invalid json|json_parse|failed to parse|syntax error", re.I
+)
 
 _LABELS: dict[type[APIStatusError], str] = {
     RateLimitError: "rate limit",
@@ -112,7 +114,9 @@ def extract_error(payload: Any) -> tuple[str, str | None, str | None, int | None
     return None
 
 
-def _classify(status: int, message: str, kind: str | None, code: str | None) -> type[APIStatusError]:
+def _classify(
+    status: int, message: str, kind: str | None, code: str | None
+) -> type[APIStatusError]:
     words = " ".join(filter(None, (message, kind, code)))
     if _CONTEXT.search(words):
         return ContextLengthError
@@ -120,7 +124,9 @@ def _classify(status: int, message: str, kind: str | None, code: str | None) -> 
         return ModelLoadingError
     if status == 429:
         return RateLimitError
-    if status == 503 or (status in (0, 200) and (kind == "overloaded" or _OVERLOADED.search(words))):
+    if status == 503 or (
+        status in (0, 200) and (kind == "overloaded" or _OVERLOADED.search(words))
+    ):
         return OverloadedError
     if status in (400, 422) or (kind and "invalid_request" in kind) or kind == "validation":
         return BadRequestError

@@ -71,7 +71,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
             return None
         seconds = stamp.timestamp() - (time.time() if now is None else now)
         return max(0.0, seconds)
-    if seconds != seconds or seconds < 0 or seconds == float("inf"):  # NaN, negative, inf
+    if not 0 <= seconds < float("inf"):  # also false for NaN
         return None
     return seconds
 
@@ -125,8 +125,10 @@ class RetryState:
     def delay_for(self, exc: LMLinkError) -> float:
         """Seconds to wait before the next attempt after ``exc``; raises ``exc`` if none."""
         policy = self._policy
-        if isinstance(exc, StreamError) and exc.partial is not None and (
-            exc.partial.content or exc.partial.reasoning or exc.partial.tool_calls
+        if (
+            isinstance(exc, StreamError)
+            and exc.partial is not None
+            and (exc.partial.content or exc.partial.reasoning or exc.partial.tool_calls)
         ):
             raise exc  # the caller has seen text: sending again would repeat it
         if not is_retryable(exc, policy):

@@ -88,8 +88,8 @@ class StreamAccumulator:
         "malformed",
         "model",
         "output_seen",
-        "prompt_tokens",
         "output_tokens",
+        "prompt_tokens",
         "reasoning_delta",
     )
 
@@ -114,7 +114,9 @@ class StreamAccumulator:
         if self.done:
             return ""
         if event.event == "error":
-            self._raise_in_band(self._loads(data, quiet=True) or {"error": data.decode("utf-8", "replace")})
+            self._raise_in_band(
+                self._loads(data, quiet=True) or {"error": data.decode("utf-8", "replace")}
+            )
         if data == _DONE or data.strip() == _DONE:
             self.done = True
             return ""
@@ -145,7 +147,9 @@ class StreamAccumulator:
             delta = choice.get("message")
             if not isinstance(delta, dict):
                 return ""
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or delta.get("thinking")
+        reasoning = (
+            delta.get("reasoning_content") or delta.get("reasoning") or delta.get("thinking")
+        )
         if reasoning:
             text = reasoning if isinstance(reasoning, str) else text_of(reasoning)
             self._reasoning.append(text)

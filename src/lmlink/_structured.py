@@ -103,7 +103,9 @@ def _schema_problems(schema: Mapping[str, Any], value: Any) -> list[str]:
         validator = validator_cls(schema)
         errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
     except jsonschema.SchemaError as exc:
-        raise ConfigurationError(f"response_format is not a valid JSON schema: {exc.message}") from exc
+        raise ConfigurationError(
+            f"response_format is not a valid JSON schema: {exc.message}"
+        ) from exc
     return [f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors]
 
 

@@ -67,7 +67,7 @@ class ThinkSplitter:
                     break
                 if stripped.startswith(OPEN):
                     self._state = _THINK
-                    text = stripped[len(OPEN):]
+                    text = stripped[len(OPEN) :]
                     continue
                 if OPEN.startswith(stripped):
                     self._pending = text
@@ -77,7 +77,7 @@ class ThinkSplitter:
                 end = text.find(CLOSE)
                 if end >= 0:
                     reasoning.append(text[:end])
-                    text = text[end + len(CLOSE):]
+                    text = text[end + len(CLOSE) :]
                     self._state, self._closed = _AFTER, True
                     continue
                 cut = _partial_tag(text, CLOSE)
@@ -101,7 +101,7 @@ class ThinkSplitter:
                         self._reasoning.extend(content)
                         content.clear()
                         reasoning.append(text[:end])
-                        text = text[end + len(CLOSE):]
+                        text = text[end + len(CLOSE) :]
                         self._state, self._closed = _AFTER, True
                         continue
                     cut = _partial_tag(text, CLOSE)

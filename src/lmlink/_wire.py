@@ -60,7 +60,8 @@ def normalize_messages(messages: MessagesInput) -> list[Any]:
         return [_check_message(messages, 0)]
     if not isinstance(messages, Sequence) or isinstance(messages, (bytes, bytearray)):
         raise ConfigurationError(
-            f"messages must be a str, a Message, or a list of messages, not {type(messages).__name__}"
+            "messages must be a str, a Message, or a list of messages, "
+            f"not {type(messages).__name__}"
         )
     if not messages:
         raise ConfigurationError("messages is empty: give at least one message")
@@ -101,7 +102,8 @@ def response_format_payload(response_format: Any) -> Any:
         if response_format.get("type") in _WIRE_TYPES:
             return dict(response_format)  # already the wire form: {"type": "json_schema", ...}
         schema = dict(response_format)
-        name = schema.get("title") if isinstance(schema.get("title"), str) else "response"
+        title = schema.get("title")
+        name = title if isinstance(title, str) else "response"
         return {"type": "json_schema", "json_schema": {"name": _safe_name(name), "schema": schema}}
     schema_fn = getattr(response_format, "model_json_schema", None)
     if isinstance(response_format, type) and callable(schema_fn):
@@ -111,7 +113,7 @@ def response_format_payload(response_format: Any) -> Any:
             "json_schema": {"name": _safe_name(response_format.__name__), "schema": schema},
         }
     raise ConfigurationError(
-        f"response_format must be None, \"json\", a JSON schema dict or a pydantic model class, "
+        f'response_format must be None, "json", a JSON schema dict or a pydantic model class, '
         f"not {type(response_format).__name__}"
     )
 
@@ -166,9 +168,7 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            p.get("text") or "" if isinstance(p, dict) else str(p) for p in content
-        )
+        return "".join(p.get("text") or "" if isinstance(p, dict) else str(p) for p in content)
     return str(content)
 
 
@@ -216,8 +216,7 @@ def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> C
     choices = payload.get("choices")
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise DecodeError(
-            "the response has no choices: "
-            + clip(redact(body.decode("utf-8", "replace")), 200)
+            "the response has no choices: " + clip(redact(body.decode("utf-8", "replace")), 200)
         )
     choice = choices[0]
     message = choice.get("message") or {}

@@ -45,8 +45,11 @@ def _pick_model(client: Any) -> str:
 @click.option("--temperature", type=float, default=None)
 @click.option("--max-tokens", type=int, default=None)
 @click.option("--json", "json_mode", is_flag=True, help="Ask for a JSON object.")
-@click.option("--schema", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A JSON schema file the answer must match.")
+@click.option(
+    "--schema",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSON schema file the answer must match.",
+)
 @click.option("--show-reasoning", is_flag=True, help="Print the reasoning, dimmed, on stderr.")
 def chat(
     prompt: str | None,
@@ -73,7 +76,9 @@ def chat(
         try:
             response_format = json.loads(schema.read_text())
         except (OSError, ValueError) as exc:
-            raise click.BadParameter(f"cannot read the schema: {exc}", param_hint="--schema")
+            raise click.BadParameter(
+                f"cannot read the schema: {exc}", param_hint="--schema"
+            ) from exc
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
     with _client(endpoint, model, api_key, timeout) as client:
@@ -84,9 +89,13 @@ def chat(
 
         try:
             resp = client.chat_stream(
-                messages, on_delta=lambda t: click.echo(t, nl=False), model=name,
+                messages,
+                on_delta=lambda t: click.echo(t, nl=False),
+                model=name,
                 on_reasoning=on_reasoning if show_reasoning else None,
-                temperature=temperature, max_tokens=max_tokens, response_format=response_format,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                response_format=response_format,
             )
         except lmlink.LMLinkError as exc:
             click.echo()

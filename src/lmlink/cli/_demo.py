@@ -19,8 +19,13 @@ CANNED = (
 
 
 @click.command()
-@click.option("-e", "--endpoint", envvar="LMLINK_ENDPOINT", default=None,
-              help="Base URL through /v1 [env: LMLINK_ENDPOINT].")
+@click.option(
+    "-e",
+    "--endpoint",
+    envvar="LMLINK_ENDPOINT",
+    default=None,
+    help="Base URL through /v1 [env: LMLINK_ENDPOINT].",
+)
 @click.option("-m", "--model", envvar="LMLINK_MODEL", default=None, help="Model name.")
 @click.option("--prompt", default=PROMPT, show_default=True)
 def demo(endpoint: str | None, model: str | None, prompt: str) -> None:
