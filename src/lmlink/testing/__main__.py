@@ -1,0 +1,52 @@
+"""``python -m lmlink.testing``: run the fake server in the foreground until Ctrl-C.
+
+Example::
+
+    $ python -m lmlink.testing --port 8080 --dialect ollama --delay 0.05
+    lmlink test server: http://127.0.0.1:8080/v1 (model fake-model); Ctrl-C stops it
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from ._replies import DIALECTS, Reply
+from ._server import FakeServer
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, serve until interrupted. Example: ``main(["--port", "0"])``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lmlink.testing",
+        description="Run lmlink's fake OpenAI-compatible server (canned answers).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port, 0 for any (8080)")
+    parser.add_argument("--model", default="fake-model", help="model name to report")
+    parser.add_argument("--dialect", default="openai", choices=DIALECTS, help="chunk layout")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
+    args = parser.parse_args(argv)
+    default = Reply(dialect=args.dialect, delay=args.delay)
+    server = FakeServer(args.model, host=args.host, port=args.port, default=default)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        # Printed inside the try: a Ctrl-C right after the URL appears must still stop cleanly.
+        print(f"lmlink test server: {server.url} (model {args.model}); Ctrl-C stops it", flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
