@@ -384,10 +384,11 @@ def test_json_mode_and_schema(api: API, server: FakeServer) -> None:
     sent = server.requests[-1].json["response_format"]  # type: ignore[index]
     assert sent["type"] == "json_schema"
     assert sent["json_schema"]["schema"] == schema
-    server.enqueue(Reply(content='{"label": "c"}'))
+    server.enqueue(Reply(content='{"label": "c"}'), Reply(content='{"label": "d"}'))
     with pytest.raises(lmlink.StructuredOutputError) as info:
         api.chat("x", response_format=schema)
-    assert info.value.raw == '{"label": "c"}'
+    assert info.value.raw == '{"label": "d"}'
+    assert len(info.value.errors) == 2
 
 
 def test_pydantic_model_output(api: API, server: FakeServer) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 
-from ._client import AsyncChatStream, AsyncClient, ChatStream, Client
+from ._client import AsyncClient, Client, adiscover, discover
 from ._config import RetryPolicy, Timeout
+from ._discovery import ServerInfo
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -35,6 +36,8 @@ from ._errors import (
 )
 from ._models import ChatResponse, Message, ModelInfo, ToolCall
 from ._retry import set_instant_retries
+from ._streaming import AsyncChatStream, ChatStream
+from ._tools import tool_schema
 from ._version import __version__
 
 logging.getLogger("lmlink").addHandler(logging.NullHandler())
@@ -64,10 +67,14 @@ __all__ = [
     "RateLimitError",
     "ResponseTooLargeError",
     "RetryPolicy",
+    "ServerInfo",
     "StreamError",
     "StructuredOutputError",
     "Timeout",
     "ToolCall",
     "__version__",
+    "adiscover",
+    "discover",
     "set_instant_retries",
+    "tool_schema",
 ]

@@ -13,16 +13,18 @@ from typing import Any
 
 from ._config import RetryPolicy, Timeout, resolve_endpoint, resolve_setting
 from ._errmap import error_from_response
-from ._errors import ConfigurationError, LMLinkError
+from ._discovery import ServerInfo
+from ._errors import APITimeoutError, ConfigurationError, LMLinkError
 from ._models import ChatResponse
 from ._retry import RetryState
 from ._stream import StreamAccumulator
+from ._plan import CapabilityStore, ChatPlan, ChatSpec
 from ._structured import OutputSpec
+from ._tools import ToolSet
 from ._transport import Timeouts
 from ._version import __version__
 from ._wire import (
     MessagesInput,
-    build_chat_body,
     normalize_messages,
     parse_chat_response,
     response_format_payload,
@@ -37,9 +39,10 @@ _USER_AGENT = f"lmlink/{__version__}"
 
 
 class Call:
-    """One prepared request: what to send, and how to read what comes back."""
+    """One request to send. ``started`` is when the whole call began (retries, fallbacks
+    and re-asks included): timings and the total deadline count from it."""
 
-    __slots__ = ("body", "headers", "method", "output", "started", "url")
+    __slots__ = ("body", "headers", "method", "started", "url")
 
     def __init__(
         self,
@@ -47,14 +50,13 @@ class Call:
         url: str,
         headers: Sequence[tuple[str, str]],
         body: bytes | None,
-        output: OutputSpec | None = None,
+        started: float | None = None,
     ) -> None:
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
-        self.output = output
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started is None else started
 
 
 class BaseClient:
@@ -73,6 +75,7 @@ class BaseClient:
         verify: bool | ssl.SSLContext = True,
         max_connections: int = 256,
         max_response_bytes: int = DEFAULT_MAX_BODY,
+        structured_retries: int = 1,
     ) -> None:
         env = os.environ
         self._endpoint = resolve_endpoint(endpoint, env)
@@ -89,6 +92,8 @@ class BaseClient:
         self._verify = verify
         self._max_connections = max_connections
         self._max_body = max_response_bytes
+        self.structured_retries = structured_retries
+        self._caps = CapabilityStore()
         base: list[tuple[str, str]] = [("User-Agent", _USER_AGENT)]
         if self._api_key:
             base.append(("Authorization", f"Bearer {self._api_key}"))
@@ -150,36 +155,47 @@ class BaseClient:
     def _retry_state(self, deadline: float | None) -> RetryState:
         return RetryState(self.retry, deadline)
 
-    def _prepare_chat(
+    def _plan(
         self,
         messages: MessagesInput,
         model: str | None,
         *,
         stream: bool,
-        temperature: float | None,
-        max_tokens: int | None,
-        response_format: Any,
-        extra: Mapping[str, Any],
-    ) -> Call:
-        url = self._url("/chat/completions")
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
+        reasoning: Any = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ChatPlan:
+        endpoint = self._endpoint or ""
         name = model or self._model
         if not name:
             raise ConfigurationError(
                 "no model: pass model= or set LMLINK_MODEL (client.models() lists the "
                 "server's models)"
             )
-        wire_format = response_format_payload(response_format)
-        output = OutputSpec.of(response_format)
-        body = build_chat_body(
-            name,
-            normalize_messages(messages),
-            stream=stream,
+        response_format_payload(response_format)  # rejects what cannot be sent, early
+        spec = ChatSpec(
+            model=name,
+            messages=normalize_messages(messages),
             temperature=temperature,
             max_tokens=max_tokens,
-            response_format=wire_format,
-            extra=extra,
+            response_format=response_format,
+            output=OutputSpec.of(response_format),
+            tools=ToolSet(tools) if tools else None,
+            tool_choice=tool_choice,
+            reasoning=reasoning,
+            extra=extra or {},
         )
-        return Call("POST", url, self._sse_headers if stream else self._json_headers, body, output)
+        caps = self._caps.get(endpoint, name)
+        return ChatPlan(spec, caps, stream=stream, reasks=self.structured_retries)
+
+    def _call(self, plan: ChatPlan, started: float | None = None) -> Call:
+        """The next request of ``plan``."""
+        headers = self._sse_headers if plan.stream else self._json_headers
+        return Call("POST", self._url("/chat/completions"), headers, plan.body(), started)
 
     def _prepare_get(self, path: str) -> Call:
         return Call("GET", self._url(path), self._get_headers, None)
@@ -187,17 +203,34 @@ class BaseClient:
     def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> LMLinkError:
         return error_from_response(status, headers, body, redact=self.redact)
 
+    def _learn(self, info: ServerInfo) -> ServerInfo:
+        """Remember the server's kind (it picks the reasoning controls) and attach what calls
+        have learned about it."""
+        self._caps.set_kind(info.endpoint, info.kind)
+        info.capabilities = self._caps.for_endpoint(info.endpoint)
+        return info
+
+    def _use_discovered(self, info: ServerInfo) -> None:
+        self._endpoint = info.endpoint
+        if not self._model and info.models:
+            self._model = info.models[0]
+        log.info(
+            "lmlink: no endpoint configured; using the %s server found at %s (model %s)",
+            info.kind, info.endpoint, self._model,
+        )
+
+    def _not_ready(self, timeout: float) -> APITimeoutError:
+        return APITimeoutError(
+            f"the server at {self._endpoint} was not ready within {timeout:g} s",
+            phase="total",
+            timeout=timeout,
+        )
+
     def _finish_chat(self, call: Call, body: bytes, ttft: float) -> ChatResponse:
         out = parse_chat_response(body, redact=self.redact)
         out.ttft_s = ttft
         out.latency_s = time.monotonic() - call.started
-        self._parse_output(call, out)
         return out
 
     def _accumulator(self) -> StreamAccumulator:
         return StreamAccumulator(self.redact)
-
-    @staticmethod
-    def _parse_output(call: Call, out: ChatResponse) -> None:
-        if call.output is not None:
-            out.parsed = call.output.parse(out.content)

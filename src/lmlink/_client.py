@@ -1,370 +1,51 @@
 """The two I/O shells: :class:`Client` (blocking sockets) and :class:`AsyncClient` (asyncio).
 
-Everything that decides anything lives in the pure core (``_base``, ``_wire``, ``_stream``,
-``_retry``); these classes only send, read and sleep. The sync and async halves are
-written line for line in parallel so that they diff cleanly: change one, change both.
+Everything that decides anything lives in the pure core (``_base``, ``_plan``, ``_wire``,
+``_stream``, ``_retry``, ``_discovery``, ``_tools``); these classes only send, read and
+sleep. The sync and async halves are written line for line in parallel so that they diff
+cleanly: change one, change both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ._atransport import AsyncResponse, AsyncTransport
 from ._base import BaseClient, Call
-from ._errors import LMLinkError, stream_variant
+from ._config import Timeout
+from ._discovery import DEFAULT_PORTS, Answer, Probe, ServerInfo, version_from, version_probe
+from ._errors import APIStatusError, APITimeoutError, ConfigurationError, LMLinkError
 from ._models import ChatResponse, ModelInfo
+from ._plan import ChatPlan
 from ._retry import RetryState
-from ._sse import SSEDecoder
-from ._stream import StreamAccumulator
-from ._transport import Response, SyncTransport
-from ._wire import MessagesInput, decode_models
+from ._streaming import AsyncChatStream, ChatStream, Delta, retry_log
+from ._tools import ToolSet
+from ._transport import Response, SyncTransport, Timeouts
+from ._wire import MessagesInput, decode_models, normalize_messages
 
-__all__ = ["AsyncChatStream", "AsyncClient", "ChatStream", "Client"]
+__all__ = ["AsyncClient", "Client", "adiscover", "discover"]
 
 log = logging.getLogger("lmlink")
 
-Delta = Callable[[str], Any]
 T = TypeVar("T")
 
-
-def _broken(exc: LMLinkError, acc: StreamAccumulator) -> LMLinkError:
-    """A transport failure in mid-stream, re-raised as a StreamError carrying the partial."""
-    attrs = {k: v for k, v in exc.__dict__.items() if k != "message"}
-    partial = acc.response()
-    message = (
-        f"{exc.message} (after {len(partial.content)} characters of content; kept in .partial)"
-    )
-    return stream_variant(type(exc))(message, partial=partial, **attrs)
+_PROBE_TIMEOUT = 1.0
 
 
-def _retry_log(state: RetryState, exc: LMLinkError, delay: float) -> None:
-    log.info("lmlink: retry %d in %.2f s after: %s", state.retries, delay, exc)
+def _probe_timeouts(seconds: float) -> Timeouts:
+    return Timeouts(seconds, seconds, time.monotonic() + seconds)
 
 
-class _StreamCore:
-    """State shared by the two stream shells: decoder, accumulator, buffered deltas."""
-
-    def __init__(
-        self, client: BaseClient, call: Call, on_delta: Delta | None, on_reasoning: Delta | None
-    ) -> None:
-        self._client = client
-        self._call = call
-        self._on_delta = on_delta
-        self._on_reasoning = on_reasoning
-        self._decoder = SSEDecoder()
-        self._acc = client._accumulator()
-        self._buffer: list[str] = []
-        self._ttft: float | None = None
-        self._ended = False
-        self._response: ChatResponse | None = None
-
-    def _reset(self) -> None:
-        self._decoder = SSEDecoder()
-        self._acc = self._client._accumulator()
-        self._buffer = []
-
-    def _feed(self, data: bytes) -> list[str]:
-        out: list[str] = []
-        acc = self._acc
-        for event in self._decoder.feed(data):
-            text = acc.feed(event)
-            if acc.reasoning_delta and self._on_reasoning is not None:
-                self._on_reasoning(acc.reasoning_delta)
-            if text:
-                out.append(text)
-            if self._ttft is None and acc.output_seen:
-                self._ttft = time.monotonic() - self._call.started
-        return out
-
-    def _finish(self) -> ChatResponse:
-        """At the end of the body: the final response, or StreamError if it was cut off."""
-        self._ended = True
-        acc = self._acc
-        self._decoder.close()
-        if not acc.finished:
-            why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
-            raise acc.truncated_error(why)
-        return self._complete()
-
-    def _complete(self) -> ChatResponse:
-        out = self._acc.response()
-        out.ttft_s = self._ttft
-        out.latency_s = time.monotonic() - self._call.started
-        self._client._parse_output(self._call, out)
-        self._response = out
-        return out
-
-    @property
-    def response(self) -> ChatResponse:
-        """The aggregate response: final after the stream ended, partial if left early."""
-        if self._response is not None:
-            return self._response
-        out = self._acc.response()
-        out.ttft_s = self._ttft
-        out.latency_s = time.monotonic() - self._call.started
-        return out
-
-
-class ChatStream(_StreamCore):
-    """A streamed chat: iterate for content deltas; ``.response`` is the aggregate.
-
-    >>> with client.stream("Tell me a story") as s:
-    ...     for delta in s:
-    ...         print(delta, end="")
-    >>> s.response.output_tokens
-
-    Leaving the block early closes the connection, so the server stops generating.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        call: Call,
-        on_delta: Delta | None = None,
-        on_reasoning: Delta | None = None,
-    ) -> None:
-        super().__init__(client, call, on_delta, on_reasoning)
-        self._transport = client._transport
-        self._resp: Response | None = None
-        self._chunks: Iterator[bytes] | None = None
-        self._sleep = client._sleep
-
-    def __enter__(self) -> ChatStream:
-        call = self._call
-        deadline = self._client._deadline(call.started)
-        state: RetryState | None = None
-        while True:  # bounded: state.delay_for raises once the retry budget is spent
-            try:
-                self._open(deadline)
-                return self
-            except LMLinkError as exc:
-                self._close_response()
-                state = state or self._client._retry_state(deadline)
-                delay = state.delay_for(exc)
-                _retry_log(state, exc, delay)
-                self._sleep(delay)
-                self._reset()
-            except BaseException:
-                self._close_response()
-                raise
-
-    def _open(self, deadline: float | None) -> None:
-        call = self._call
-        timeouts = self._client._timeouts(deadline)
-        resp = self._transport.request(call.method, call.url, call.headers, call.body, timeouts)
-        self._resp = resp
-        if resp.status >= 300:
-            body = resp.read(self._client._max_body)
-            raise self._client._status_error(resp.status, resp.headers, body)
-        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-            # The server answered with one JSON body (it ignored "stream": true).
-            body = resp.read(self._client._max_body)
-            self._response = self._client._finish_chat(call, body, time.monotonic() - call.started)
-            self._ended = True
-            if self._response.content:
-                self._buffer.append(self._response.content)
-            return
-        self._chunks = resp.iter_bytes()
-        # Read up to the first piece of output, so that failures before it can be retried.
-        while not self._buffer and not self._acc.output_seen and not self._ended:
-            self._pull()
-
-    def _pull(self) -> None:
-        assert self._chunks is not None
-        try:
-            data = next(self._chunks)
-        except StopIteration:
-            self._close_response()
-            self._finish()
-            return
-        except LMLinkError as exc:
-            raise _broken(exc, self._acc) from exc
-        self._buffer.extend(self._feed(data))
-        if self._acc.done:
-            self._drain()
-
-    def _drain(self) -> None:
-        """After [DONE]: read the end of the body so the connection can be reused."""
-        assert self._chunks is not None
-        try:
-            for _ in self._chunks:
-                pass
-        except LMLinkError:
-            log.debug("lmlink: connection lost after [DONE]; ignored")
-        self._close_response()
-        self._finish()
-
-    def __iter__(self) -> Iterator[str]:
-        on_delta = self._on_delta
-        while True:  # bounded: ends with the body
-            if self._buffer:
-                pending, self._buffer = self._buffer, []
-                for text in pending:
-                    if on_delta is not None:
-                        on_delta(text)
-                    yield text
-            elif self._ended:
-                return
-            else:
-                self._pull()
-
-    def until_done(self) -> ChatResponse:
-        """Consume the rest of the stream (calling the callbacks); return the aggregate."""
-        for _ in self:
-            pass
-        return self.response
-
-    def _close_response(self) -> None:
-        if self._resp is not None:
-            self._resp.close()
-            self._resp = None
-
-    def close(self) -> None:
-        """Stop reading; an unfinished stream's connection is closed."""
-        self._ended = True
-        self._close_response()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncChatStream(_StreamCore):
-    """The async twin of :class:`ChatStream`.
-
-    >>> async with aclient.stream("Tell me a story") as s:
-    ...     async for delta in s:
-    ...         print(delta, end="")
-    """
-
-    def __init__(
-        self,
-        client: AsyncClient,
-        call: Call,
-        on_delta: Delta | None = None,
-        on_reasoning: Delta | None = None,
-    ) -> None:
-        super().__init__(client, call, on_delta, on_reasoning)
-        self._transport = client._transport
-        self._resp: AsyncResponse | None = None
-        self._chunks: AsyncIterator[bytes] | None = None
-
-    async def __aenter__(self) -> AsyncChatStream:
-        call = self._call
-        deadline = self._client._deadline(call.started)
-        state: RetryState | None = None
-        while True:  # bounded: state.delay_for raises once the retry budget is spent
-            try:
-                await self._open(deadline)
-                return self
-            except LMLinkError as exc:
-                await self._close_response()
-                state = state or self._client._retry_state(deadline)
-                delay = state.delay_for(exc)
-                _retry_log(state, exc, delay)
-                await asyncio.sleep(delay)
-                self._reset()
-            except BaseException:
-                await self._close_response()
-                raise
-
-    async def _open(self, deadline: float | None) -> None:
-        call = self._call
-        timeouts = self._client._timeouts(deadline)
-        resp = await self._transport.request(
-            call.method, call.url, call.headers, call.body, timeouts
-        )
-        self._resp = resp
-        if resp.status >= 300:
-            body = await resp.read(self._client._max_body)
-            raise self._client._status_error(resp.status, resp.headers, body)
-        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-            # The server answered with one JSON body (it ignored "stream": true).
-            body = await resp.read(self._client._max_body)
-            self._response = self._client._finish_chat(call, body, time.monotonic() - call.started)
-            self._ended = True
-            if self._response.content:
-                self._buffer.append(self._response.content)
-            return
-        self._chunks = resp.aiter_bytes()
-        # Read up to the first piece of output, so that failures before it can be retried.
-        while not self._buffer and not self._acc.output_seen and not self._ended:
-            await self._pull()
-
-    async def _pull(self) -> None:
-        assert self._chunks is not None
-        try:
-            data = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            await self._close_response()
-            self._finish()
-            return
-        except LMLinkError as exc:
-            raise _broken(exc, self._acc) from exc
-        self._buffer.extend(self._feed(data))
-        if self._acc.done:
-            await self._drain()
-
-    async def _drain(self) -> None:
-        """After [DONE]: read the end of the body so the connection can be reused."""
-        assert self._chunks is not None
-        try:
-            async for _ in self._chunks:
-                pass
-        except LMLinkError:
-            log.debug("lmlink: connection lost after [DONE]; ignored")
-        await self._close_response()
-        self._finish()
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._deltas()
-
-    async def _deltas(self) -> AsyncIterator[str]:
-        on_delta = self._on_delta
-        while True:  # bounded: ends with the body
-            if self._buffer:
-                pending, self._buffer = self._buffer, []
-                for text in pending:
-                    if on_delta is not None:
-                        on_delta(text)
-                    yield text
-            elif self._ended:
-                return
-            else:
-                await self._pull()
-
-    async def until_done(self) -> ChatResponse:
-        """Consume the rest of the stream (calling the callbacks); return the aggregate."""
-        async for _ in self:
-            pass
-        return self.response
-
-    async def _close_response(self) -> None:
-        if self._resp is not None:
-            resp, self._resp = self._resp, None
-            await resp.aclose()
-
-    async def aclose(self) -> None:
-        """Stop reading; an unfinished stream's connection is closed."""
-        self._ended = True
-        await self._close_response()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+def _discovery_off() -> bool:
+    return os.environ.get("LMLINK_NO_DISCOVERY", "").strip() not in ("", "0")
 
 
 class Client(BaseClient):
@@ -374,8 +55,9 @@ class Client(BaseClient):
     ...     print(client.chat("Say hi in five words").content)
 
     Settings not given come from ``LMLINK_ENDPOINT`` / ``OPENAI_BASE_URL``, ``LMLINK_MODEL``
-    and ``LMLINK_API_KEY`` / ``OPENAI_API_KEY``. ``timeout`` is the idle timeout in seconds,
-    or a :class:`Timeout`. Safe to share between threads.
+    and ``LMLINK_API_KEY`` / ``OPENAI_API_KEY``; with no endpoint at all, the first local
+    server :func:`discover` finds is used. ``timeout`` is the idle timeout in seconds, or a
+    :class:`Timeout`. Safe to share between threads.
     """
 
     _transport: SyncTransport
@@ -393,22 +75,31 @@ class Client(BaseClient):
         temperature: float | None = None,
         max_tokens: int | None = None,
         response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
+        reasoning: Any = None,
         **extra: Any,
     ) -> ChatResponse:
         """One chat completion, not streamed. Extra keywords go into the request body.
 
         >>> client.chat([{"role": "user", "content": "2+2?"}], max_tokens=8).content
         """
-        call = self._prepare_chat(
-            messages,
-            model,
-            stream=False,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            response_format=response_format,
-            extra=extra,
+        self._ensure_endpoint()
+        plan = self._plan(
+            messages, model, stream=False, temperature=temperature, max_tokens=max_tokens,
+            response_format=response_format, tools=tools, tool_choice=tool_choice,
+            reasoning=reasoning, extra=extra,
         )
-        return self._send(call, self._read_chat)
+        started = time.monotonic()
+        while True:  # bounded: the plan runs out of fallbacks and re-asks
+            try:
+                resp = self._send(self._call(plan, started), self._read_chat)
+            except APIStatusError as exc:
+                if plan.adapt(exc):
+                    continue
+                raise
+            if plan.accept(resp):
+                return resp
 
     def stream(
         self,
@@ -418,21 +109,21 @@ class Client(BaseClient):
         temperature: float | None = None,
         max_tokens: int | None = None,
         response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
+        reasoning: Any = None,
         on_delta: Delta | None = None,
         on_reasoning: Delta | None = None,
         **extra: Any,
     ) -> ChatStream:
         """A streamed chat, as a context manager to iterate (see :class:`ChatStream`)."""
-        call = self._prepare_chat(
-            messages,
-            model,
-            stream=True,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            response_format=response_format,
-            extra=extra,
+        self._ensure_endpoint()
+        plan = self._plan(
+            messages, model, stream=True, temperature=temperature, max_tokens=max_tokens,
+            response_format=response_format, tools=tools, tool_choice=tool_choice,
+            reasoning=reasoning, extra=extra,
         )
-        return ChatStream(self, call, on_delta, on_reasoning)
+        return ChatStream(self, plan, on_delta, on_reasoning)
 
     def chat_stream(
         self,
@@ -450,12 +141,106 @@ class Client(BaseClient):
         with self.stream(messages, on_delta=on_delta, on_reasoning=on_reasoning, **kwargs) as s:
             return s.until_done()
 
+    def run_tools(
+        self,
+        messages: MessagesInput,
+        tools: Sequence[Any],
+        *,
+        max_steps: int = 8,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """Chat with tools, running each call the model makes, until it answers without one
+        (or ``max_steps`` model turns have passed: then the last response is returned, its
+        ``tool_calls`` still set). A tool that raises reports the error back to the model.
+
+        >>> def add(a: int, b: int) -> int:
+        ...     "Add two numbers."
+        ...     return a + b
+        >>> client.run_tools("What is 2+3? Use the tool.", [add]).content
+        """
+        toolset = ToolSet(tools)
+        history = list(normalize_messages(messages))
+        for _ in range(max_steps):
+            resp = self.chat(history, tools=toolset.definitions, **kwargs)
+            if not resp.tool_calls:
+                return resp
+            history.append(resp.to_message().to_dict())
+            for call in resp.tool_calls:
+                prepared = toolset.prepare(call)
+                if isinstance(prepared, str):
+                    result: Any = prepared
+                else:
+                    fn, args = prepared
+                    if inspect.iscoroutinefunction(fn):
+                        raise ConfigurationError(f"tool {call.name} is async: use AsyncClient")
+                    try:
+                        result = fn(**args)
+                    except Exception as exc:  # noqa: BLE001 - reported to the model, not raised
+                        result = f"error: {type(exc).__name__}: {exc}"
+                history.append(ToolSet.result_message(call, result))
+        return resp
+
     def models(self) -> list[ModelInfo]:
         """The models the server offers (``GET /models``).
 
         >>> [m.id for m in client.models()]
         """
+        self._ensure_endpoint()
         return self._send(self._prepare_get("/models"), self._read_models)
+
+    def server_info(self) -> ServerInfo:
+        """Which server this is (kind, version, models) and what calls learned about it.
+
+        >>> client.server_info().kind
+        'ollama'
+        """
+        self._ensure_endpoint()
+        probe = Probe(self._url(""))
+        info = probe.info(self._get(probe.models_url), self._get(probe.root_url))
+        where = version_probe(info.kind, probe.endpoint)
+        if where is not None:
+            info.version = version_from(self._get(where[0]), where[1])
+        return self._learn(info)
+
+    def wait_ready(self, timeout: float = 300.0) -> ServerInfo:
+        """Wait until the server answers with a model list and reports itself healthy
+        (llama.cpp and SGLang answer 503 while they load); raise APITimeoutError after
+        ``timeout`` seconds."""
+        self._ensure_endpoint()
+        deadline = time.monotonic() + timeout
+        wait = 0.1
+        while True:  # bounded: by the deadline
+            info = self._ready_info()
+            if info is not None:
+                return info
+            if time.monotonic() + wait > deadline:
+                raise self._not_ready(timeout)
+            self._sleep(wait)
+            wait = min(wait * 2, 2.0)
+
+    def _ready_info(self) -> ServerInfo | None:
+        probe = Probe(self._url(""))
+        models = self._get(probe.models_url)
+        health = self._get(probe.health_url)
+        if not probe.ready(models, health):
+            return None
+        return self._learn(probe.info(models, None))
+
+    def _get(self, url: str, timeout: float = _PROBE_TIMEOUT) -> Answer:
+        """One GET, no retries: (status, headers, body), or None if nothing answered."""
+        try:
+            with self._transport.request(
+                "GET", url, self._get_headers, None, _probe_timeouts(timeout)
+            ) as resp:
+                return resp.status, resp.headers, resp.read(1 << 20)
+        except LMLinkError:
+            return None
+
+    def _ensure_endpoint(self) -> None:
+        if self._endpoint is None and not _discovery_off():
+            found = discover()
+            if found:
+                self._use_discovered(found[0])
 
     def _send(self, call: Call, read: Callable[[Call, Response], T]) -> T:
         deadline = self._deadline(call.started)
@@ -470,7 +255,7 @@ class Client(BaseClient):
             except LMLinkError as exc:
                 state = state or self._retry_state(deadline)
                 delay = state.delay_for(exc)
-                _retry_log(state, exc, delay)
+                retry_log(state, exc, delay)
                 self._sleep(delay)
 
     def _read_chat(self, call: Call, resp: Response) -> ChatResponse:
@@ -522,19 +307,28 @@ class AsyncClient(BaseClient):
         temperature: float | None = None,
         max_tokens: int | None = None,
         response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
+        reasoning: Any = None,
         **extra: Any,
     ) -> ChatResponse:
         """One chat completion, not streamed. Extra keywords go into the request body."""
-        call = self._prepare_chat(
-            messages,
-            model,
-            stream=False,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            response_format=response_format,
-            extra=extra,
+        await self._ensure_endpoint()
+        plan = self._plan(
+            messages, model, stream=False, temperature=temperature, max_tokens=max_tokens,
+            response_format=response_format, tools=tools, tool_choice=tool_choice,
+            reasoning=reasoning, extra=extra,
         )
-        return await self._send(call, self._read_chat)
+        started = time.monotonic()
+        while True:  # bounded: the plan runs out of fallbacks and re-asks
+            try:
+                resp = await self._send(self._call(plan, started), self._read_chat)
+            except APIStatusError as exc:
+                if plan.adapt(exc):
+                    continue
+                raise
+            if plan.accept(resp):
+                return resp
 
     def stream(
         self,
@@ -544,21 +338,21 @@ class AsyncClient(BaseClient):
         temperature: float | None = None,
         max_tokens: int | None = None,
         response_format: Any = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
+        reasoning: Any = None,
         on_delta: Delta | None = None,
         on_reasoning: Delta | None = None,
         **extra: Any,
     ) -> AsyncChatStream:
-        """A streamed chat, as an async context manager (see :class:`AsyncChatStream`)."""
-        call = self._prepare_chat(
-            messages,
-            model,
-            stream=True,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            response_format=response_format,
-            extra=extra,
+        """A streamed chat, as an async context manager (see :class:`AsyncChatStream`).
+        With no endpoint configured, discovery runs when the stream is entered."""
+        plan = self._plan(
+            messages, model, stream=True, temperature=temperature, max_tokens=max_tokens,
+            response_format=response_format, tools=tools, tool_choice=tool_choice,
+            reasoning=reasoning, extra=extra,
         )
-        return AsyncChatStream(self, call, on_delta, on_reasoning)
+        return AsyncChatStream(self, plan, on_delta, on_reasoning)
 
     async def chat_stream(
         self,
@@ -573,9 +367,90 @@ class AsyncClient(BaseClient):
         async with stream as s:
             return await s.until_done()
 
+    async def run_tools(
+        self,
+        messages: MessagesInput,
+        tools: Sequence[Any],
+        *,
+        max_steps: int = 8,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """The async twin of :meth:`Client.run_tools`; tools may be async functions."""
+        toolset = ToolSet(tools)
+        history = list(normalize_messages(messages))
+        for _ in range(max_steps):
+            resp = await self.chat(history, tools=toolset.definitions, **kwargs)
+            if not resp.tool_calls:
+                return resp
+            history.append(resp.to_message().to_dict())
+            for call in resp.tool_calls:
+                prepared = toolset.prepare(call)
+                if isinstance(prepared, str):
+                    result: Any = prepared
+                else:
+                    fn, args = prepared
+                    try:
+                        result = fn(**args)
+                        if inspect.isawaitable(result):
+                            result = await result
+                    except Exception as exc:  # noqa: BLE001 - reported to the model, not raised
+                        result = f"error: {type(exc).__name__}: {exc}"
+                history.append(ToolSet.result_message(call, result))
+        return resp
+
     async def models(self) -> list[ModelInfo]:
         """The models the server offers (``GET /models``)."""
+        await self._ensure_endpoint()
         return await self._send(self._prepare_get("/models"), self._read_models)
+
+    async def server_info(self) -> ServerInfo:
+        """Which server this is (kind, version, models) and what calls learned about it."""
+        await self._ensure_endpoint()
+        probe = Probe(self._url(""))
+        models, root = await asyncio.gather(self._get(probe.models_url), self._get(probe.root_url))
+        info = probe.info(models, root)
+        where = version_probe(info.kind, probe.endpoint)
+        if where is not None:
+            info.version = version_from(await self._get(where[0]), where[1])
+        return self._learn(info)
+
+    async def wait_ready(self, timeout: float = 300.0) -> ServerInfo:
+        """Wait until the server is ready (see :meth:`Client.wait_ready`)."""
+        await self._ensure_endpoint()
+        deadline = time.monotonic() + timeout
+        wait = 0.1
+        while True:  # bounded: by the deadline
+            info = await self._ready_info()
+            if info is not None:
+                return info
+            if time.monotonic() + wait > deadline:
+                raise self._not_ready(timeout)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 2.0)
+
+    async def _ready_info(self) -> ServerInfo | None:
+        probe = Probe(self._url(""))
+        models = await self._get(probe.models_url)
+        health = await self._get(probe.health_url)
+        if not probe.ready(models, health):
+            return None
+        return self._learn(probe.info(models, None))
+
+    async def _get(self, url: str, timeout: float = _PROBE_TIMEOUT) -> Answer:
+        """One GET, no retries: (status, headers, body), or None if nothing answered."""
+        try:
+            async with await self._transport.request(
+                "GET", url, self._get_headers, None, _probe_timeouts(timeout)
+            ) as resp:
+                return resp.status, resp.headers, await resp.read(1 << 20)
+        except LMLinkError:
+            return None
+
+    async def _ensure_endpoint(self) -> None:
+        if self._endpoint is None and not _discovery_off():
+            found = await adiscover()
+            if found:
+                self._use_discovered(found[0])
 
     async def _send(self, call: Call, read: Callable[[Call, AsyncResponse], Awaitable[T]]) -> T:
         deadline = self._deadline(call.started)
@@ -590,7 +465,7 @@ class AsyncClient(BaseClient):
             except LMLinkError as exc:
                 state = state or self._retry_state(deadline)
                 delay = state.delay_for(exc)
-                _retry_log(state, exc, delay)
+                retry_log(state, exc, delay)
                 await asyncio.sleep(delay)
 
     async def _read_chat(self, call: Call, resp: AsyncResponse) -> ChatResponse:
@@ -620,3 +495,45 @@ class AsyncClient(BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def discover(
+    ports: Sequence[int] = DEFAULT_PORTS, host: str = "127.0.0.1", timeout: float = 0.5
+) -> list[ServerInfo]:
+    """The OpenAI-compatible servers answering on ``host`` at the usual local ports,
+    probed at the same time, in port order, with their kind and models.
+
+    >>> [(s.endpoint, s.kind, s.models) for s in lmlink.discover()]
+    [('http://127.0.0.1:11434/v1', 'ollama', ['qwen3:8b'])]
+    """
+
+    def probe(port: int) -> ServerInfo | None:
+        with Client(endpoint=f"http://{host}:{port}/v1", timeout=Timeout(timeout, timeout)) as c:
+            p = Probe(c._url(""))
+            models = c._get(p.models_url, timeout)
+            if models is None:
+                return None
+            return p.info(models, c._get(p.root_url, timeout))
+
+    with ThreadPoolExecutor(max_workers=len(ports) or 1) as pool:
+        found = list(pool.map(probe, ports))
+    return [f for f in found if f is not None and f.models]
+
+
+async def adiscover(
+    ports: Sequence[int] = DEFAULT_PORTS, host: str = "127.0.0.1", timeout: float = 0.5
+) -> list[ServerInfo]:
+    """The async twin of :func:`discover`."""
+
+    async def probe(port: int) -> ServerInfo | None:
+        async with AsyncClient(
+            endpoint=f"http://{host}:{port}/v1", timeout=Timeout(timeout, timeout)
+        ) as c:
+            p = Probe(c._url(""))
+            models = await c._get(p.models_url, timeout)
+            if models is None:
+                return None
+            return p.info(models, await c._get(p.root_url, timeout))
+
+    found = await asyncio.gather(*(probe(port) for port in ports))
+    return [f for f in found if f is not None and f.models]

@@ -40,11 +40,20 @@ def extract_json_text(text: str) -> str:
 class OutputSpec:
     """What a call's ``response_format`` asks for, and how to check the answer."""
 
-    __slots__ = ("model", "schema")
+    __slots__ = ("model", "name", "schema")
 
     def __init__(self, schema: Mapping[str, Any] | None, model: type | None) -> None:
         self.schema = schema
         self.model = model
+        title = schema.get("title") if schema is not None else None
+        raw = model.__name__ if model is not None else title if isinstance(title, str) else ""
+        self.name = "".join(c if c.isalnum() or c in "_-" else "_" for c in raw)[:64] or "response"
+
+    def wire_schema(self) -> Any:
+        """The JSON schema to send to the server."""
+        if self.model is not None:
+            return self.model.model_json_schema()  # type: ignore[attr-defined]
+        return dict(self.schema or {})
 
     @classmethod
     def of(cls, response_format: Any) -> OutputSpec | None:

@@ -20,10 +20,13 @@ The pytest plugin (``lmlink.testing._pytest``) adds a ``lmlink_server`` fixture,
 from __future__ import annotations
 
 from ._http import RecordedRequest, Stats
+from ._personas import PERSONAS, Persona
 from ._replies import CANNED_REPLY, DIALECTS, Faults, Reply
 from ._server import FakeServer, Responder
 
 __all__ = [
+    "PERSONAS",
+    "Persona",
     "CANNED_REPLY",
     "DIALECTS",
     "FakeServer",

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 from ._http import Connection, RecordedRequest, Stats
+from ._personas import PERSONAS, Persona
 from ._render import Plan, json_plan, render_chat
 from ._replies import Faults, Reply, format_seconds
 
@@ -86,8 +87,11 @@ class FakeServer:
         faults: Faults | None = None,
         api_key: str | None = None,
         keep_requests: int | None = 10_000,
+        persona: str | None = None,
     ) -> None:
         self.model = model
+        #: The real server this one imitates where servers differ (see ``PERSONAS``).
+        self.persona: Persona | None = PERSONAS[persona] if persona is not None else None
         self.host = host
         self.models: list[str] = list(models) if models is not None else [model]
         self.responder = responder
@@ -95,6 +99,8 @@ class FakeServer:
         self.faults = faults
         self.api_key = api_key
         self.owned_by = "lmlink"
+        if self.persona is not None:
+            self.owned_by = self.persona.owned_by or ""
         self.loading_retry_after: float | None = None
         self.errors: list[BaseException] = []
         #: The counters the server thread updates; prefer the ``stats`` snapshot in tests.
@@ -338,7 +344,10 @@ class FakeServer:
         if path in _HEALTH and get:
             return self._loading_plan() if self.loading else json_plan(200, {"status": "ok"})
         if path == "/" and get:
-            return Plan(headers=[("Content-Type", "text/plain; charset=utf-8")], body=_ROOT_TEXT)
+            root = self.persona.root_text if self.persona is not None else _ROOT_TEXT
+            if root is not None:
+                headers = [("Content-Type", "text/plain; charset=utf-8"), *self._persona_headers()]
+                return Plan(headers=headers, body=root)
         # llama.cpp's answer to unknown routes.
         return json_plan(
             404, {"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}}
@@ -357,13 +366,26 @@ class FakeServer:
             return None
         return json_plan(401, _error(401, "Invalid API Key", "authentication_error"))
 
+    def _persona_headers(self) -> list[tuple[str, str]]:
+        return list(self.persona.headers) if self.persona is not None else []
+
     def _models(self, path: str) -> Plan:
-        entries = [
-            {"id": m, "object": "model", "created": self._created, "owned_by": self.owned_by}
-            for m in self.models
-        ]
+        entries: list[dict[str, Any]] = []
+        persona = self.persona
+        for m in self.models:
+            entry: dict[str, Any] = {"id": m, "object": "model", "created": self._created}
+            if persona is None or persona.owned_by is not None:
+                entry["owned_by"] = self.owned_by
+            elif persona.name == "tgi":
+                entry.update(created=0, owned_by=m)
+            if persona is not None:
+                entry.update(persona.models_extra)
+            entries.append(entry)
         if path in _MODELS:
-            return json_plan(200, {"object": "list", "data": entries})
+            listing: dict[str, Any] = {"object": "list", "data": entries}
+            if persona is not None and persona.name == "llamacpp":
+                listing = {"models": [{"name": m, "model": m} for m in self.models], **listing}
+            return json_plan(200, listing, dict(self._persona_headers()))
         wanted = path.split("/models/", 1)[1]
         for entry in entries:
             if entry["id"] == wanted:
@@ -388,6 +410,14 @@ class FakeServer:
         if not isinstance(body, dict):
             msg = "Invalid JSON in request body: expected a JSON object"
             return json_plan(400, _error(400, msg, "invalid_request_error"))
+        if self.persona is not None:
+            rejected = self.persona.reject(body)
+            if rejected is not None:
+                return Plan(
+                    status=rejected.status,
+                    headers=[("Content-Type", rejected.content_type)],
+                    body=rejected.body,
+                )
         stats = self.live_stats
         stats.chat_requests += 1
         reply = self._next_reply(request)
