@@ -136,5 +136,7 @@ def _no_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         "LMLINK_MODEL",
         "LMLINK_API_KEY",
         "OPENAI_API_KEY",
+        "LMLINK_DISCOVER_PORTS",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LMLINK_NO_DISCOVERY", "1")

@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._config import RetryPolicy, Timeout, resolve_endpoint, resolve_setting
-from ._errmap import error_from_response
 from ._discovery import ServerInfo
+from ._errmap import error_from_response
 from ._errors import APITimeoutError, ConfigurationError, LMLinkError
 from ._models import ChatResponse
+from ._plan import CapabilityStore, ChatPlan, ChatSpec
 from ._retry import RetryState
 from ._stream import StreamAccumulator
-from ._plan import CapabilityStore, ChatPlan, ChatSpec
 from ._structured import OutputSpec
 from ._tools import ToolSet
 from ._transport import Timeouts
@@ -216,7 +216,9 @@ class BaseClient:
             self._model = info.models[0]
         log.info(
             "lmlink: no endpoint configured; using the %s server found at %s (model %s)",
-            info.kind, info.endpoint, self._model,
+            info.kind,
+            info.endpoint,
+            self._model,
         )
 
     def _not_ready(self, timeout: float) -> APITimeoutError:

@@ -22,9 +22,8 @@ from ._atransport import AsyncResponse, AsyncTransport
 from ._base import BaseClient, Call
 from ._config import Timeout
 from ._discovery import DEFAULT_PORTS, Answer, Probe, ServerInfo, version_from, version_probe
-from ._errors import APIStatusError, APITimeoutError, ConfigurationError, LMLinkError
+from ._errors import APIStatusError, ConfigurationError, LMLinkError
 from ._models import ChatResponse, ModelInfo
-from ._plan import ChatPlan
 from ._retry import RetryState
 from ._streaming import AsyncChatStream, ChatStream, Delta, retry_log
 from ._tools import ToolSet
@@ -86,9 +85,16 @@ class Client(BaseClient):
         """
         self._ensure_endpoint()
         plan = self._plan(
-            messages, model, stream=False, temperature=temperature, max_tokens=max_tokens,
-            response_format=response_format, tools=tools, tool_choice=tool_choice,
-            reasoning=reasoning, extra=extra,
+            messages,
+            model,
+            stream=False,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            tools=tools,
+            tool_choice=tool_choice,
+            reasoning=reasoning,
+            extra=extra,
         )
         started = time.monotonic()
         while True:  # bounded: the plan runs out of fallbacks and re-asks
@@ -119,9 +125,16 @@ class Client(BaseClient):
         """A streamed chat, as a context manager to iterate (see :class:`ChatStream`)."""
         self._ensure_endpoint()
         plan = self._plan(
-            messages, model, stream=True, temperature=temperature, max_tokens=max_tokens,
-            response_format=response_format, tools=tools, tool_choice=tool_choice,
-            reasoning=reasoning, extra=extra,
+            messages,
+            model,
+            stream=True,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            tools=tools,
+            tool_choice=tool_choice,
+            reasoning=reasoning,
+            extra=extra,
         )
         return ChatStream(self, plan, on_delta, on_reasoning)
 
@@ -175,7 +188,7 @@ class Client(BaseClient):
                         raise ConfigurationError(f"tool {call.name} is async: use AsyncClient")
                     try:
                         result = fn(**args)
-                    except Exception as exc:  # noqa: BLE001 - reported to the model, not raised
+                    except Exception as exc:
                         result = f"error: {type(exc).__name__}: {exc}"
                 history.append(ToolSet.result_message(call, result))
         return resp
@@ -315,9 +328,16 @@ class AsyncClient(BaseClient):
         """One chat completion, not streamed. Extra keywords go into the request body."""
         await self._ensure_endpoint()
         plan = self._plan(
-            messages, model, stream=False, temperature=temperature, max_tokens=max_tokens,
-            response_format=response_format, tools=tools, tool_choice=tool_choice,
-            reasoning=reasoning, extra=extra,
+            messages,
+            model,
+            stream=False,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            tools=tools,
+            tool_choice=tool_choice,
+            reasoning=reasoning,
+            extra=extra,
         )
         started = time.monotonic()
         while True:  # bounded: the plan runs out of fallbacks and re-asks
@@ -348,9 +368,16 @@ class AsyncClient(BaseClient):
         """A streamed chat, as an async context manager (see :class:`AsyncChatStream`).
         With no endpoint configured, discovery runs when the stream is entered."""
         plan = self._plan(
-            messages, model, stream=True, temperature=temperature, max_tokens=max_tokens,
-            response_format=response_format, tools=tools, tool_choice=tool_choice,
-            reasoning=reasoning, extra=extra,
+            messages,
+            model,
+            stream=True,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            response_format=response_format,
+            tools=tools,
+            tool_choice=tool_choice,
+            reasoning=reasoning,
+            extra=extra,
         )
         return AsyncChatStream(self, plan, on_delta, on_reasoning)
 
@@ -393,7 +420,7 @@ class AsyncClient(BaseClient):
                         result = fn(**args)
                         if inspect.isawaitable(result):
                             result = await result
-                    except Exception as exc:  # noqa: BLE001 - reported to the model, not raised
+                    except Exception as exc:
                         result = f"error: {type(exc).__name__}: {exc}"
                 history.append(ToolSet.result_message(call, result))
         return resp
@@ -497,11 +524,24 @@ class AsyncClient(BaseClient):
         await self.aclose()
 
 
+def _ports(ports: Sequence[int] | None) -> Sequence[int]:
+    if ports is not None:
+        return ports
+    raw = os.environ.get("LMLINK_DISCOVER_PORTS", "").strip()
+    if not raw:
+        return DEFAULT_PORTS
+    try:
+        return [int(p) for p in raw.replace(",", " ").split()]
+    except ValueError as exc:
+        raise ConfigurationError(f"LMLINK_DISCOVER_PORTS must list port numbers: {raw!r}") from exc
+
+
 def discover(
-    ports: Sequence[int] = DEFAULT_PORTS, host: str = "127.0.0.1", timeout: float = 0.5
+    ports: Sequence[int] | None = None, host: str = "127.0.0.1", timeout: float = 0.5
 ) -> list[ServerInfo]:
-    """The OpenAI-compatible servers answering on ``host`` at the usual local ports,
-    probed at the same time, in port order, with their kind and models.
+    """The OpenAI-compatible servers answering on ``host`` at the usual local ports
+    (11434, 1234, 8000, 8080, 9931, 30000, 3000, or ``LMLINK_DISCOVER_PORTS``), probed at
+    the same time, in port order, with their kind and models.
 
     >>> [(s.endpoint, s.kind, s.models) for s in lmlink.discover()]
     [('http://127.0.0.1:11434/v1', 'ollama', ['qwen3:8b'])]
@@ -515,13 +555,14 @@ def discover(
                 return None
             return p.info(models, c._get(p.root_url, timeout))
 
+    ports = _ports(ports)
     with ThreadPoolExecutor(max_workers=len(ports) or 1) as pool:
         found = list(pool.map(probe, ports))
     return [f for f in found if f is not None and f.models]
 
 
 async def adiscover(
-    ports: Sequence[int] = DEFAULT_PORTS, host: str = "127.0.0.1", timeout: float = 0.5
+    ports: Sequence[int] | None = None, host: str = "127.0.0.1", timeout: float = 0.5
 ) -> list[ServerInfo]:
     """The async twin of :func:`discover`."""
 
@@ -535,5 +576,5 @@ async def adiscover(
                 return None
             return p.info(models, await c._get(p.root_url, timeout))
 
-    found = await asyncio.gather(*(probe(port) for port in ports))
+    found = await asyncio.gather(*(probe(port) for port in _ports(ports)))
     return [f for f in found if f is not None and f.models]

@@ -25,8 +25,17 @@ __all__ = ["DEFAULT_PORTS", "KINDS", "Probe", "ServerInfo", "identify"]
 DEFAULT_PORTS = (11434, 1234, 8000, 8080, 9931, 30000, 3000)
 
 KINDS = (
-    "ollama", "vllm", "llamacpp", "lmstudio", "sglang", "tgi", "localai", "mlx",
-    "llama-cpp-python", "openai", "unknown",
+    "ollama",
+    "vllm",
+    "llamacpp",
+    "lmstudio",
+    "sglang",
+    "tgi",
+    "localai",
+    "mlx",
+    "llama-cpp-python",
+    "openai",
+    "unknown",
 )
 
 _OWNERS = {
@@ -43,8 +52,11 @@ _OWNERS = {
 }
 
 # Where each kind tells its version: (path under the origin, JSON key).
-_VERSION_AT = {"ollama": ("/api/version", "version"), "vllm": ("/version", "version"),
-               "tgi": ("/info", "version")}
+_VERSION_AT = {
+    "ollama": ("/api/version", "version"),
+    "vllm": ("/version", "version"),
+    "tgi": ("/info", "version"),
+}
 
 
 @dataclass

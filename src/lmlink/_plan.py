@@ -133,7 +133,7 @@ def reasoning_params(reasoning: Any, kind: str | None) -> dict[str, Any]:
             f"({', '.join(sorted(_EFFORTS))}), not {reasoning!r}"
         )
     toggle = {"chat_template_kwargs": {"enable_thinking": on}}
-    if kind == "ollama" or kind == "openai":
+    if kind in ("ollama", "openai"):
         effort = level or ("medium" if on else "none")
         if kind == "openai" and effort == "none":
             effort = "minimal"
@@ -154,8 +154,17 @@ def reasoning_params(reasoning: Any, kind: str | None) -> dict[str, Any]:
 class ChatPlan:
     """The requests of one chat call, adapting to refusals and re-asking invalid output."""
 
-    __slots__ = ("_form", "_forms", "_params", "_reasks", "caps", "errors", "messages", "spec",
-                 "stream")
+    __slots__ = (
+        "_form",
+        "_forms",
+        "_params",
+        "_reasks",
+        "caps",
+        "errors",
+        "messages",
+        "spec",
+        "stream",
+    )
 
     def __init__(self, spec: ChatSpec, caps: Capabilities, *, stream: bool, reasks: int) -> None:
         self.spec = spec
@@ -234,7 +243,9 @@ class ChatPlan:
         text = "Reply with JSON only, no prose and no code fences."
         if self.spec.output is not None:
             schema = orjson.dumps(self._schema()).decode()
-            text = f"Reply with one JSON value matching this JSON schema, and nothing else: {schema}"
+            text = (
+                f"Reply with one JSON value matching this JSON schema, and nothing else: {schema}"
+            )
         return {"role": "system", "content": text}
 
     def adapt(self, exc: APIStatusError) -> bool:
@@ -247,8 +258,10 @@ class ChatPlan:
             return False
         text = f"{exc.message} {exc.body}".lower()
         caps = self.caps
-        if self.stream and caps.stream_options and (
-            "stream_options" in text or "include_usage" in text
+        if (
+            self.stream
+            and caps.stream_options
+            and ("stream_options" in text or "include_usage" in text)
         ):
             caps.stream_options = False
             log.info("lmlink: the server refused stream_options; sending without it")

@@ -68,7 +68,9 @@ class _StreamCore:
         self._ended = False
         self._response: ChatResponse | None = None
 
-    def _after_failure(self, exc: LMLinkError, state: RetryState | None) -> tuple[float, RetryState | None]:
+    def _after_failure(
+        self, exc: LMLinkError, state: RetryState | None
+    ) -> tuple[float, RetryState | None]:
         """Adapt the request to a refusal (no wait), or return the retry wait."""
         self._decoder = SSEDecoder()
         self._acc = self._client._accumulator()

@@ -81,16 +81,31 @@ def _unknown_param(persona: Persona, param: str) -> Rejection:
     message = f"Unrecognized request argument supplied: {param}"
     return Rejection(
         400,
-        _json({"error": {"message": message, "type": "invalid_request_error", "param": param,
-                         "code": None}}),
+        _json(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": param,
+                    "code": None,
+                }
+            }
+        ),
     )
 
 
 def _generic_format_error(form: str) -> Rejection:
     return Rejection(
         400,
-        _json({"error": {"message": f"response_format {form} is not supported",
-                         "type": "invalid_request_error", "code": 400}}),
+        _json(
+            {
+                "error": {
+                    "message": f"response_format {form} is not supported",
+                    "type": "invalid_request_error",
+                    "code": 400,
+                }
+            }
+        ),
     )
 
 
@@ -100,8 +115,19 @@ def _llama_cpp_python(form: str) -> Rejection:
         "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input "
         "should be 'text' or 'json_object'"
     )
-    return Rejection(500, _json({"error": {"message": message, "type": "internal_server_error",
-                                           "param": None, "code": None}}))
+    return Rejection(
+        500,
+        _json(
+            {
+                "error": {
+                    "message": message,
+                    "type": "internal_server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        ),
+    )
 
 
 def _tgi(form: str) -> Rejection:
@@ -113,13 +139,16 @@ def _tgi(form: str) -> Rejection:
 
 
 def _lmstudio(form: str) -> Rejection:
-    return Rejection(400, _json({"error": "'response_format.type' must be 'json_schema' or 'text'"}))
+    return Rejection(
+        400, _json({"error": "'response_format.type' must be 'json_schema' or 'text'"})
+    )
 
 
 def _llamacpp(form: str) -> Rejection:
     message = 'response_format type must be one of "text" or "json_object", but got: ' + form
-    return Rejection(400, _json({"error": {"code": 400, "message": message,
-                                           "type": "invalid_request_error"}}))
+    return Rejection(
+        400, _json({"error": {"code": 400, "message": message, "type": "invalid_request_error"}})
+    )
 
 
 _FORMAT_ERRORS = {
@@ -135,17 +164,33 @@ PERSONAS: dict[str, Persona] = {
         Persona("openai", "system"),
         Persona("ollama", "library", root_text=b"Ollama is running"),
         Persona("vllm", "vllm", models_extra={"root": None, "max_model_len": 4096}),
-        Persona("llamacpp", "llamacpp", formats=frozenset({"json_schema", "json_object"}),
-                headers=(("Server", "llama.cpp"),)),
-        Persona("lmstudio", "organization_owner", formats=frozenset({"json_schema"}),
-                headers=(("X-Powered-By", "Express"),)),
+        Persona(
+            "llamacpp",
+            "llamacpp",
+            formats=frozenset({"json_schema", "json_object"}),
+            headers=(("Server", "llama.cpp"),),
+        ),
+        Persona(
+            "lmstudio",
+            "organization_owner",
+            formats=frozenset({"json_schema"}),
+            headers=(("X-Powered-By", "Express"),),
+        ),
         Persona("sglang", "sglang"),
         Persona("tgi", None, formats=frozenset({"value"})),
         Persona("localai", "localai"),
-        Persona("mlx", None, formats=frozenset({"any"}),
-                headers=(("Server", "BaseHTTP/0.6 Python/3.12.4"),)),
+        Persona(
+            "mlx",
+            None,
+            formats=frozenset({"any"}),
+            headers=(("Server", "BaseHTTP/0.6 Python/3.12.4"),),
+        ),
         Persona("llama-cpp-python", "me", formats=frozenset({"json_object"})),
-        Persona("strict-proxy", "proxy", rejects_stream_options=True,
-                rejects_unknown=frozenset({"chat_template_kwargs", "reasoning_effort"})),
+        Persona(
+            "strict-proxy",
+            "proxy",
+            rejects_stream_options=True,
+            rejects_unknown=frozenset({"chat_template_kwargs", "reasoning_effort"}),
+        ),
     )
 }
