@@ -1,0 +1,521 @@
+"""Asyncio HTTP/1.1 transport on ``asyncio.Protocol``, with a keep-alive pool.
+
+The protocol logic lives in :mod:`lmlink._http` (sans-I/O). Each connection is a
+:class:`_Conn` protocol: ``data_received`` pushes bytes straight into the response parser
+(no stream reader, no intermediate buffer) and wakes the one coroutine waiting on that
+connection through a bare future. Timeouts cost no task and no ``wait_for``: each connection
+keeps at most one ``loop.call_at`` timer, which is re-armed lazily: a wait only moves the
+expiry, and the timer, when it fires early, re-arms itself for the new expiry, so a stream
+of thousands of reads creates a handful of timer handles, not one per read. Waits are bounded
+by ``min(idle, deadline - now)`` as in the sync shell. Idle pooled connections stay
+registered with the loop, so a server closing one (RFC 9112 section 9.3.1) removes it from
+the pool at once; a reused connection that still turns out dead before any response byte is
+replaced and the request sent once more. The pool is per origin, LIFO, capped at
+``max_connections`` sockets, and callers waiting for a slot are served first in, first out
+(a freed connection is handed to the oldest waiter directly). Cancellation is never
+converted: a cancelled wait aborts its connection and re-raises ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from contextlib import suppress
+from time import monotonic
+from typing import Any, Union, cast
+
+from ._errors import APIConnectionError, ConfigurationError, LMLinkError
+from ._http import ResponseParser, Target, build_request, parse_url
+from ._transport import (
+    DEFAULT_LIMIT,
+    ResponseBase,
+    Timeouts,
+    _budget,
+    _connect_budget,
+    connect_error,
+    io_error,
+    make_ssl_context,
+    timeout_error,
+)
+
+__all__ = ["AsyncResponse", "AsyncTransport"]
+
+_HIGH_WATER = 1 << 20  # undelivered body bytes at which reading pauses (backpressure)
+_INF = float("inf")
+_CLOSED = object()  # a pool waiter's result when the transport is closed under it
+_Key = tuple[str, str, int]
+_Handoff = Union["_Conn", bool, None, object]  # a connection, a slot (None), timeout (False)
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: feeds the current response's parser and wakes its reader."""
+
+    def __init__(self, pool: AsyncTransport, loop: asyncio.AbstractEventLoop, t: Target) -> None:
+        self._pool = pool
+        self._loop = loop
+        self.key = t.key
+        self.where = t.where
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.parser: ResponseParser | None = None  # None while idle in the pool
+        self.waiter: asyncio.Future[bool] | None = None
+        self.exc: LMLinkError | None = None
+        self.used = 0
+        self.idle = False  # in the pool's idle list
+        self.lost = False  # the loop reported EOF or connection_lost
+        self.dead = False  # closed and no longer counted by the pool
+        self.paused = False
+        self.write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._expiry = _INF
+
+    # -- protocol callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:  # an idle connection must stay silent: never reuse this one
+            self.lost = True
+            self.transport.abort()
+            return
+        try:
+            parser.feed(data)
+        except LMLinkError as exc:
+            self.exc = exc
+            self.transport.abort()
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(True)
+        elif parser.pending > _HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> None:
+        self.lost = True
+        self._eof()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        parser = self.parser
+        if parser is None:
+            self._pool._lost_idle(self)
+        elif self.exc is None and not parser.done:
+            if isinstance(exc, OSError):
+                self.exc = io_error(exc, self.where, True, parser.received)
+            else:
+                self._eof()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake()
+
+    def _eof(self) -> None:
+        parser = self.parser
+        if parser is not None and self.exc is None:
+            try:
+                parser.feed_eof()
+            except LMLinkError as exc:
+                self.exc = exc
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        left = self._expiry - self._loop.time()
+        if left > 1e-3:  # the wait that armed this timer ended; a later one runs longer
+            if left != _INF:
+                self._timer = self._loop.call_at(self._expiry, self._on_timer)
+            return
+        self.waiter = None
+        waiter.set_result(False)
+
+    # -- used by the transport and responses ------------------------------------------------
+
+    async def wait(self, timeouts: Timeouts, start: float, writing: bool = False) -> None:
+        """Wait for the next event: bytes, EOF, an error, or room to write."""
+        if self.exc is not None:
+            raise self.exc
+        if self.lost and self.parser is not None and not self.parser.done:
+            raise APIConnectionError(
+                f"the connection to {self.where} is closed", request_sent=True, reason="closed"
+            )
+        wait, phase, limit = _budget(timeouts, start)
+        if wait is not None and wait <= 0:
+            raise timeout_error(phase, limit, self.where, not writing, writing=writing)
+        loop = self._loop
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        waiter = loop.create_future()
+        self.waiter = waiter
+        if wait is None:
+            self._expiry = _INF
+        else:
+            expiry = self._expiry = loop.time() + wait
+            timer = self._timer
+            if timer is None or timer.when() > expiry:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(expiry, self._on_timer)
+        try:
+            progressed = await waiter
+        finally:
+            if self.waiter is waiter:
+                self.waiter = None
+        if not progressed:
+            raise timeout_error(phase, limit, self.where, not writing, writing=writing)
+        if self.exc is not None:
+            raise self.exc
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.lost = True
+        transport = self.transport
+        if transport is not None:
+            with suppress(RuntimeError):  # its event loop is already closed
+                transport.abort()
+
+
+class AsyncResponse(ResponseBase[_Conn]):
+    """A response whose head has arrived; the body is read on demand."""
+
+    __slots__ = ()
+
+    async def read(self, limit: int = DEFAULT_LIMIT) -> bytes:
+        """The whole (rest of the) body; over ``limit`` bytes raises ResponseTooLargeError."""
+        parser = self._parser
+        parser.limit = limit
+        try:
+            self._check(limit)
+            while not parser.done:
+                await self._live().wait(self._timeouts, self._start)
+                self._check(limit)
+            data = parser.take()
+        except BaseException:
+            self._close()
+            raise
+        self._close()
+        return data
+
+    def aiter_bytes(self) -> AsyncResponse:
+        """The body as it arrives, de-chunked and decoded; never yields ``b""``.
+
+        The response is its own async iterator (not an async generator: abandoning the loop
+        needs no finaliser; ``aclose`` does the cleanup).
+        """
+        return self
+
+    def __aiter__(self) -> AsyncResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
+        parser = self._parser
+        while True:
+            if parser.body:
+                data = parser.take()
+                conn = self._conn
+                if conn is not None:
+                    if parser.done:
+                        self._close()
+                    elif conn.paused:
+                        conn.paused = False
+                        conn.transport.resume_reading()
+                return data
+            if parser.done:
+                self._close()
+                raise StopAsyncIteration
+            try:
+                await self._live().wait(self._timeouts, self._start)
+            except BaseException:
+                self._close()
+                raise
+
+    async def aclose(self) -> None:
+        """Give the connection back if the body was read whole, else close the socket."""
+        self._close()
+
+    async def __aenter__(self) -> AsyncResponse:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._close()
+
+
+class AsyncTransport:
+    """Asyncio HTTP/1.1 client with a keep-alive pool. Bound to one event loop at a time."""
+
+    def __init__(self, *, verify: bool | ssl.SSLContext = True, max_connections: int = 256) -> None:
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be at least 1")
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
+        self._max = max_connections
+        self._idle: dict[_Key, list[_Conn]] = {}
+        self._total = 0  # open connections, busy or idle, plus connects under way
+        self._waiters: deque[tuple[_Key, asyncio.Future[_Handoff]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> AsyncResponse:
+        """Send a request; return once the status line and headers have arrived."""
+        target = parse_url(url)
+        data = build_request(method, target, headers, body)
+        if asyncio.get_running_loop() is not self._loop:
+            self._rebind()
+        start = monotonic()
+        conn = self._take_idle(target.key)
+        if conn is None:
+            conn = await self._acquire(target, timeouts, start)
+        while True:
+            parser = conn.parser = ResponseParser(target.where, method == "HEAD")
+            try:
+                conn.transport.write(data)
+                while conn.write_paused and not parser.head_done:
+                    await conn.wait(timeouts, start, writing=True)
+                while not parser.head_done:
+                    await conn.wait(timeouts, start)
+            except APIConnectionError as exc:
+                if conn.used and not parser.received and exc.reason in ("closed", "reset"):
+                    # A kept-alive connection the server had already closed: nothing of
+                    # this request was processed, so send it again on a fresh one.
+                    self._replace(conn)
+                    conn = await self._connect_in_slot(target, timeouts, start)
+                    continue
+                if conn.transport.get_write_buffer_size():
+                    exc.request_sent = False
+                self._discard(conn)
+                raise
+            except BaseException:
+                self._discard(conn)
+                raise
+            conn.used += 1
+            return AsyncResponse(self, conn, parser, timeouts, start)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection; responses still open close theirs when done."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.idle = False
+                conn.dead = True
+                conn.close()
+                self._total -= 1
+        self._idle.clear()
+        while self._waiters:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(_CLOSED)
+
+    async def __aenter__(self) -> AsyncTransport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- pool -------------------------------------------------------------------------------
+
+    def _rebind(self) -> None:
+        """First use, or use from another event loop: connections of the old one are lost."""
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.idle = False
+                conn.close()
+        self._idle.clear()
+        self._waiters.clear()
+        self._total = 0
+        self._loop = asyncio.get_running_loop()
+
+    def _take_idle(self, key: _Key) -> _Conn | None:
+        if self._closed:
+            raise ConfigurationError("this transport (client) is closed")
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            conn.idle = False
+            if not conn.lost:
+                return conn
+            self._discard(conn)
+        return None
+
+    async def _acquire(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
+        if self._total < self._max:
+            self._total += 1
+            return await self._connect_in_slot(target, timeouts, start)
+        victim = next((c for idle in self._idle.values() for c in idle[:1]), None)
+        if victim is not None:  # full of idle connections to other origins: take a slot
+            self._idle[victim.key].remove(victim)
+            self._replace(victim)
+            return await self._connect_in_slot(target, timeouts, start)
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        fut: asyncio.Future[_Handoff] = loop.create_future()
+        self._waiters.append((target.key, fut))
+        deadline = timeouts.deadline
+        timer = None
+        if deadline is not None:
+            timer = loop.call_later(deadline - monotonic(), _pool_timeout, fut)
+        try:
+            got = await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._give_back(fut.result())
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if got is False:
+            assert deadline is not None
+            raise timeout_error("pool", deadline - start, target.where, False)
+        if got is _CLOSED:
+            raise ConfigurationError("this transport (client) is closed")
+        if isinstance(got, _Conn):
+            if not got.lost:
+                return got
+            self._replace(got)
+        return await self._connect_in_slot(target, timeouts, start)
+
+    def _give_back(self, got: _Handoff) -> None:
+        if isinstance(got, _Conn):
+            self._release(got)
+        elif got is None:
+            self._free_slot()
+
+    async def _connect_in_slot(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
+        try:
+            return await self._connect(target, timeouts, start)
+        except BaseException:
+            self._free_slot()
+            raise
+
+    async def _connect(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
+        wait, phase, limit = _connect_budget(timeouts, start)
+        if wait is not None and wait <= 0:
+            raise timeout_error(phase, limit, target.where, False)
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        conn = _Conn(self, loop, target)
+        context = None
+        if target.https:
+            if self._ssl is None:
+                self._ssl = make_ssl_context(self._verify)
+            context = self._ssl
+        task = loop.create_task(
+            loop.create_connection(
+                lambda: conn,
+                target.host,
+                target.port,
+                ssl=context,
+                server_hostname=target.host if context else None,
+            )
+        )
+        expired: list[bool] = []
+        timer = None
+        if wait is not None:
+            timer = loop.call_later(wait, _connect_timeout, task, expired)
+        try:
+            await task
+        except asyncio.CancelledError as exc:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                conn.close()  # connected just as we were cancelled: do not leak it
+            if expired and not _cancelling():
+                raise timeout_error(phase, limit, target.where, False) from exc
+            raise
+        except (OSError, ValueError) as exc:
+            raise connect_error(exc, target.where) from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return conn
+
+    def _release(self, conn: _Conn) -> None:
+        conn.parser = None
+        if conn.lost or self._closed or conn.dead:
+            self._discard(conn)
+            return
+        waiters = self._waiters
+        while waiters:
+            key, fut = waiters.popleft()
+            if fut.done():
+                continue
+            if key == conn.key:
+                fut.set_result(conn)
+            else:  # its slot goes to a caller waiting for another origin
+                self._replace(conn)
+                fut.set_result(None)
+            return
+        conn.idle = True
+        self._idle.setdefault(conn.key, []).append(conn)
+
+    def _discard(self, conn: _Conn) -> None:
+        """Close ``conn`` and free its slot (once)."""
+        if conn.dead:
+            return
+        conn.dead = True
+        conn.close()
+        self._free_slot()
+
+    def _replace(self, conn: _Conn) -> None:
+        """Close ``conn`` but keep its slot for the caller."""
+        conn.dead = True
+        conn.close()
+
+    def _free_slot(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            _, fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot passes to it directly
+                return
+        self._total -= 1
+
+    def _lost_idle(self, conn: _Conn) -> None:
+        """The server closed a connection while it idled in the pool."""
+        if conn.idle:
+            conn.idle = False
+            self._idle[conn.key].remove(conn)
+            self._discard(conn)
+
+
+def _pool_timeout(fut: asyncio.Future[_Handoff]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+def _connect_timeout(task: asyncio.Task[Any], expired: list[bool]) -> None:
+    expired.append(True)
+    task.cancel()
+
+
+def _cancelling() -> int:
+    """How many cancellations of the current task are pending (3.11+; else 0)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return int(cancelling()) if cancelling is not None else 0
