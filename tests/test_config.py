@@ -76,11 +76,29 @@ def test_retry_policy_validation() -> None:
 
 
 def test_exported_names_match_all() -> None:
-    """__all__ is exactly the public names of the package."""
+    """__all__ is sorted and is exactly the public names of the package, lazy ones included."""
     public = {
         n
-        for n, v in vars(lmlink).items()
-        if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"
+        for n in dir(lmlink)
+        if not n.startswith("_")
+        and not isinstance(getattr(lmlink, n), types.ModuleType)
+        and n not in {"annotations", "TYPE_CHECKING", "Any"}
     }
     assert sorted(lmlink.__all__) == lmlink.__all__
     assert set(lmlink.__all__) - {"__version__"} == public
+    for name in lmlink.__all__:
+        assert getattr(lmlink, name) is not None
+
+
+def test_import_does_not_load_asyncio() -> None:
+    """`import lmlink` stays light: asyncio, ssl and the validators load only when used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lmlink; "
+        "print(sorted(m for m in ('asyncio', 'ssl', 'jsonschema', 'pydantic') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

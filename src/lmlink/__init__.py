@@ -10,8 +10,9 @@ The table of contents; each name lives in a private module named after its conce
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
-from ._client import AsyncClient, Client, adiscover, discover
+from ._client import Client, discover
 from ._config import RetryPolicy, Timeout
 from ._discovery import ServerInfo
 from ._errors import (
@@ -36,11 +37,39 @@ from ._errors import (
 )
 from ._models import ChatResponse, Message, ModelInfo, ToolCall
 from ._retry import set_instant_retries
-from ._streaming import AsyncChatStream, ChatStream
-from ._tools import tool_schema
+from ._streaming import ChatStream
 from ._version import __version__
 
+if TYPE_CHECKING:
+    from ._aclient import AsyncClient, adiscover
+    from ._astreaming import AsyncChatStream
+    from ._tools import tool_schema
+
 logging.getLogger("lmlink").addHandler(logging.NullHandler())
+
+# Loaded on first use: asyncio and inspect cost more than all of lmlink's own modules.
+_LAZY = {
+    "AsyncClient": "._aclient",
+    "adiscover": "._aclient",
+    "AsyncChatStream": "._astreaming",
+    "tool_schema": "._tools",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmlink' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "APIConnectionError",

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._config import RetryPolicy, Timeout, resolve_endpoint, resolve_setting
 from ._discovery import ServerInfo
@@ -20,7 +19,6 @@ from ._plan import CapabilityStore, ChatPlan, ChatSpec
 from ._retry import RetryState
 from ._stream import StreamAccumulator
 from ._structured import OutputSpec
-from ._tools import ToolSet
 from ._transport import Timeouts
 from ._version import __version__
 from ._wire import (
@@ -31,6 +29,9 @@ from ._wire import (
 )
 
 __all__ = ["BaseClient", "Call"]
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("lmlink")
 
@@ -177,6 +178,11 @@ class BaseClient:
                 "server's models)"
             )
         response_format_payload(response_format)  # rejects what cannot be sent, early
+        toolset = None
+        if tools:
+            from ._tools import ToolSet
+
+            toolset = ToolSet(tools)
         spec = ChatSpec(
             model=name,
             messages=normalize_messages(messages),
@@ -184,7 +190,7 @@ class BaseClient:
             max_tokens=max_tokens,
             response_format=response_format,
             output=OutputSpec.of(response_format),
-            tools=ToolSet(tools) if tools else None,
+            tools=toolset,
             tool_choice=tool_choice,
             reasoning=reasoning,
             extra=extra or {},

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -29,8 +29,10 @@ from ._errors import (
 )
 from ._models import ChatResponse
 from ._structured import OutputSpec
-from ._tools import ToolSet
 from ._wire import build_chat_body
+
+if TYPE_CHECKING:
+    from ._tools import ToolSet
 
 __all__ = ["Capabilities", "ChatPlan", "ChatSpec", "reasoning_params"]
 

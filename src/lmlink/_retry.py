@@ -8,7 +8,6 @@ are injected, so tests step through whole retry histories without sleeping.
 
 from __future__ import annotations
 
-import email.utils
 import random as _random
 import time
 from collections.abc import Callable, Mapping
@@ -63,6 +62,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     try:
         seconds = float(raw)
     except ValueError:
+        import email.utils
+
         try:
             stamp = email.utils.parsedate_to_datetime(raw)
         except (TypeError, ValueError, IndexError):

@@ -1,5 +1,6 @@
-"""Streams: :class:`ChatStream` and :class:`AsyncChatStream`, two thin I/O shells around
-one shared core (:class:`_StreamCore`: decoder, accumulator, buffered deltas, timings).
+"""Streams: :class:`ChatStream` (here) and ``AsyncChatStream`` (``_astreaming.py``), two thin
+I/O shells around one shared core (:class:`StreamCore`: decoder, accumulator, buffered
+deltas, timings).
 
 Opening a stream reads up to the first piece of output, so that every failure before it
 (a refusal, a 503, a connection cut, an in-band error) can be retried or adapted to like a
@@ -8,14 +9,12 @@ plain call; after that nothing is retried, because the caller has seen text.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._atransport import AsyncResponse
 from ._base import BaseClient, Call
 from ._errors import APIStatusError, LMLinkError, stream_variant
 from ._models import ChatResponse
@@ -26,16 +25,16 @@ from ._stream import StreamAccumulator
 from ._transport import Response
 
 if TYPE_CHECKING:
-    from ._client import AsyncClient, Client
+    from ._client import Client
 
-__all__ = ["AsyncChatStream", "ChatStream", "retry_log"]
+__all__ = ["ChatStream", "Delta", "StreamCore", "broken", "retry_log"]
 
 log = logging.getLogger("lmlink")
 
 Delta = Callable[[str], Any]
 
 
-def _broken(exc: LMLinkError, acc: StreamAccumulator) -> LMLinkError:
+def broken(exc: LMLinkError, acc: StreamAccumulator) -> LMLinkError:
     """A transport failure in mid-stream, re-raised as a StreamError carrying the partial."""
     attrs = {k: v for k, v in exc.__dict__.items() if k != "message"}
     partial = acc.response()
@@ -49,7 +48,7 @@ def retry_log(state: RetryState, exc: LMLinkError, delay: float) -> None:
     log.info("lmlink: retry %d in %.2f s after: %s", state.retries, delay, exc)
 
 
-class _StreamCore:
+class StreamCore:
     """State shared by the two stream shells: decoder, accumulator, buffered deltas."""
 
     def __init__(
@@ -125,7 +124,7 @@ class _StreamCore:
         return out
 
 
-class ChatStream(_StreamCore):
+class ChatStream(StreamCore):
     """A streamed chat: iterate for content deltas; ``.response`` is the aggregate.
 
     >>> with client.stream("Tell me a story") as s:
@@ -198,7 +197,7 @@ class ChatStream(_StreamCore):
             self._finish()
             return
         except LMLinkError as exc:
-            raise _broken(exc, self._acc) from exc
+            raise broken(exc, self._acc) from exc
         self._buffer.extend(self._feed(data))
         if self._acc.done:
             self._drain()
@@ -251,134 +250,3 @@ class ChatStream(_StreamCore):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class AsyncChatStream(_StreamCore):
-    """The async twin of :class:`ChatStream`.
-
-    >>> async with aclient.stream("Tell me a story") as s:
-    ...     async for delta in s:
-    ...         print(delta, end="")
-    """
-
-    def __init__(
-        self,
-        client: AsyncClient,
-        plan: ChatPlan,
-        on_delta: Delta | None = None,
-        on_reasoning: Delta | None = None,
-    ) -> None:
-        super().__init__(client, plan, on_delta, on_reasoning)
-        self._owner = client
-        self._transport = client._transport
-        self._resp: AsyncResponse | None = None
-        self._chunks: AsyncIterator[bytes] | None = None
-
-    async def __aenter__(self) -> AsyncChatStream:
-        await self._owner._ensure_endpoint()
-        self._call = self._client._call(self._plan, self._started)
-        deadline = self._client._deadline(self._started)
-        state: RetryState | None = None
-        while True:  # bounded: by the retry budget and the plan's fallbacks
-            try:
-                await self._open(deadline)
-                return self
-            except LMLinkError as exc:
-                await self._close_response()
-                delay, state = self._after_failure(exc, state)
-                if delay:
-                    await asyncio.sleep(delay)
-            except BaseException:
-                await self._close_response()
-                raise
-
-    async def _open(self, deadline: float | None) -> None:
-        call = self._call
-        assert call is not None
-        timeouts = self._client._timeouts(deadline)
-        resp = await self._transport.request(
-            call.method, call.url, call.headers, call.body, timeouts
-        )
-        self._resp = resp
-        if resp.status >= 300:
-            body = await resp.read(self._client._max_body)
-            raise self._client._status_error(resp.status, resp.headers, body)
-        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-            # The server answered with one JSON body (it ignored "stream": true).
-            body = await resp.read(self._client._max_body)
-            self._response = self._client._finish_chat(call, body, time.monotonic() - call.started)
-            self._plan.accept(self._response)
-            self._ended = True
-            if self._response.content:
-                self._buffer.append(self._response.content)
-            return
-        self._chunks = resp.aiter_bytes()
-        # Read up to the first piece of output, so that failures before it can be retried.
-        while not self._buffer and not self._acc.output_seen and not self._ended:
-            await self._pull()
-
-    async def _pull(self) -> None:
-        assert self._chunks is not None
-        try:
-            data = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            await self._close_response()
-            self._finish()
-            return
-        except LMLinkError as exc:
-            raise _broken(exc, self._acc) from exc
-        self._buffer.extend(self._feed(data))
-        if self._acc.done:
-            await self._drain()
-
-    async def _drain(self) -> None:
-        """After [DONE]: read the end of the body so the connection can be reused."""
-        assert self._chunks is not None
-        try:
-            async for _ in self._chunks:
-                pass
-        except LMLinkError:
-            log.debug("lmlink: connection lost after [DONE]; ignored")
-        await self._close_response()
-        self._finish()
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._deltas()
-
-    async def _deltas(self) -> AsyncIterator[str]:
-        on_delta = self._on_delta
-        while True:  # bounded: ends with the body
-            if self._buffer:
-                pending, self._buffer = self._buffer, []
-                for text in pending:
-                    if on_delta is not None:
-                        on_delta(text)
-                    yield text
-            elif self._ended:
-                return
-            else:
-                await self._pull()
-
-    async def until_done(self) -> ChatResponse:
-        """Consume the rest of the stream (calling the callbacks); return the aggregate."""
-        async for _ in self:
-            pass
-        return self.response
-
-    async def _close_response(self) -> None:
-        if self._resp is not None:
-            resp, self._resp = self._resp, None
-            await resp.aclose()
-
-    async def aclose(self) -> None:
-        """Stop reading; an unfinished stream's connection is closed."""
-        self._ended = True
-        await self._close_response()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -18,11 +18,11 @@ from __future__ import annotations
 import errno
 import select
 import socket
-import ssl
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from time import monotonic
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from ._errors import (
     APIConnectionError,
@@ -31,6 +31,9 @@ from ._errors import (
     ResponseTooLargeError,
 )
 from ._http import ResponseParser, Target, build_request, parse_url
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["DEFAULT_LIMIT", "Response", "SyncTransport", "Timeouts", "make_ssl_context"]
 
@@ -52,7 +55,10 @@ class Timeouts(NamedTuple):
 
 
 def make_ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
-    """The context for ``verify``: the system's trust store, none at all, or the one given."""
+    """The context for ``verify``: the system's trust store, none at all, or the one given.
+    (``ssl`` is imported here, on the first https request: it is slow to import.)"""
+    import ssl
+
     if isinstance(verify, ssl.SSLContext):
         return verify
     ctx = ssl.create_default_context()
@@ -449,17 +455,23 @@ def timeout_error(
     )
 
 
+def _ssl_module() -> Any:
+    """``ssl`` if anything imported it (no TLS error can exist otherwise), else None."""
+    return sys.modules.get("ssl")
+
+
 def connect_error(exc: Exception, where: str) -> APIConnectionError:
     """The error for a failed connect or TLS handshake (nothing was sent)."""
+    ssl = _ssl_module()
     if not isinstance(exc, OSError):  # UnicodeError from IDNA: a host name that cannot exist
         reason, text = "dns", f"invalid host name in {where}: {exc}"
-    elif isinstance(exc, ssl.SSLCertVerificationError):
+    elif ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
         reason = "tls"
         text = (
             f"the TLS certificate of {where} did not verify: {exc.verify_message} "
             "(pass verify=False, or an ssl.SSLContext that trusts it)"
         )
-    elif isinstance(exc, ssl.SSLError):
+    elif ssl is not None and isinstance(exc, ssl.SSLError):
         reason, text = "tls", f"TLS handshake with {where} failed: {exc}"
     elif isinstance(exc, socket.gaierror):
         reason, text = "dns", f"could not resolve the host of {where}: {exc.strerror or exc}"
@@ -477,7 +489,8 @@ def connect_error(exc: Exception, where: str) -> APIConnectionError:
 def io_error(exc: OSError, where: str, request_sent: bool, received: bool) -> APIConnectionError:
     """The error for a send or receive that failed on an open connection."""
     when = "in the middle of the response" if received else "before it answered"
-    if isinstance(exc, ssl.SSLError):
+    ssl = _ssl_module()
+    if ssl is not None and isinstance(exc, ssl.SSLError):
         return APIConnectionError(
             f"TLS error on the connection to {where} {when}: {exc}",
             request_sent=request_sent,
