@@ -13,7 +13,7 @@ from lmlink._plan import reasoning_params
 from lmlink.testing import FakeServer, Reply
 
 if TYPE_CHECKING:
-    from conftest import API
+    from apis import API
 
 SCHEMA = {
     "type": "object",

@@ -12,7 +12,7 @@ import lmlink
 from lmlink.testing import FakeServer, Reply
 
 if TYPE_CHECKING:
-    from conftest import API
+    from apis import API
 
 
 @pytest.fixture(autouse=True)
