@@ -32,20 +32,20 @@ def run(*cmd: str | Path, check: bool = True, env: dict[str, str] | None = None)
     return code
 
 
-def ensure_venv(*groups: str) -> None:
+def ensure_venv(*groups: str, extras: str = "") -> None:
     """Create .venv and install lmlink (editable) with the given dependency groups."""
     if not PY.exists():
         print(f"creating virtualenv in {VENV.name}/", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     wanted = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + ",".join(groups).encode()
+        (ROOT / "pyproject.toml").read_bytes() + ",".join(groups).encode() + extras.encode()
     ).hexdigest()
     stamp = VENV / f".stamp-{'-'.join(groups) or 'base'}"
     if stamp.exists() and stamp.read_text() == wanted:
         return
     pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     run(*pip, "--upgrade", "pip>=25.1")  # dependency groups need pip 25.1
-    args: list[str | Path] = [*pip, "-e", "."]
+    args: list[str | Path] = [*pip, "-e", f".[{extras}]" if extras else "."]
     for group in groups:
         args += ["--group", group]
     run(*args)
@@ -53,7 +53,7 @@ def ensure_venv(*groups: str) -> None:
 
 
 def demo(args: list[str]) -> int:
-    ensure_venv()
+    ensure_venv(extras="progress")
     return run(BIN / "lmlink", "demo", *args, check=False)
 
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._aclient import AsyncClient, adiscover
     from ._astreaming import AsyncChatStream
     from ._tools import tool_schema
+    from .batch import BatchSummary, arun_batch, run_batch
 
 logging.getLogger("lmlink").addHandler(logging.NullHandler())
 
@@ -53,6 +54,9 @@ _LAZY = {
     "adiscover": "._aclient",
     "AsyncChatStream": "._astreaming",
     "tool_schema": "._tools",
+    "run_batch": ".batch",
+    "arun_batch": ".batch",
+    "BatchSummary": ".batch",
 }
 
 
@@ -79,6 +83,7 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BatchSummary",
     "ChatResponse",
     "ChatStream",
     "Client",
@@ -103,7 +108,9 @@ __all__ = [
     "ToolCall",
     "__version__",
     "adiscover",
+    "arun_batch",
     "discover",
+    "run_batch",
     "set_instant_retries",
     "tool_schema",
 ]

@@ -109,6 +109,7 @@ def _schema_problems(schema: Mapping[str, Any], value: Any) -> list[str]:
 
     try:
         validator_cls = jsonschema.validators.validator_for(schema)
+        validator_cls.check_schema(schema)
         validator = validator_cls(schema)
         errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
     except jsonschema.SchemaError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
+from ._batch import batch, classify, extract, summarize
 from ._chat import chat, models
 from ._demo import demo
 
@@ -25,3 +26,7 @@ def main() -> None:
 main.add_command(chat)
 main.add_command(models)
 main.add_command(demo)
+main.add_command(batch)
+main.add_command(classify)
+main.add_command(summarize)
+main.add_command(extract)

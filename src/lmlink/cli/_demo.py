@@ -1,21 +1,61 @@
-"""``lmlink demo``: the README's first command. A streamed chat against the configured
-server, or, when there is none, against the bundled test server with its canned replies."""
+"""``lmlink demo``: the README's first command. ``lmlink classify`` over 300 bundled support
+tickets, against the configured server, or, when there is none, against the bundled test
+server, whose answers are canned (a keyword match), and which says so."""
 
 from __future__ import annotations
 
+import json
+import sys
+import zlib
+from collections import Counter
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ._common import fail
 
-PROMPT = "In two sentences: why run LLM batch work on your own hardware?"
-CANNED = (
-    "Running batch work on your own hardware keeps your data at home and costs nothing per "
-    "token. lmlink makes it dependable: typed errors, honest timeouts and retries that wait "
-    "for a model to load."
-)
+LABELS = ("billing", "bug", "feature_request", "account_access", "shipping", "other")
+DEFAULT_OUTPUT = "lmlink-demo-output.jsonl"
+
+# What the test server answers instead of a model: the first label whose words appear.
+KEYWORDS = {
+    "billing": "charge|bill|refund|invoice|price|payment|paypal|subscription|discount|promo|"
+    "receipt|credit card",
+    "account_access": "log in|login page|password|locked|verification|two-factor|sign in|"
+    "hacked|session|email address|delete my account|can't log|can't get in|two admins",
+    "shipping": "ship|deliver|tracking|package|parcel|box|customs|in stock|return label|"
+    "adapter|neighbour|i ordered",
+    "feature_request": "would be great|please add|could you add|can you add|feature|"
+    "suggestion|wish|would love|could the|nice to|request:|any plans|let us|let admins|"
+    "appreciated",
+    "bug": "crash|error|offline|stopped|freezes|stuck|wrong|late|unreadable|blank|blinks|"
+    "not responding|itself|only shows|thinks i'm away|shows",
+}
+
+
+def canned_label(text: str) -> str:
+    """The test server's stand-in for a model: a keyword match, ``other`` if none."""
+    lowered = text.lower()
+    for label, words in KEYWORDS.items():
+        if any(word in lowered for word in words.split("|")):
+            return label
+    return "other"
+
+
+def tickets_path() -> Path:
+    """The bundled tickets: in the installed package, or in the source checkout."""
+    here = Path(__file__).resolve()
+    for candidate in (
+        here.parent.parent / "_data" / "tickets.jsonl",
+        here.parents[3] / "examples" / "tickets.jsonl",
+        Path.cwd() / "examples" / "tickets.jsonl",
+    ):
+        if candidate.is_file():
+            return candidate
+    fail("the bundled examples/tickets.jsonl is missing from this installation")
+    raise AssertionError("unreachable")
 
 
 @click.command()
@@ -24,62 +64,134 @@ CANNED = (
     "--endpoint",
     envvar="LMLINK_ENDPOINT",
     default=None,
-    help="Base URL through /v1 [env: LMLINK_ENDPOINT].",
+    help="Base URL through /v1 [env: LMLINK_ENDPOINT; default: the bundled test server].",
 )
 @click.option("-m", "--model", envvar="LMLINK_MODEL", default=None, help="Model name.")
-@click.option("--prompt", default=PROMPT, show_default=True)
-def demo(endpoint: str | None, model: str | None, prompt: str) -> None:
-    """Stream one chat: against your server, or the bundled test server (canned replies)."""
-    import lmlink
+@click.option("--api-key", envvar="LMLINK_API_KEY", default=None, help="Bearer token, if needed.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUTPUT,
+    show_default=True,
+    help="Where the results go (replaced on every demo run).",
+)
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "bar", "lines", "off"]),
+    default="auto",
+    show_default=True,
+)
+def demo(
+    endpoint: str | None,
+    model: str | None,
+    api_key: str | None,
+    output: Path,
+    concurrency: int,
+    progress: str,
+) -> None:
+    """Classify 300 support tickets: `lmlink classify` against your server (LMLINK_ENDPOINT),
+    or the bundled test server (canned answers), with progress, a summary and a JSONL file."""
+    from lmlink.batch import Task
 
+    from ._batch import run_batch_command
+
+    source = tickets_path()
+    if output.is_dir():
+        raise click.BadParameter(f"{output} is a directory", param_hint="-o")
     with ExitStack() as stack:
         if endpoint:
-            click.secho(f"Server: {endpoint}", fg="green", err=True)
+            announce = _real_banner(endpoint, model)
         else:
             endpoint, model = _start_test_server(stack, model)
-        client = stack.enter_context(lmlink.Client(endpoint=endpoint, model=model, timeout=120))
-        if not client.model:
-            try:
-                model = client.models()[0].id
-            except (lmlink.LMLinkError, IndexError) as exc:
-                fail(f"could not list the server's models: {exc}")
-        click.secho(f"Model:  {model or client.model}\n", fg="green", err=True)
-        click.secho(f"> {prompt}\n", bold=True, err=True)
-        try:
-            resp = client.chat_stream(prompt, model=model, on_delta=_echo)
-        except lmlink.LMLinkError as exc:
-            click.echo()
-            fail(str(exc))
-        click.echo()
-        _summary(resp)
+            announce = _canned_banner(endpoint)
+        output.unlink(missing_ok=True)
+        code = run_batch_command(
+            Task.classify(LABELS),
+            "classify",
+            input_path=source,
+            output=output,
+            endpoint=endpoint,
+            model=model,
+            api_key=api_key,
+            timeout=120.0,
+            concurrency=concurrency,
+            template=None,
+            system=None,
+            temperature=0.0,
+            max_tokens=None,
+            cache=None,
+            retry_errors=False,
+            stream=None,
+            progress=progress,
+            announce=announce,
+        )
+    if output.exists():
+        _show_results(source, output)
+    sys.exit(code)
 
 
-def _echo(text: str) -> None:
-    click.echo(text, nl=False)
+def _real_banner(endpoint: str, model: str | None) -> Any:
+    def announce() -> None:
+        click.secho(f"Server: {endpoint}", fg="green", err=True)
+        click.secho(f"Model:  {model or '(the server first model)'}", fg="green", err=True)
+
+    return announce
+
+
+def _canned_banner(url: str) -> Any:
+    def announce() -> None:
+        click.secho(
+            "No LLM server configured (set LMLINK_ENDPOINT or pass -e URL).\n"
+            f"Using lmlink's bundled TEST SERVER at {url}: its labels are CANNED\n"
+            "(a keyword match), not chosen by a model. It also answers a few requests with\n"
+            "429 'slow down', to show retries and the adaptive concurrency at work.",
+            fg="yellow",
+            bold=True,
+            err=True,
+        )
+
+    return announce
 
 
 def _start_test_server(stack: ExitStack, model: str | None) -> tuple[str, str]:
-    from lmlink.testing import FakeServer, Reply
+    from lmlink.testing import FakeServer, Faults, Reply
 
     name = model or "lmlink-test-model"
     server = stack.enter_context(FakeServer(model=name))
-    server.responder = lambda request: Reply(content=CANNED, chunk_chars=6, delay=0.02)
-    banner = (
-        "No LLM server configured (set LMLINK_ENDPOINT or pass -e URL).\n"
-        f"Using lmlink's bundled TEST SERVER at {server.url}: its replies are CANNED,\n"
-        "not written by a model."
-    )
-    click.secho(banner, fg="yellow", bold=True, err=True)
+
+    def respond(request: Any) -> Reply:
+        text = str(request.json["messages"][-1]["content"])
+        label = canned_label(text)
+        # Paced like a small model on a small GPU: 100-200 ms an answer.
+        delay = 0.1 + (zlib.crc32(text.encode()) % 101) / 1000
+        return Reply(content=json.dumps({"label": label}), chunk_chars=4, delay=delay)
+
+    server.responder = respond
+    server.faults = Faults(seed=7, p_429=0.02, retry_after=0.2)
     return server.url, name
 
 
-def _summary(resp: Any) -> None:
-    parts = [f"finish={resp.finish_reason}"]
-    if resp.prompt_tokens is not None:
-        parts.append(f"tokens in/out={resp.prompt_tokens}/{resp.output_tokens}")
-    if resp.ttft_s is not None:
-        parts.append(f"ttft={resp.ttft_s * 1000:.0f} ms")
-    parts.append(f"total={(resp.latency_s or 0) * 1000:.0f} ms")
-    if resp.tokens_per_s:
-        parts.append(f"{resp.tokens_per_s:.1f} tok/s")
-    click.secho("\n" + "  ".join(parts), dim=True, err=True)
+def _show_results(source: Path, output: Path) -> None:
+    """Label counts and a few examples, on stdout (the data; the rest went to stderr)."""
+    texts: dict[str, str] = {}
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            texts[row["id"]] = row.get("text", "")
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line]
+    labels = Counter(str(r.get("label")) for r in records if "label" in r)
+    if not labels:
+        return
+    click.echo("\nTickets per label:")
+    width = max(len(k) for k in labels)
+    for label, count in labels.most_common():
+        click.echo(f"  {label:<{width}}  {count:>4}  {'█' * max(1, count // 4)}")
+    click.echo("\nA few of them:")
+    for record in sorted(records, key=lambda r: str(r["id"]))[:5]:
+        text = texts.get(record["id"], "")
+        text = text if len(text) <= 70 else text[:67] + "..."
+        label = str(record.get("label"))
+        click.echo(f"  {record['id']}  {label:<{width}}  {text}")
+    click.echo(f"\nEvery result, one JSON line per ticket: {output}")

@@ -1,0 +1,176 @@
+"""The entry points: :func:`arun_batch`, and :func:`run_batch` for code that is not async.
+
+The engine (:mod:`._runner`, which needs asyncio) is imported when a batch runs, not when
+``lmlink.batch`` is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lmlink._config import RetryPolicy, Timeout
+from lmlink._errors import ConfigurationError
+
+from ._progress import BatchSummary, ProgressCallback
+from ._tasks import Task
+
+if TYPE_CHECKING:
+    from lmlink import AsyncClient
+
+    from ._runner import Items
+
+__all__ = ["arun_batch", "run_batch", "run_sync"]
+
+T = TypeVar("T")
+
+
+async def arun_batch(
+    items: Items,
+    output: str | Path,
+    *,
+    endpoint: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    client: AsyncClient | None = None,
+    concurrency: int = 8,
+    timeout: float | Timeout = 120.0,
+    retry: RetryPolicy | None = None,
+    task: Task | None = None,
+    template: str | None = None,
+    system: str | None = None,
+    cache: str | Path | None = None,
+    retry_errors: bool = False,
+    stream: bool | None = None,
+    on_progress: ProgressCallback | None = None,
+    **params: Any,
+) -> BatchSummary:
+    """Send every item that has no line in ``output`` yet; append one line per result.
+
+    ``items``: a JSONL or CSV file (``.csv``, header row with an ``id`` column), ``"-"``
+    for JSONL on stdin, or an iterable of dicts like ``{"id": "t1", "prompt": "..."}``,
+    ``{"id": "t1", "messages": [...]}`` or any fields rendered through ``template``
+    (``"Summarise: {text}"``); ``system`` adds a system message. Every input problem is
+    raised at once as :class:`BatchInputError` before anything is sent or written.
+
+    Each line of ``output`` is ``{"id", "content", "reasoning", "parsed", "finish_reason",
+    "prompt_tokens", "output_tokens", "latency_s", "ttft_s", "model"}`` or ``{"id",
+    "error": {"type", "message", "status_code"}}``, in the order results arrive.
+
+    ``concurrency`` is the most requests in flight; it halves on 429, 503 and timeouts and
+    grows back by one after a run of successes. ``cache`` is an SQLite file of answers
+    (keyed on endpoint, model, parameters and messages; a hit sends nothing).
+    ``retry_errors`` sends the items whose line is an error again. ``stream`` picks
+    streamed or plain requests (default: streams, which give a real time to first token,
+    except for structured output, which is re-asked when invalid only on plain requests).
+    ``task`` is a preset (:meth:`Task.classify`, :meth:`Task.summarize`,
+    :meth:`Task.extract`). Other keywords (``temperature=``, ``max_tokens=``,
+    ``response_format=``, ...) go into every request; a row's own ``max_tokens``,
+    ``temperature``, ... win. ``on_progress`` gets a :class:`Progress` after each result
+    and about twice a second.
+
+    Returns a :class:`BatchSummary`. A failure that every item would share (no server, a
+    refused connection, a wrong API key, an unknown model) stops the run and is raised;
+    what was finished stays in ``output`` and the next run continues from there.
+
+    >>> summary = await lmlink.arun_batch("in.jsonl", "out.jsonl", model="qwen3:8b")
+    """
+    from ._runner import Runner, load_items
+
+    task = task or Task()
+    loaded = load_items(items, task, template, system)
+    if isinstance(items, (str, Path)) and str(items) != "-" and _same_file(items, output):
+        raise ConfigurationError(f"the output {output} is the input file; pick another")
+    runner = Runner(
+        loaded,
+        output,
+        endpoint=endpoint,
+        model=model,
+        api_key=api_key,
+        client=client,
+        concurrency=concurrency,
+        timeout=timeout,
+        retry=retry,
+        task=task,
+        cache=cache,
+        retry_errors=retry_errors,
+        stream=stream,
+        on_progress=on_progress,
+        params=params,
+    )
+    return await runner.run()
+
+
+def run_batch(
+    items: Items,
+    output: str | Path,
+    *,
+    endpoint: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    client: AsyncClient | None = None,
+    concurrency: int = 8,
+    timeout: float | Timeout = 120.0,
+    retry: RetryPolicy | None = None,
+    task: Task | None = None,
+    template: str | None = None,
+    system: str | None = None,
+    cache: str | Path | None = None,
+    retry_errors: bool = False,
+    stream: bool | None = None,
+    on_progress: ProgressCallback | None = None,
+    **params: Any,
+) -> BatchSummary:
+    """:func:`arun_batch` for code that is not async; same arguments, same result.
+
+    It runs its own event loop (the runner is one asyncio engine, not a second copy in
+    threads); inside a running loop, ``await lmlink.arun_batch(...)`` instead. Ctrl-C
+    cancels the requests in flight and raises KeyboardInterrupt; the output is intact.
+
+    >>> summary = lmlink.run_batch("tickets.jsonl", "out.jsonl", model="qwen3:8b",
+    ...                            task=lmlink.batch.Task.classify(["billing", "bug", "other"]))
+    >>> print(summary.describe())
+    """
+    return run_sync(
+        arun_batch(
+            items,
+            output,
+            endpoint=endpoint,
+            model=model,
+            api_key=api_key,
+            client=client,
+            concurrency=concurrency,
+            timeout=timeout,
+            retry=retry,
+            task=task,
+            template=template,
+            system=system,
+            cache=cache,
+            retry_errors=retry_errors,
+            stream=stream,
+            on_progress=on_progress,
+            **params,
+        )
+    )
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a new event loop; refuse inside a running one."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise ConfigurationError(
+        "run_batch() was called inside a running event loop; use await lmlink.arun_batch()"
+    )
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False

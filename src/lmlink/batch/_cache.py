@@ -1,0 +1,127 @@
+"""An SQLite response cache, so a re-run sends nothing it already has an answer for.
+
+The key is a SHA-256 over everything that shapes an answer: the endpoint (without any
+user:password part), the model, every request parameter and the messages. The API key is
+never part of the key or of the stored value, and neither are request headers. The database
+runs in WAL mode, so a reader never waits for a writer and a killed run leaves it
+consistent. ``sqlite3`` is imported only when a cache is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from lmlink._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+__all__ = ["ResponseCache", "cache_key"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def _public_endpoint(endpoint: str) -> str:
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def cache_key(endpoint: str, model: str, messages: Any, params: Mapping[str, Any]) -> str:
+    """The cache key of one request.
+
+    >>> cache_key("http://127.0.0.1:8080/v1", "qwen3", [{"role": "user", "content": "Hi"}],
+    ...           {"max_tokens": 5})
+    '3f1c...'
+    """
+    material = {
+        "v": 1,
+        "endpoint": _public_endpoint(endpoint),
+        "model": model,
+        "params": dict(params),
+        "messages": messages,
+    }
+    blob = orjson.dumps(material, default=str, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(blob).hexdigest()
+
+
+class ResponseCache:
+    """Answers by :func:`cache_key`, in an SQLite file.
+
+    >>> cache = ResponseCache("responses.sqlite")
+    >>> cache.put(key, {"content": "Hello", ...}); cache.get(key)["content"]
+    'Hello'
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import sqlite3
+
+        self.path = Path(path)
+        self.hits = 0
+        try:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open the cache {self.path}: {exc}") from exc
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            db.close()
+            raise ConfigurationError(
+                f"{self.path} is not a usable lmlink cache (an SQLite database): {exc}"
+            ) from exc
+        self._db: sqlite3.Connection | None = db
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ConfigurationError(f"the cache {self.path} is closed")
+        return self._db
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored answer for ``key``, or None."""
+        row = self._conn().execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = orjson.loads(row[0])
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        self.hits += 1
+        return value
+
+    def put(self, key: str, value: Mapping[str, Any]) -> None:
+        """Store ``value`` (a JSON-able mapping) under ``key``."""
+        blob = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+        self._conn().execute(
+            "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
+            (key, blob, time.time()),
+        )
+
+    def __len__(self) -> int:
+        (count,) = self._conn().execute("SELECT COUNT(*) FROM responses").fetchone()
+        return int(count)
+
+    def close(self) -> None:
+        """Close the database; idempotent."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()

@@ -1,0 +1,252 @@
+"""The output file, written so that a crash at any moment loses at most the line being written.
+
+Each result is one JSON line, written with a single ``os.write`` on an ``O_APPEND`` file
+descriptor and then ``os.fsync``-ed, so the file only ever grows by whole lines, and a line
+that was reported written is on disk. A process killed in the middle of a write (or a machine
+that lost power) leaves at most one torn line at the end; :meth:`Journal.open` cuts it off
+before anything else is appended, and reports it. Re-running then finds every finished id
+and skips it.
+
+Only one run may write a file at a time: the file is locked with ``flock`` (the lock goes
+away with the process, however it dies). Rewriting the file (``--retry-errors``) writes a
+temporary file, fsyncs it, renames it over the old one and fsyncs the directory, so either
+the old or the new file is there, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from lmlink._errors import ConfigurationError
+
+__all__ = ["Journal", "JournalError", "JournalState", "encode_record"]
+
+log = logging.getLogger("lmlink")
+
+
+class JournalError(ConfigurationError):
+    """The output file cannot be used: it is not an lmlink batch output, it cannot be
+    written, or another run is writing it (``busy``)."""
+
+    busy: bool = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.message, self.busy))
+
+
+def _rebuild(message: str, busy: bool) -> JournalError:
+    return JournalError(message, busy=busy)
+
+
+@dataclass(slots=True)
+class JournalState:
+    """What an existing output file already holds.
+
+    ``done`` maps each id to True when its line is an error; ``repaired_bytes`` is the size of
+    the torn last line that was cut off (0 if none); ``dropped`` the error lines removed for
+    a retry.
+    """
+
+    done: dict[str, bool] = field(default_factory=dict)
+    repaired_bytes: int = 0
+    dropped: int = 0
+    created: bool = False
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """One output line, newline included."""
+    return orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+
+
+class Journal:
+    """An append-only JSONL file of results, one fsynced line per record.
+
+    >>> journal = Journal.open("out.jsonl")
+    >>> journal.state.done          # {"t1": False, "t2": True}: ids already there
+    >>> journal.append({"id": "t3", "content": "..."})
+    >>> journal.close()
+    """
+
+    def __init__(self, path: Path, fd: int, state: JournalState) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self.state = state
+        self.written = 0
+
+    @classmethod
+    def open(cls, path: str | Path, *, retry_errors_for: Collection[str] = ()) -> Journal:
+        """Open (or create) ``path``, lock it, cut off a torn last line, read the ids in it.
+
+        The error lines of the ids in ``retry_errors_for`` are removed (the file is rewritten
+        atomically), so those ids count as not done.
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise JournalError(f"{path} is a directory; give a file for the output")
+        fd, created = _open_locked(path)
+        try:
+            state = _read(path, fd)
+            state.created = created
+            if created:
+                _fsync_dir(path)
+            drop = {i for i in retry_errors_for if state.done.get(i)}
+            if drop:
+                # The old file stays locked until the new one, locked too, is in its place.
+                new_fd = _rewrite_without(path, drop)
+                os.close(fd)
+                fd = new_fd
+                for i in drop:
+                    del state.done[i]
+                state.dropped = len(drop)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        return cls(path, fd, state)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Write one record as one line and wait until it is on disk."""
+        if self._fd is None:
+            raise JournalError(f"{self.path} is closed")
+        data = memoryview(encode_record(record))
+        while data:  # one write in practice; a short write only on a full disk or a signal
+            written = os.write(self._fd, data)
+            data = data[written:]
+        os.fsync(self._fd)
+        self.written += 1
+
+    def close(self) -> None:
+        """Release the lock and the file; idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock(fd: int, path: Path) -> None:
+    if sys.platform == "win32":  # pragma: no cover - no flock; one writer is up to the user
+        return
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise JournalError(
+            f"{path} is being written by another lmlink run; wait for it or pick another output",
+            busy=True,
+        ) from None
+
+
+def _open_locked(path: Path) -> tuple[int, bool]:
+    """An O_APPEND descriptor on ``path``, locked, and whether the file was created."""
+    for _ in range(10):  # bounded: another run renaming the file under us, over and over
+        created = not path.exists()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            _lock(fd, path)
+            # A rewrite may have renamed a new file over the one we opened: lock the real one.
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd, created
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise JournalError(f"{path} keeps being replaced by another process")
+
+
+def _read(path: Path, fd: int) -> JournalState:
+    state = JournalState()
+    data = _read_all(fd)
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        state.repaired_bytes = len(data) - end
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+        log.warning(
+            "lmlink: %s ended in a torn line (%d bytes, from a run that was killed); removed it",
+            path,
+            state.repaired_bytes,
+        )
+        data = data[:end]
+    for n, line in enumerate(data.split(b"\n")[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise JournalError(
+                f"{path} line {n} is not an lmlink result line; is it the right output file?"
+            )
+        state.done[record["id"]] = "error" in record
+    return state
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)  # reads start here; O_APPEND still sends writes to the end
+    chunks: list[bytes] = []
+    while chunk := os.read(fd, 1 << 24):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _rewrite_without(path: Path, drop: set[str]) -> int:
+    """Replace ``path`` by a copy without the error lines of ``drop``; return a locked
+    O_APPEND descriptor on the new file."""
+    with open(path, "rb") as src:
+        kept = [
+            line for line in src.read().split(b"\n") if line.strip() and not _is_dropped(line, drop)
+        ]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _lock(fd, tmp)
+        payload = b"".join(line + b"\n" for line in kept)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return fd
+
+
+def _is_dropped(line: bytes, drop: set[str]) -> bool:
+    record = orjson.loads(line)
+    return record["id"] in drop and "error" in record
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the directory entry of ``path`` durable (a new file, a rename)."""
+    if sys.platform == "win32":  # pragma: no cover
+        return
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

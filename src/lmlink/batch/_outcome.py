@@ -1,0 +1,97 @@
+"""What became of one item, pure: its output line, and how its failure counts.
+
+- *per item* (a 400, a timeout, a cut stream, output that does not match the schema): the
+  item gets an error line and the run goes on;
+- *overload* (429, a 503 that is not a model loading, 504, a timeout): also per item, and
+  a signal to the limiter to send less;
+- *fatal* (no server, refused connections, a bad key, an unknown model): every other item
+  would fail the same way, so the run stops without writing a line for it; a re-run picks
+  up where it stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmlink._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    ConfigurationError,
+    LMLinkError,
+    ModelLoadingError,
+    NotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    RateLimitError,
+    StreamError,
+)
+from lmlink._models import ChatResponse
+
+from ._input import BatchItem
+from ._tasks import Task
+
+__all__ = ["error_record", "is_fatal", "is_overload", "success_record"]
+
+_UNREACHABLE = frozenset({"refused", "dns", "tls"})
+
+
+def is_fatal(exc: LMLinkError, item: BatchItem) -> bool:
+    """True for failures that every other item would hit too."""
+    if isinstance(exc, ConfigurationError):
+        return not item.options  # a row's own bad option is that row's problem
+    if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
+        return True
+    if isinstance(exc, NotFoundError):
+        return "model" not in item.options  # the run's model, or the route, is missing
+    return (
+        isinstance(exc, APIConnectionError)
+        and not isinstance(exc, (APITimeoutError, StreamError))
+        and exc.reason in _UNREACHABLE
+    )
+
+
+def is_overload(exc: LMLinkError) -> bool:
+    """True for failures that say the server wants fewer requests at once."""
+    if isinstance(exc, ModelLoadingError):
+        return False
+    if isinstance(exc, (RateLimitError, OverloadedError, APITimeoutError)):
+        return True
+    return isinstance(exc, APIStatusError) and exc.status_code == 504
+
+
+def _json_value(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def success_record(item_id: str, resp: ChatResponse, task: Task) -> dict[str, Any]:
+    """The output line of an answer."""
+    parsed = _json_value(resp.parsed)
+    return {
+        "id": item_id,
+        "content": resp.content,
+        "reasoning": resp.reasoning,
+        "parsed": parsed,
+        "finish_reason": resp.finish_reason,
+        "prompt_tokens": resp.prompt_tokens,
+        "output_tokens": resp.output_tokens,
+        "latency_s": _round(resp.latency_s),
+        "ttft_s": _round(resp.ttft_s),
+        "model": resp.model,
+        **task.extra_fields(parsed),
+    }
+
+
+def error_record(item_id: str, exc: LMLinkError) -> dict[str, Any]:
+    """The output line of a failure; ``type`` is the lmlink error class name."""
+    status = exc.status_code if isinstance(exc, APIStatusError) else None
+    return {
+        "id": item_id,
+        "error": {"type": type(exc).__name__, "message": str(exc), "status_code": status},
+    }

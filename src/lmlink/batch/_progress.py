@@ -1,0 +1,169 @@
+"""What a batch run reports: :class:`Progress` snapshots while it runs, a :class:`BatchSummary`
+at the end. Plain values; the library only hands them to a callback, the command line turns
+them into a progress bar or lines on stderr.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeAlias
+
+__all__ = ["BatchSummary", "Progress", "ProgressCallback", "percentile"]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot of a running batch, handed to ``on_progress``.
+
+    ``total`` is what this run has to do (the input minus the ids already in the output),
+    ``done`` how much of it is finished (``ok + failed``); ``concurrency`` is the current
+    adaptive limit; ``final`` is True for the last snapshot.
+
+    >>> def show(p: lmlink.batch.Progress) -> None:
+    ...     print(f"{p.done}/{p.total} {p.tokens_per_s:.0f} tok/s")
+    >>> lmlink.run_batch("in.jsonl", "out.jsonl", on_progress=show)
+    """
+
+    total: int
+    done: int
+    ok: int
+    failed: int
+    cached: int
+    in_flight: int
+    concurrency: int
+    output_tokens: int
+    elapsed_s: float
+    final: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Items finished per second so far."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output tokens generated per second so far (cached answers not counted)."""
+        return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate; None before the first result."""
+        if self.done == 0 or self.elapsed_s <= 0:
+            return None
+        return (self.total - self.done) / self.rate
+
+
+#: ``on_progress``: called with a :class:`Progress` after each result and about twice a second.
+ProgressCallback: TypeAlias = Callable[[Progress], None]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of ``values``, linearly interpolated; None if empty.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
+    2.5
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    """The outcome of a batch run.
+
+    ``total`` input items; ``skipped`` were already in the output; ``ok`` and ``failed``
+    finished in this run (``cached`` of the ok ones came from the cache); ``errors`` counts
+    the failures by error type, ``error_examples`` has one id and message per type.
+    Latency and TTFT percentiles are over the answers of this run (cached ones excluded).
+    ``complete`` is True when every input id has a line.
+
+    >>> summary = lmlink.run_batch("in.jsonl", "out.jsonl", model="qwen3:8b")
+    >>> summary.ok, summary.failed, summary.errors, summary.latency_p95
+    (998, 2, {'APITimeoutError': 2}, 3.1)
+    """
+
+    output: Path
+    total: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    cached: int = 0
+    retried: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    error_examples: dict[str, str] = field(default_factory=dict)
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    ttft_p50: float | None = None
+    ttft_p95: float | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    elapsed_s: float = 0.0
+    model: str | None = None
+    endpoint: str | None = None
+    concurrency: int = 0
+    interrupted: bool = False
+    stopped_by: str | None = None
+    repaired_bytes: int = 0
+
+    @property
+    def remaining(self) -> int:
+        """Input items that still have no line in the output."""
+        return self.total - self.skipped - self.ok - self.failed
+
+    @property
+    def complete(self) -> bool:
+        """True when every input id has a result line."""
+        return self.remaining == 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output tokens generated per second of the run."""
+        return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def describe(self) -> str:
+        """A few lines for people: counts, errors by type, latency, throughput, the output.
+
+        >>> print(summary.describe())
+        """
+        counts = [f"{self.ok} ok", f"{self.failed} failed"]
+        if self.cached:
+            counts.append(f"{self.cached} from the cache")
+        if self.skipped:
+            counts.append(f"{self.skipped} already done")
+        if self.remaining:
+            counts.append(f"{self.remaining} not done")
+        noun = "item" if self.total == 1 else "items"
+        lines = [f"{self.total} {noun}: " + ", ".join(counts)]
+        if self.errors:
+            by_type = sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))
+            lines.append("errors: " + ", ".join(f"{name} {n}" for name, n in by_type))
+            for name, _ in by_type[:5]:
+                example = self.error_examples.get(name)
+                if example:
+                    lines.append(f"  {name}, e.g. {example}")
+        if self.latency_p50 is not None:
+            timing = f"latency p50 {_secs(self.latency_p50)} p95 {_secs(self.latency_p95)}"
+            if self.ttft_p50 is not None:
+                timing += f" · TTFT p50 {_secs(self.ttft_p50)} p95 {_secs(self.ttft_p95)}"
+            lines.append(timing)
+        if self.ok:
+            lines.append(
+                f"{self.output_tokens:,} output tokens in {self.elapsed_s:.1f} s: "
+                f"{self.tokens_per_s:,.0f} tok/s" + (f" · model {self.model}" if self.model else "")
+            )
+        lines.append(f"output: {self.output}")
+        return "\n".join(lines)
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"

@@ -1,0 +1,319 @@
+"""``lmlink batch`` and its presets ``classify``, ``summarize`` and ``extract``.
+
+All four share the options and guarantees of :mod:`lmlink.batch`: every input problem is
+reported before anything is sent (exit 2), each result is appended and fsynced as one line,
+a re-run skips the ids already in the output, Ctrl-C stops cleanly (exit 130). Progress and
+the summary go to stderr; stdout stays empty.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from ._batchview import make_view, show_summary
+from ._common import server_options
+
+if TYPE_CHECKING:
+    from lmlink.batch import Task
+    from lmlink.batch._runner import Runner
+
+__all__ = ["batch", "classify", "extract", "run_batch_command", "summarize"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_INTERRUPTED = 130
+
+
+def batch_options(fn: F) -> F:
+    """INPUT, -o, the server options and everything a batch run takes."""
+    options = [
+        click.argument(
+            "input_path",
+            metavar="INPUT",
+            type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+        ),
+        click.option(
+            "-o",
+            "--output",
+            required=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The JSONL file for the results; an existing one is resumed.",
+        ),
+        click.option(
+            "-c",
+            "--concurrency",
+            type=click.IntRange(1, 4096),
+            default=8,
+            show_default=True,
+            help="Most requests in flight (halved on 429/503/timeouts, then grown back).",
+        ),
+        click.option("--template", default=None, help="Render each row: 'Summarise: {text}'."),
+        click.option("--system", default=None, help="A system message for every item."),
+        click.option("--temperature", type=float, default=None),
+        click.option("--max-tokens", type=click.IntRange(1), default=None),
+        click.option(
+            "--cache",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="An SQLite file of answers; cached items send nothing.",
+        ),
+        click.option(
+            "--retry-errors", is_flag=True, help="Run again the ids whose line is an error."
+        ),
+        click.option(
+            "--stream/--no-stream",
+            default=None,
+            help="Streamed or plain requests [default: streams, plain with a schema].",
+        ),
+        click.option(
+            "--progress",
+            type=click.Choice(["auto", "bar", "lines", "off"]),
+            default="auto",
+            show_default=True,
+            help="A bar on a terminal, else a line every 2 s.",
+        ),
+    ]
+    fn = server_options(fn)
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load_schema(path: Path | None, option: str) -> Any:
+    if path is None:
+        return None
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"cannot read the schema: {exc}", param_hint=option) from exc
+    if not isinstance(schema, dict):
+        raise click.BadParameter("the schema must be a JSON object", param_hint=option)
+    return schema
+
+
+def _exit(code: int, message: str | None = None) -> NoReturn:
+    if message:
+        click.echo(f"lmlink: {message}", err=True)
+    sys.exit(code)
+
+
+def run_batch_command(
+    task: Task,
+    title: str,
+    *,
+    input_path: Path,
+    output: Path,
+    endpoint: str | None,
+    model: str | None,
+    api_key: str | None,
+    timeout: float,
+    concurrency: int,
+    template: str | None,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    cache: Path | None,
+    retry_errors: bool,
+    stream: bool | None,
+    progress: str,
+    params: dict[str, Any] | None = None,
+    announce: Callable[[], None] | None = None,
+) -> int:
+    """Run one batch command to the end; return the exit code (0, 1, 2 or 130)."""
+    from lmlink import LMLinkError
+    from lmlink.batch import run_sync
+
+    request = dict(params or {})
+    if temperature is not None:
+        request["temperature"] = temperature
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    try:
+        runner = _prepare(
+            task,
+            input_path,
+            output,
+            template=template,
+            system=system,
+            endpoint=endpoint or None,
+            model=model or None,
+            api_key=api_key or None,
+            concurrency=concurrency,
+            timeout=timeout,
+            cache=cache,
+            retry_errors=retry_errors,
+            stream=stream,
+            params=request,
+        )
+        if announce is not None:
+            announce()
+        _announce(runner, input_path, output)
+    except KeyboardInterrupt:
+        click.echo("lmlink: interrupted before anything was sent", err=True)
+        return EXIT_INTERRUPTED
+    code = 0
+    stopped = ""
+    view = make_view(progress, title)
+    runner.on_progress = view.update
+    try:
+        run_sync(runner.run())
+    except KeyboardInterrupt:
+        code, stopped = EXIT_INTERRUPTED, "interrupted"
+    except LMLinkError as exc:
+        code, stopped = 1, f"stopped: {type(exc).__name__}: {exc}"
+    except OSError as exc:
+        code, stopped = 1, f"stopped: cannot write {output}: {exc.strerror or exc}"
+    finally:
+        view.close()
+        runner.close()
+    summary = runner.summary
+    show_summary(summary, title=title)
+    if stopped:
+        click.secho(f"lmlink: {stopped}", fg="red", err=True)
+        if summary.remaining:
+            click.echo(
+                f"lmlink: {summary.remaining} items not done; run the same command again to "
+                "continue",
+                err=True,
+            )
+    elif not summary.complete:
+        code = 1
+    return code
+
+
+def _prepare(
+    task: Task,
+    input_path: Path,
+    output: Path,
+    *,
+    template: str | None,
+    system: str | None,
+    **options: Any,
+) -> Runner:
+    """Read and check the input, open the output: the runner, or exit 2 (1 if busy)."""
+    from lmlink import LMLinkError
+    from lmlink.batch import BatchInputError, JournalError
+    from lmlink.batch._runner import Runner, load_items
+
+    try:
+        items = load_items(str(input_path), task, template, system)
+    except BatchInputError as exc:
+        _exit(2, exc.message)
+    if str(input_path) != "-" and input_path.resolve() == output.resolve():
+        _exit(2, f"the output {output} is the input file; pick another -o")
+    try:
+        runner = Runner(items, output, task=task, **options)
+        state = runner.prepare()
+    except JournalError as exc:
+        _exit(1 if exc.busy else 2, exc.message)
+    except LMLinkError as exc:
+        _exit(2, str(exc))
+    if state.repaired_bytes:
+        click.secho(
+            f"lmlink: warning: {output} ended in a torn line ({state.repaired_bytes} bytes, "
+            "from a run that was killed); removed it, that item runs again",
+            fg="yellow",
+            err=True,
+        )
+    return runner
+
+
+def _announce(runner: Runner, input_path: Path, output: Path) -> None:
+    total = len(runner.items)
+    pending = len(runner.pending)
+    dropped = runner.summary.retried
+    line = f"lmlink: {total} {'item' if total == 1 else 'items'} from {input_path} → {output}"
+    if total != pending:
+        line += f" ({total - pending} already done, {pending} to run)"
+    if dropped:
+        line += f"; running {dropped} error lines again"
+    click.echo(line, err=True)
+
+
+@click.command()
+@batch_options
+@click.option("--json", "json_mode", is_flag=True, help="Ask for a JSON object.")
+@click.option(
+    "--schema",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='A JSON schema file every answer must match (the object is in "parsed").',
+)
+def batch(json_mode: bool, schema: Path | None, **options: Any) -> None:
+    """Run every item of INPUT (JSONL, or CSV with a header) through the model.
+
+    \b
+    Rows: {"id": "a1", "prompt": "..."} or {"id": "a1", "messages": [...]}, or any
+    fields with --template 'Summarise: {text}'. Rows may set max_tokens, temperature,
+    top_p, seed, stop, model. Each result is one line of OUTPUT:
+    {"id", "content", "reasoning", "parsed", "finish_reason", "prompt_tokens",
+    "output_tokens", "latency_s", "ttft_s", "model"} or {"id", "error": {...}}.
+    Run it again to continue after a crash; --retry-errors to redo failed ids.
+    Exit 0 when every id has a line, 1 on a server/setup failure, 2 on bad input,
+    130 on Ctrl-C.
+    """
+    from lmlink.batch import Task
+
+    params: dict[str, Any] = {}
+    response_format = _load_schema(schema, "--schema")
+    if response_format is not None:
+        params["response_format"] = response_format
+    elif json_mode:
+        params["response_format"] = {"type": "object"}
+    sys.exit(run_batch_command(Task(), "batch", params=params, **options))
+
+
+@click.command()
+@batch_options
+@click.option("--labels", required=True, help="The labels to choose from, comma-separated: a,b,c.")
+def classify(labels: str, **options: Any) -> None:
+    """Label every text of INPUT with one of --labels; lines gain "label".
+
+    The text is the row's "text" or "prompt" field, or --template. The answer is
+    constrained by a JSON schema with the labels as an enum.
+    """
+    from lmlink import ConfigurationError
+    from lmlink.batch import Task
+
+    try:
+        task = Task.classify([s for s in labels.split(",") if s.strip()])
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--labels") from exc
+    sys.exit(run_batch_command(task, "classify", **options))
+
+
+@click.command()
+@batch_options
+@click.option("--max-words", type=click.IntRange(1), default=50, show_default=True)
+def summarize(max_words: int, **options: Any) -> None:
+    """Summarise every text of INPUT; the summary is "content".
+
+    The text is the row's "text" or "prompt" field, or --template.
+    """
+    from lmlink.batch import Task
+
+    sys.exit(run_batch_command(Task.summarize(max_words), "summarize", **options))
+
+
+@click.command()
+@batch_options
+@click.option(
+    "--schema",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSON schema file of the fields to extract.",
+)
+def extract(schema: Path, **options: Any) -> None:
+    """Extract the fields of --schema from every text of INPUT; the object is "parsed".
+
+    The text is the row's "text" or "prompt" field, or --template.
+    """
+    from lmlink.batch import Task
+
+    task = Task.extract(_load_schema(schema, "--schema"))
+    sys.exit(run_batch_command(task, "extract", **options))
