@@ -417,3 +417,9 @@ def test_redirect_is_not_followed(api: API, server: FakeServer) -> None:
     server.enqueue(Reply(status=307, headers={"Location": "http://example.invalid/v1"}, body=b""))
     with pytest.raises(lmlink.APIStatusError, match="redirect"):
         api.chat("x")
+
+
+def test_invalid_schema_is_a_config_error(api: API) -> None:
+    """A response_format schema that is not a valid JSON schema raises ConfigurationError."""
+    with pytest.raises(lmlink.ConfigurationError, match="schema"):
+        api.chat("x", response_format={"type": 5})

@@ -7,6 +7,7 @@ Reasoning has been split off already; markdown code fences around the JSON are t
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,8 @@ class OutputSpec:
     def __init__(self, schema: Mapping[str, Any] | None, model: type | None) -> None:
         self.schema = schema
         self.model = model
+        if schema is not None:
+            _validator(schema)  # a broken schema fails before anything is sent
         title = schema.get("title") if schema is not None else None
         raw = model.__name__ if model is not None else title if isinstance(title, str) else ""
         self.name = "".join(c if c.isalnum() or c in "_-" else "_" for c in raw)[:64] or "response"
@@ -104,18 +107,33 @@ class OutputSpec:
             raise _failure(text, "; ".join(errors)) from exc
 
 
-def _schema_problems(schema: Mapping[str, Any], value: Any) -> list[str]:
+def _validator(schema: Mapping[str, Any]) -> Any:
+    """A jsonschema validator for ``schema`` (checked), or ConfigurationError; cached, as a
+    batch run sends the same schema thousands of times."""
+    try:
+        key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise ConfigurationError(f"response_format is not a JSON schema: {exc}") from exc
+    return _validator_for(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _validator_for(key: bytes) -> Any:
     import jsonschema
 
+    schema = orjson.loads(key)
+    validator_cls = jsonschema.validators.validator_for(schema)
     try:
-        validator_cls = jsonschema.validators.validator_for(schema)
-        validator_cls.check_schema(schema)
-        validator = validator_cls(schema)
-        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+        validator_cls.check_schema(dict(schema))
     except jsonschema.SchemaError as exc:
         raise ConfigurationError(
             f"response_format is not a valid JSON schema: {exc.message}"
         ) from exc
+    return validator_cls(schema)
+
+
+def _schema_problems(schema: Mapping[str, Any], value: Any) -> list[str]:
+    errors = sorted(_validator(schema).iter_errors(value), key=lambda e: list(e.path))
     return [f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors]
 
 
