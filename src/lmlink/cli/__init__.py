@@ -7,7 +7,7 @@ import click
 
 from .._version import __version__
 from ._batch import batch, classify, extract, summarize
-from ._chat import chat, models
+from ._chat import chat, models, servers
 from ._demo import demo
 
 __all__ = ["main"]
@@ -18,13 +18,14 @@ __all__ = ["main"]
 def main() -> None:
     """Run LLM work against local OpenAI-compatible servers (Ollama, vLLM, llama.cpp, ...).
 
-    The server comes from -e/--endpoint or LMLINK_ENDPOINT, the model from -m/--model or
-    LMLINK_MODEL.
+    The server comes from -e/--endpoint or LMLINK_ENDPOINT (else the first local server
+    found on the usual ports), the model from -m/--model or LMLINK_MODEL.
     """
 
 
 main.add_command(chat)
 main.add_command(models)
+main.add_command(servers)
 main.add_command(demo)
 main.add_command(batch)
 main.add_command(classify)

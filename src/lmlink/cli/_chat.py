@@ -15,13 +15,18 @@ from ._common import fail, server_options
 def _client(endpoint: str | None, model: str | None, api_key: str | None, timeout: float) -> Any:
     import lmlink
 
-    if not endpoint:
-        fail("no server: pass -e http://127.0.0.1:8080/v1 or set LMLINK_ENDPOINT")
     try:
-        return lmlink.Client(endpoint=endpoint, model=model, api_key=api_key, timeout=timeout)
+        client = lmlink.Client(endpoint=endpoint, model=model, api_key=api_key, timeout=timeout)
+        if client.endpoint is None:
+            client.models()  # finds a local server, or says there is none
+    except lmlink.ConfigurationError:
+        fail(
+            "no server: pass -e http://127.0.0.1:8080/v1 or set LMLINK_ENDPOINT "
+            "(no local server answered on the usual ports)"
+        )
     except lmlink.LMLinkError as exc:
         fail(str(exc))
-    raise AssertionError("unreachable")
+    return client
 
 
 def _pick_model(client: Any) -> str:
@@ -117,3 +122,20 @@ def models(endpoint: str | None, model: str | None, api_key: str | None, timeout
             fail(str(exc))
         for info in found:
             click.echo(info.id)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", "ports", type=int, multiple=True, help="Ports to probe (repeatable).")
+@click.option("--timeout", type=float, default=0.5, show_default=True)
+def servers(host: str, ports: tuple[int, ...], timeout: float) -> None:
+    """Find the OpenAI-compatible servers on this machine: kind and models of each."""
+    import lmlink
+
+    found = lmlink.discover(ports=ports or None, host=host, timeout=timeout)
+    if not found:
+        click.echo("no server found", err=True)
+        sys.exit(1)
+    for info in found:
+        models = ", ".join(info.models[:8]) + (" ..." if len(info.models) > 8 else "")
+        click.echo(f"{info.endpoint}\t{info.kind}\t{models}")

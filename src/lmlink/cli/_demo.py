@@ -58,6 +58,21 @@ def tickets_path() -> Path:
     raise AssertionError("unreachable")
 
 
+def _discovered(model: str | None) -> tuple[str | None, str | None]:
+    """The first local server found on the usual ports (unless LMLINK_NO_DISCOVERY is set)."""
+    import os
+
+    import lmlink
+
+    if os.environ.get("LMLINK_NO_DISCOVERY", "").strip() not in ("", "0"):
+        return None, model
+    found = lmlink.discover()
+    if not found:
+        return None, model
+    click.secho(f"Found a {found[0].kind} server at {found[0].endpoint}.", fg="green", err=True)
+    return found[0].endpoint, model or found[0].models[0]
+
+
 @click.command()
 @click.option(
     "-e",
@@ -101,6 +116,8 @@ def demo(
     if output.is_dir():
         raise click.BadParameter(f"{output} is a directory", param_hint="-o")
     with ExitStack() as stack:
+        if not endpoint:
+            endpoint, model = _discovered(model)
         if endpoint:
             announce = _real_banner(endpoint, model)
         else:

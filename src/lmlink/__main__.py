@@ -1,0 +1,5 @@
+"""``python -m lmlink``: the command line."""
+
+from lmlink.cli import main
+
+main()
