@@ -77,14 +77,9 @@ class ThinkSplitter:
                 end = text.find(CLOSE)
                 if end >= 0:
                     reasoning.append(text[:end])
-                    text = text[end + len(CLOSE) :]
-                    self._state, self._closed = _AFTER, True
+                    text = self._after_close(text, end)
                     continue
-                cut = _partial_tag(text, CLOSE)
-                if cut >= 0:
-                    self._pending = text[cut:]
-                    text = text[:cut]
-                reasoning.append(text)
+                reasoning.append(self._hold_partial_close(text))
                 break
             elif self._state == _AFTER:
                 text = text.lstrip()  # the blank line models put after </think>
@@ -101,13 +96,9 @@ class ThinkSplitter:
                         self._reasoning.extend(content)
                         content.clear()
                         reasoning.append(text[:end])
-                        text = text[end + len(CLOSE) :]
-                        self._state, self._closed = _AFTER, True
+                        text = self._after_close(text, end)
                         continue
-                    cut = _partial_tag(text, CLOSE)
-                    if cut >= 0:
-                        self._pending = text[cut:]
-                        text = text[:cut]
+                    text = self._hold_partial_close(text)
                 content.append(text)
                 break
         out_content = "".join(content)
@@ -117,6 +108,18 @@ class ThinkSplitter:
         if out_reasoning:
             self._reasoning.append(out_reasoning)
         return out_content, out_reasoning
+
+    def _after_close(self, text: str, end: int) -> str:
+        self._state, self._closed = _AFTER, True
+        return text[end + len(CLOSE) :]
+
+    def _hold_partial_close(self, text: str) -> str:
+        """``text`` without a trailing prefix of ``</think>``, which is held back."""
+        cut = _partial_tag(text, CLOSE)
+        if cut < 0:
+            return text
+        self._pending = text[cut:]
+        return text[:cut]
 
     def flush(self) -> tuple[str, str]:
         """At the end of the text: release what was held back as a possible tag."""
