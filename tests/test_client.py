@@ -423,3 +423,14 @@ def test_invalid_schema_is_a_config_error(api: API) -> None:
     """A response_format schema that is not a valid JSON schema raises ConfigurationError."""
     with pytest.raises(lmlink.ConfigurationError, match="schema"):
         api.chat("x", response_format={"type": 5})
+
+
+def test_stream_outside_its_context_manager_is_a_clear_error(api: API) -> None:
+    """Iterating a stream without entering it says how to use it, and sends nothing."""
+    if isinstance(api.client, lmlink.AsyncClient):
+        stream = api.client.stream("x")
+        with pytest.raises(lmlink.ConfigurationError, match="async with"):
+            stream.__aiter__()
+    else:
+        with pytest.raises(lmlink.ConfigurationError, match=r"with client\.stream"):
+            list(api.client.stream("x"))

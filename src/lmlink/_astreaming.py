@@ -116,6 +116,7 @@ class AsyncChatStream(StreamCore):
         self._finish()
 
     def __aiter__(self) -> AsyncIterator[str]:
+        self._check_entered("async with client.stream(...) as s: async for delta in s")
         return self._deltas()
 
     async def _deltas(self) -> AsyncIterator[str]:

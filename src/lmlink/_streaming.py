@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._base import BaseClient, Call
-from ._errors import APIStatusError, LMLinkError, stream_variant
+from ._errors import APIStatusError, ConfigurationError, LMLinkError, stream_variant
 from ._models import ChatResponse
 from ._plan import ChatPlan
 from ._retry import RetryState
@@ -112,6 +112,10 @@ class StreamCore:
         self._plan.accept(out)
         self._response = out
         return out
+
+    def _check_entered(self, usage: str) -> None:
+        if self._call is None:
+            raise ConfigurationError(f"a stream is read inside its context manager: {usage}")
 
     @property
     def response(self) -> ChatResponse:
@@ -214,6 +218,7 @@ class ChatStream(StreamCore):
         self._finish()
 
     def __iter__(self) -> Iterator[str]:
+        self._check_entered("with client.stream(...) as s: for delta in s")
         on_delta = self._on_delta
         while True:  # bounded: ends with the body
             if self._buffer:
