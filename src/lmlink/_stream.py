@@ -117,19 +117,24 @@ class StreamAccumulator:
             self._raise_in_band(
                 self._loads(data, quiet=True) or {"error": data.decode("utf-8", "replace")}
             )
-        if data == _DONE or data.strip() == _DONE:
+        if data == _DONE or (len(data) < 16 and data.strip() == _DONE):
             self.done = True
             return ""
-        chunk = self._loads(data)
-        if not isinstance(chunk, dict):
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._skip(data, "not valid JSON")
+            return ""
+        if type(chunk) is not dict:
             if chunk is not None:
                 self._skip(data, "not a JSON object")
             return ""
         if chunk.get("error"):
             self._raise_in_band(chunk)
-        model = chunk.get("model")
-        if model and isinstance(model, str):
-            self.model = model
+        if self.model is None:
+            model = chunk.get("model")
+            if model and isinstance(model, str):
+                self.model = model
         usage = chunk.get("usage")
         if usage and isinstance(usage, dict):
             self._take_usage(usage)
@@ -147,17 +152,9 @@ class StreamAccumulator:
             delta = choice.get("message")
             if not isinstance(delta, dict):
                 return ""
-        reasoning = (
-            delta.get("reasoning_content") or delta.get("reasoning") or delta.get("thinking")
-        )
-        if reasoning:
-            text = reasoning if isinstance(reasoning, str) else text_of(reasoning)
-            self._reasoning.append(text)
-            self.reasoning_delta = text
-            self.output_seen = True
-        calls = delta.get("tool_calls")
-        if calls and isinstance(calls, list):
-            self._take_tools(calls)
+        # Most deltas are {"content": "..."} alone: skip the rarer fields then.
+        if len(delta) > 1 or "content" not in delta:
+            self._take_extras(delta)
         content = delta.get("content")
         if not content:
             return ""
@@ -169,6 +166,19 @@ class StreamAccumulator:
         if out or inline:
             self.output_seen = True
         return out
+
+    def _take_extras(self, delta: dict[str, Any]) -> None:
+        reasoning = (
+            delta.get("reasoning_content") or delta.get("reasoning") or delta.get("thinking")
+        )
+        if reasoning:
+            text = reasoning if isinstance(reasoning, str) else text_of(reasoning)
+            self._reasoning.append(text)
+            self.reasoning_delta = text
+            self.output_seen = True
+        calls = delta.get("tool_calls")
+        if calls and isinstance(calls, list):
+            self._take_tools(calls)
 
     def _loads(self, data: bytes, *, quiet: bool = False) -> Any:
         try:

@@ -50,7 +50,8 @@ class ThinkSplitter:
 
     def feed(self, text: str) -> tuple[str, str]:
         """Split one delta; returns the content and reasoning it adds."""
-        if self._state == _CONTENT and self._closed:
+        # The fast path: answer text, and no tag can start in this delta.
+        if self._state == _CONTENT and (self._closed or ("<" not in text and not self._pending)):
             if text:
                 self._content.append(text)
             return text, ""
