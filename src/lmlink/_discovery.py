@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
+from . import _json
 
 __all__ = ["DEFAULT_PORTS", "KINDS", "Probe", "ServerInfo", "identify"]
 
@@ -78,10 +78,10 @@ class ServerInfo:
 Answer = tuple[int, Mapping[str, str], bytes] | None
 
 
-def _json(body: bytes) -> Any:
+def _parse(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
+        return _json.loads(body)
+    except ValueError:
         return None
 
 
@@ -92,7 +92,7 @@ def identify(models: Answer, root: Answer) -> tuple[str, list[str]]:
     headers: Mapping[str, str] = {}
     if models is not None:
         status, headers, body = models
-        payload = _json(body) if status == 200 else None
+        payload = _parse(body) if status == 200 else None
         data = payload.get("data") if isinstance(payload, dict) else None
         if isinstance(data, list):
             entries = [d for d in data if isinstance(d, dict) and isinstance(d.get("id"), str)]
@@ -133,7 +133,7 @@ def version_from(answer: Answer, key: str) -> str | None:
     """The version in a version probe's answer."""
     if answer is None or answer[0] != 200:
         return None
-    payload = _json(answer[2])
+    payload = _parse(answer[2])
     value = payload.get(key) if isinstance(payload, dict) else None
     return str(value) if isinstance(value, (str, int, float)) else None
 

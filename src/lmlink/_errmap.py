@@ -19,8 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
-
+from . import _json
 from ._errors import (
     APIStatusError,
     AuthenticationError,
@@ -82,7 +81,7 @@ def _text(value: Any) -> str | None:
         return value
     if isinstance(value, (int, float)):
         return str(value)
-    return orjson.dumps(value).decode("utf-8", "replace")
+    return _json.dumps(value).decode("utf-8", "replace")
 
 
 def extract_error(payload: Any) -> tuple[str, str | None, str | None, int | None] | None:
@@ -193,7 +192,7 @@ def error_from_payload(
     message, kind, code, embedded = found
     if status in (0, 200) and embedded is not None and 400 <= embedded <= 599:
         status = embedded
-    text = body_text if body_text is not None else orjson.dumps(payload).decode("utf-8", "replace")
+    text = body_text if body_text is not None else _json.dumps(payload).decode("utf-8", "replace")
     return _build(status, message, kind, code, text, None, redact)
 
 
@@ -209,8 +208,8 @@ def error_from_response(
     retry_after = parse_retry_after(headers)
     message, kind, code = text.strip(), None, None
     try:
-        payload = orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError:
+        payload = _json.loads(body) if body.strip() else None
+    except ValueError:
         payload = None
     found = extract_error(payload)
     if found is not None:

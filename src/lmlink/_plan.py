@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from . import _json
 from ._errors import (
     APIStatusError,
     BadRequestError,
@@ -244,7 +243,7 @@ class ChatPlan:
     def _schema_instruction(self) -> dict[str, Any]:
         text = "Reply with JSON only, no prose and no code fences."
         if self.spec.output is not None:
-            schema = orjson.dumps(self._schema()).decode()
+            schema = _json.dumps(self._schema()).decode()
             text = (
                 f"Reply with one JSON value matching this JSON schema, and nothing else: {schema}"
             )

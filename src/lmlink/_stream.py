@@ -12,8 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
+from . import _json
 from ._errmap import error_from_payload
 from ._errors import APIStatusError, StreamError, clip, stream_variant
 from ._models import ChatResponse, ToolCall
@@ -48,7 +47,7 @@ class _ToolFragments:
             if isinstance(args, str):
                 self.args.append(args)
             elif args is not None:
-                self.args.append(orjson.dumps(args).decode())
+                self.args.append(_json.dumps(args).decode())
 
     def build(self, position: int) -> ToolCall:
         return ToolCall(
@@ -65,8 +64,8 @@ class _ToolFragments:
         if not text:
             return True
         try:
-            orjson.loads(text)
-        except orjson.JSONDecodeError:
+            _json.loads(text)
+        except ValueError:
             return False
         return True
 
@@ -121,8 +120,8 @@ class StreamAccumulator:
             self.done = True
             return ""
         try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
+            chunk = _json.loads(data)
+        except ValueError:
             self._skip(data, "not valid JSON")
             return ""
         if type(chunk) is not dict:
@@ -182,8 +181,8 @@ class StreamAccumulator:
 
     def _loads(self, data: bytes, *, quiet: bool = False) -> Any:
         try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
+            return _json.loads(data)
+        except ValueError:
             if not quiet:
                 self._skip(data, "not valid JSON")
             return None

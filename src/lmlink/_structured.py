@@ -12,8 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
+from . import _json
 from ._errors import ConfigurationError, StructuredOutputError, clip
 
 __all__ = ["OutputSpec", "extract_json_text"]
@@ -82,8 +81,8 @@ class OutputSpec:
         if self.model is not None:
             return self._parse_model(text, candidate)
         try:
-            value = orjson.loads(candidate)
-        except orjson.JSONDecodeError as exc:
+            value = _json.loads(candidate)
+        except ValueError as exc:
             raise _failure(text, f"not valid JSON: {exc}") from exc
         if self.schema is not None:
             problems = _schema_problems(self.schema, value)
@@ -111,7 +110,7 @@ def _validator(schema: Mapping[str, Any]) -> Any:
     """A jsonschema validator for ``schema`` (checked), or ConfigurationError; cached, as a
     batch run sends the same schema thousands of times."""
     try:
-        key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+        key = _json.sorted_dumps(schema)
     except TypeError as exc:
         raise ConfigurationError(f"response_format is not a JSON schema: {exc}") from exc
     return _validator_for(key)
@@ -121,7 +120,7 @@ def _validator(schema: Mapping[str, Any]) -> Any:
 def _validator_for(key: bytes) -> Any:
     import jsonschema
 
-    schema = orjson.loads(key)
+    schema = _json.loads(key)
     validator_cls = jsonschema.validators.validator_for(schema)
     try:
         validator_cls.check_schema(dict(schema))

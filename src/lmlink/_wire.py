@@ -12,8 +12,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import orjson
-
+from . import _json
 from ._errmap import error_from_payload
 from ._errors import ConfigurationError, DecodeError, clip
 from ._models import ChatResponse, Message, ModelInfo, ToolCall
@@ -147,16 +146,16 @@ def build_chat_body(
     if extra:
         body.update(extra)
     try:
-        return orjson.dumps(body)
+        return _json.dumps(body)
     except TypeError as exc:
         raise ConfigurationError(f"the request cannot be encoded as JSON: {exc}") from exc
 
 
 def loads(data: bytes, what: str) -> Any:
-    """orjson.loads, failing with a DecodeError that shows the start of the data."""
+    """Parse JSON, failing with a DecodeError that shows the start of the data."""
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+        return _json.loads(data)
+    except ValueError as exc:
         snippet = clip(data.decode("utf-8", "replace"), 200)
         raise DecodeError(f"{what} is not valid JSON ({exc}): {snippet!r}") from exc
 
@@ -183,7 +182,7 @@ def tool_call_from(item: Any, position: int) -> ToolCall | None:
     if args is None:
         args = ""
     elif not isinstance(args, str):
-        args = orjson.dumps(args).decode()
+        args = _json.dumps(args).decode()
     return ToolCall(
         id=str(item.get("id") or f"call_{position}"),
         name=str(fn.get("name") or ""),
