@@ -321,3 +321,15 @@ def test_no_endpoint_uses_discovery(
                 return (await aclient.chat("hi")).content
 
         assert asyncio.run(go()) == "found you"
+
+
+def test_known_server_kind_skips_the_refused_form(make_api: Callable[..., API]) -> None:
+    """After server_info(), the first schema request already uses the server's own form."""
+    with FakeServer(model="m", persona="llama-cpp-python") as srv:
+        srv.responder = lambda req: Reply(content='{"label": "bug"}')
+        api = make_api(endpoint=srv.url, model="m")
+        call = api.client.server_info
+        assert (api.run(call()) if api.kind == "async" else call()).kind == "llama-cpp-python"
+        before = len(srv.requests)
+        assert api.chat("x", response_format=SCHEMA).parsed == {"label": "bug"}
+        assert len(srv.requests) == before + 1

@@ -434,3 +434,11 @@ def test_stream_outside_its_context_manager_is_a_clear_error(api: API) -> None:
     else:
         with pytest.raises(lmlink.ConfigurationError, match=r"with client\.stream"):
             list(api.client.stream("x"))
+
+
+def test_partial_response_matches_what_was_delivered(api: API, server: FakeServer) -> None:
+    """Leaving a stream early: .response holds exactly the deltas handed out."""
+    server.enqueue(Reply(deltas=["a", "b", "c", "d", "e", "f"]))
+    deltas, s = api.stream("x", take=2)
+    assert deltas == ["a", "b"]
+    assert s.response.content == "ab"

@@ -123,11 +123,10 @@ class AsyncChatStream(StreamCore):
         on_delta = self._on_delta
         while True:  # bounded: ends with the body
             if self._buffer:
-                pending, self._buffer = self._buffer, []
-                for text in pending:
-                    if on_delta is not None:
-                        on_delta(text)
-                    yield text
+                text = self._buffer.popleft()
+                if on_delta is not None:
+                    on_delta(text)
+                yield text
             elif self._ended:
                 return
             else:

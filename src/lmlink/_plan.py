@@ -44,6 +44,14 @@ JSON_FORMS = ("json_object", "json_schema_any", "prompt")
 
 _REJECT_STATUSES = frozenset({400, 415, 422, 500, 501})
 
+# Where to start for a server whose kind is known (server_info()), to save a refusal:
+# (kind, schema wanted) -> form. Others start with the OpenAI form.
+_FIRST_FORM = {
+    ("llama-cpp-python", True): "json_object_schema",
+    ("tgi", True): "value",
+    ("lmstudio", False): "json_schema_any",
+}
+
 
 @dataclass
 class Capabilities:
@@ -185,6 +193,8 @@ class ChatPlan:
         else:
             self._forms = ("as_given",)
         learned = caps.schema_form if self._forms is SCHEMA_FORMS else caps.json_form
+        if learned is None and caps.kind is not None:
+            learned = _FIRST_FORM.get((caps.kind, self._forms is SCHEMA_FORMS))
         self._form = self._forms.index(learned) if learned in self._forms else 0
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ class StreamCore:
         self._on_reasoning = on_reasoning
         self._decoder = SSEDecoder()
         self._acc = client._accumulator()
-        self._buffer: list[str] = []
+        self._buffer: deque[str] = deque()  # deltas read but not yet handed out
         self._ttft: float | None = None
         self._ended = False
         self._response: ChatResponse | None = None
@@ -73,7 +74,7 @@ class StreamCore:
         """Adapt the request to a refusal (no wait), or return the retry wait."""
         self._decoder = SSEDecoder()
         self._acc = self._client._accumulator()
-        self._buffer = []
+        self._buffer.clear()
         if isinstance(exc, APIStatusError) and self._plan.adapt(exc):
             self._call = self._client._call(self._plan, self._started)
             return 0.0, state
@@ -119,12 +120,19 @@ class StreamCore:
 
     @property
     def response(self) -> ChatResponse:
-        """The aggregate response: final after the stream ended, partial if left early."""
-        if self._response is not None:
+        """The aggregate response. After a stream read to its end, the final one; after
+        leaving early, what was handed out (text read but not yet delivered is left out, and
+        ``finish_reason`` is None)."""
+        if self._response is not None and not self._buffer:
             return self._response
         out = self._acc.response()
         out.ttft_s = self._ttft
         out.latency_s = time.monotonic() - self._started
+        if self._buffer:
+            unseen = "".join(self._buffer)
+            if out.content.endswith(unseen):
+                out.content = out.content[: -len(unseen)]
+            out.finish_reason = out.finish_reason_raw = None
         return out
 
 
@@ -222,11 +230,10 @@ class ChatStream(StreamCore):
         on_delta = self._on_delta
         while True:  # bounded: ends with the body
             if self._buffer:
-                pending, self._buffer = self._buffer, []
-                for text in pending:
-                    if on_delta is not None:
-                        on_delta(text)
-                    yield text
+                text = self._buffer.popleft()
+                if on_delta is not None:
+                    on_delta(text)
+                yield text
             elif self._ended:
                 return
             else:
