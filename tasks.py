@@ -72,7 +72,7 @@ def test(args: list[str]) -> int:
 
 def bench(args: list[str]) -> int:
     ensure_venv("bench")
-    return run(PY, "benchmarks/transports.py", *args, check=False)
+    return run(PY, "benchmarks/run.py", *args, check=False)
 
 
 TASKS = {"demo": demo, "test": test, "bench": bench}

@@ -42,6 +42,7 @@ from ._transport import (
 
 __all__ = ["AsyncResponse", "AsyncTransport"]
 
+_READ_BUFFER = 64 * 1024
 _HIGH_WATER = 1 << 20  # undelivered body bytes at which reading pauses (backpressure)
 _INF = float("inf")
 _CLOSED = object()  # a pool waiter's result when the transport is closed under it
@@ -49,8 +50,15 @@ _Key = tuple[str, str, int]
 _Handoff = Union["_Conn", bool, None, object]  # a connection, a slot (None), timeout (False)
 
 
-class _Conn(asyncio.Protocol):
-    """One connection: feeds the current response's parser and wakes its reader."""
+class _Conn(asyncio.BufferedProtocol):
+    """One connection: feeds the current response's parser and wakes its reader.
+
+    A buffered protocol, reading into one 64 KiB buffer shared by the transport's
+    connections: a plain Protocol makes asyncio allocate a fresh 256 KiB buffer per read,
+    which glibc serves with mmap/munmap (measured: a third of the CPU of a small request).
+    Sharing is safe because the loop calls :meth:`buffer_updated` right after each read,
+    which copies the bytes out before any other read can happen.
+    """
 
     def __init__(self, pool: AsyncTransport, loop: asyncio.AbstractEventLoop, t: Target) -> None:
         self._pool = pool
@@ -74,6 +82,12 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._pool._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._pool._read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -272,6 +286,7 @@ class AsyncTransport:
             raise ConfigurationError("max_connections must be at least 1")
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
+        self._read_view = memoryview(bytearray(_READ_BUFFER))
         self._max = max_connections
         self._idle: dict[_Key, list[_Conn]] = {}
         self._total = 0  # open connections, busy or idle, plus connects under way

@@ -41,7 +41,7 @@ _C = TypeVar("_C")
 _C_contra = TypeVar("_C_contra", contravariant=True)
 
 DEFAULT_LIMIT = 64 * 1024 * 1024
-_RECV = 256 * 1024
+_RECV = 64 * 1024  # below glibc's mmap threshold: no mmap/munmap per read
 _REFUSED = f"[Errno {errno.ECONNREFUSED}]"
 _PEEK_AFTER = 1.0  # seconds idle after which a pooled socket is polled for EOF before reuse
 

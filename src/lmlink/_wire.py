@@ -209,9 +209,11 @@ def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> C
     payload = loads(body, "the response body")
     if not isinstance(payload, dict):
         raise DecodeError(f"the response body is not a JSON object: {clip(repr(payload), 200)}")
-    err = error_from_payload(payload, body_text=body.decode("utf-8", "replace"), redact=redact)
-    if err is not None:
-        raise err
+    if "error" in payload or payload.get("object") == "error":
+        text = body.decode("utf-8", "replace")
+        err = error_from_payload(payload, body_text=text, redact=redact)
+        if err is not None:
+            raise err
     choices = payload.get("choices")
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise DecodeError(
@@ -224,9 +226,12 @@ def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> C
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
     if not isinstance(reasoning, str):
         reasoning = text_of(reasoning)
-    splitter = ThinkSplitter()
-    splitter.feed(text_of(message.get("content")))
-    content, inline = splitter.finish()
+    content = text_of(message.get("content"))
+    inline = ""
+    if "<" in content:  # only then can a <think> tag be there
+        splitter = ThinkSplitter()
+        splitter.feed(content)
+        content, inline = splitter.finish()
     if inline:
         reasoning = f"{reasoning}{inline}" if reasoning else inline
     calls = []
