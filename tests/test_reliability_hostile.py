@@ -1,0 +1,83 @@
+"""Hostile answers the fuzzers turned up, through the public API and the command line:
+JSON nested past 254 levels. ``orjson.loads`` accepts up to 1024 levels but ``orjson.dumps``
+refuses more than 254, and lmlink re-encodes server JSON in a few places (error messages,
+in-band error payloads, tool arguments, batch output lines), so such an answer escapes as a
+bare ``TypeError`` instead of a typed error, and stops a batch run for good.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import lmlink
+from apis import API
+from batch_helpers import read_jsonl, run_cli, write_jsonl
+from lmlink.testing import FakeServer, Reply
+
+DEEP = "[" * 300 + "]" * 300
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="bug: an in-band stream error with a field nested past 254 levels escapes as "
+    "TypeError (_errmap.error_from_payload re-encodes the payload with orjson.dumps)",
+)
+def test_in_band_stream_error_nested_too_deep_is_typed(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """A stream whose in-band error object nests 300 levels deep raises a StreamError."""
+    server.enqueue(Reply(content="a b c", error_at=1, error_body=f'{{"error":"x","n":{DEEP}}}'))
+    with pytest.raises(lmlink.StreamError):
+        make_api().chat_stream("hi")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="bug: a 4xx body whose error message nests past 254 levels escapes as TypeError "
+    "(_errmap._text re-encodes it with orjson.dumps)",
+)
+def test_error_body_nested_too_deep_is_typed(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """A 400 whose error message nests 300 levels deep raises BadRequestError."""
+    body = f'{{"error":{{"message":{DEEP},"type":"invalid_request_error"}}}}'
+    server.enqueue(Reply(status=400, body=body, headers={"Content-Type": "application/json"}))
+    with pytest.raises(lmlink.BadRequestError):
+        make_api().chat("hi")
+
+
+def test_nesting_just_inside_the_limit_is_fine(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """The same answers nested 250 deep (inside orjson's limit) are typed errors today."""
+    shallow = "[" * 250 + "]" * 250
+    server.enqueue(Reply(content="a b c", error_at=1, error_body=f'{{"error":"x","n":{shallow}}}'))
+    with pytest.raises(lmlink.StreamError):
+        make_api().chat_stream("hi")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: batch._journal.encode_record (orjson.dumps) raises TypeError on a parsed "
+    "answer nested past 254 levels; the run crashes with a traceback, writes no line, and "
+    "every re-run crashes on the same item",
+)
+def test_batch_survives_an_answer_nested_too_deep(tmp_path: Path) -> None:
+    """``lmlink batch --json`` with an answer nested 300 deep: exit 0, one line per id."""
+    rows = [{"id": f"n{i}", "prompt": f"item {i}"} for i in range(3)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    answer = json.dumps({"ok": True})[:-1] + f', "deep": {DEEP}}}'
+    with FakeServer(responder=lambda req: Reply(content=answer)) as server:
+        args = ["batch", str(src), "-o", str(out), "--json", "--progress", "off"]
+        result = run_cli([*args, "-e", server.url, "-m", "fake-model"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert sorted(line["id"] for line in read_jsonl(out)) == ["n0", "n1", "n2"]
