@@ -488,51 +488,27 @@ def test_endless_event_is_capped() -> None:
     assert peak < 48 * MiB
 
 
-# -- known bugs: JSON nested deeper than orjson.dumps will go (254 levels) -------------------
+# -- JSON nested deeper than orjson.dumps will go (254 levels) ---------------------------------
 
 DEEP = b"[" * 300 + b"]" * 300  # orjson.loads takes it (limit 1024), orjson.dumps does not
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: _errmap._text/error_from_payload re-encode server JSON with orjson.dumps, "
-    "which raises TypeError past 254 levels of nesting",
-)
 def test_deeply_nested_error_message_is_a_typed_error() -> None:
     """An error body whose message is JSON nested 300 deep still maps to APIStatusError."""
     fuzz_error_response(400, {}, b'{"error":{"message":' + DEEP + b"}}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: error_from_payload dumps the whole payload (orjson.dumps) when no body text "
-    "is given; TypeError past 254 levels",
-)
 def test_deeply_nested_in_band_error_in_stream_is_a_stream_error() -> None:
     """An in-band stream error with a deep sibling field raises a StreamError, not TypeError."""
     fuzz_accumulator([("message", b'{"error":"boom","x":' + DEEP + b"}")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: _stream._ToolFragments.add re-encodes non-string tool arguments with "
-    "orjson.dumps; TypeError past 254 levels",
-)
 def test_deeply_nested_tool_arguments_in_stream() -> None:
     """Streamed tool-call arguments sent as JSON nested 300 deep do not escape as TypeError."""
     chunk = b'{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":'
     fuzz_accumulator([("message", chunk + DEEP + b"}}]}}]}")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: _wire.tool_call_from re-encodes non-string arguments with orjson.dumps; "
-    "TypeError past 254 levels",
-)
 def test_deeply_nested_tool_arguments_in_plain_body() -> None:
     """A plain body whose tool arguments nest 300 deep gives a value or an LMLinkError."""
     head = b'{"choices":[{"message":{"tool_calls":[{"function":{"name":"f","arguments":'

@@ -81,7 +81,7 @@ def _text(value: Any) -> str | None:
         return value
     if isinstance(value, (int, float)):
         return str(value)
-    return _json.dumps(value).decode("utf-8", "replace")
+    return _json.text(value)
 
 
 def extract_error(payload: Any) -> tuple[str, str | None, str | None, int | None] | None:
@@ -172,8 +172,8 @@ def _build(
         status_code=status,
         body=clip(redact(body_text)),
         retry_after=retry_after,
-        error_type=kind,
-        error_code=code,
+        error_type=redact(kind) if kind else kind,
+        error_code=redact(code) if code else code,
     )
 
 
@@ -192,7 +192,7 @@ def error_from_payload(
     message, kind, code, embedded = found
     if status in (0, 200) and embedded is not None and 400 <= embedded <= 599:
         status = embedded
-    text = body_text if body_text is not None else _json.dumps(payload).decode("utf-8", "replace")
+    text = body_text if body_text is not None else _json.text(payload)
     return _build(status, message, kind, code, text, None, redact)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["dumps", "loads", "sorted_dumps"]
+__all__ = ["dumps", "loads", "sorted_dumps", "text"]
 
 
 def _bind() -> Any:
@@ -30,6 +30,15 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 def dumps(obj: Any) -> bytes:
     """Serialise to compact JSON bytes (raises TypeError)."""
     return _bind().dumps(obj)  # type: ignore[no-any-return]
+
+
+def text(obj: Any) -> str:
+    """``obj`` as JSON text, for messages and re-encoded fragments: never raises (orjson
+    refuses nesting past 254 levels, which a hostile server can send)."""
+    try:
+        return dumps(obj).decode("utf-8", "replace")
+    except (TypeError, RecursionError):
+        return "(a JSON value nested too deep to show)"
 
 
 def sorted_dumps(obj: Any) -> bytes:

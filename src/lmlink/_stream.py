@@ -47,7 +47,7 @@ class _ToolFragments:
             if isinstance(args, str):
                 self.args.append(args)
             elif args is not None:
-                self.args.append(_json.dumps(args).decode())
+                self.args.append(_json.text(args))
 
     def build(self, position: int) -> ToolCall:
         return ToolCall(

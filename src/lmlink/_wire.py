@@ -182,7 +182,7 @@ def tool_call_from(item: Any, position: int) -> ToolCall | None:
     if args is None:
         args = ""
     elif not isinstance(args, str):
-        args = _json.dumps(args).decode()
+        args = _json.text(args)
     return ToolCall(
         id=str(item.get("id") or f"call_{position}"),
         name=str(fn.get("name") or ""),
