@@ -17,7 +17,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._base import BaseClient, Call
-from ._errors import APIStatusError, ConfigurationError, LMLinkError, stream_variant
+from ._errors import (
+    APIStatusError,
+    ConfigurationError,
+    LMLinkError,
+    ResponseTooLargeError,
+    stream_variant,
+)
 from ._models import ChatResponse
 from ._plan import ChatPlan
 from ._retry import RetryState
@@ -64,6 +70,7 @@ class StreamCore:
         self._decoder = SSEDecoder()
         self._acc = client._accumulator()
         self._buffer: deque[str] = deque()  # deltas read but not yet handed out
+        self._received = 0  # body bytes of this attempt, against max_response_bytes
         self._ttft: float | None = None
         self._ended = False
         self._response: ChatResponse | None = None
@@ -75,6 +82,7 @@ class StreamCore:
         self._decoder = SSEDecoder()
         self._acc = self._client._accumulator()
         self._buffer.clear()
+        self._received = 0
         if isinstance(exc, APIStatusError) and self._plan.adapt(exc):
             self._call = self._client._call(self._plan, self._started)
             return 0.0, state
@@ -84,6 +92,9 @@ class StreamCore:
         return delay, state
 
     def _feed(self, data: bytes) -> list[str]:
+        self._received += len(data)
+        if self._received > self._client._max_body:
+            raise self._too_large()
         out: list[str] = []
         acc = self._acc
         for event in self._decoder.feed(data):
@@ -95,6 +106,14 @@ class StreamCore:
             if self._ttft is None and acc.output_seen:
                 self._ttft = time.monotonic() - self._started
         return out
+
+    def _too_large(self) -> LMLinkError:
+        limit = self._client._max_body
+        return stream_variant(ResponseTooLargeError)(
+            f"the stream went over max_response_bytes ({limit} bytes); the text so far is in "
+            ".partial",
+            partial=self._acc.response(),
+        )
 
     def _finish(self) -> ChatResponse:
         """At the end of the body: the final response, or StreamError if it was cut off."""
