@@ -243,7 +243,7 @@ class AsyncClient(BaseClient):
         body = await resp.read(self._max_body)
         if resp.status >= 300:
             raise self._status_error(resp.status, resp.headers, body)
-        return decode_models(body)
+        return decode_models(body, self.redact)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""

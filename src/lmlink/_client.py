@@ -282,7 +282,7 @@ class Client(BaseClient):
         body = resp.read(self._max_body)
         if resp.status >= 300:
             raise self._status_error(resp.status, resp.headers, body)
-        return decode_models(body)
+        return decode_models(body, self.redact)
 
     def close(self) -> None:
         """Close every pooled connection."""

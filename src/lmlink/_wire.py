@@ -151,12 +151,12 @@ def build_chat_body(
         raise ConfigurationError(f"the request cannot be encoded as JSON: {exc}") from exc
 
 
-def loads(data: bytes, what: str) -> Any:
-    """Parse JSON, failing with a DecodeError that shows the start of the data."""
+def loads(data: bytes, what: str, redact: Callable[[str], str] = str) -> Any:
+    """Parse JSON, failing with a DecodeError that shows the start of the data (redacted)."""
     try:
         return _json.loads(data)
     except ValueError as exc:
-        snippet = clip(data.decode("utf-8", "replace"), 200)
+        snippet = clip(redact(data.decode("utf-8", "replace")), 200)
         raise DecodeError(f"{what} is not valid JSON ({exc}): {snippet!r}") from exc
 
 
@@ -206,9 +206,10 @@ def usage_of(payload: dict[str, Any]) -> tuple[int | None, int | None] | None:
 
 def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:
     """The ChatResponse of a non-streamed 200 body (raises the error an in-band body reports)."""
-    payload = loads(body, "the response body")
+    payload = loads(body, "the response body", redact)
     if not isinstance(payload, dict):
-        raise DecodeError(f"the response body is not a JSON object: {clip(repr(payload), 200)}")
+        shown = clip(redact(repr(payload)), 200)
+        raise DecodeError(f"the response body is not a JSON object: {shown}")
     if "error" in payload or payload.get("object") == "error":
         text = body.decode("utf-8", "replace")
         err = error_from_payload(payload, body_text=text, redact=redact)
@@ -257,9 +258,9 @@ def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> C
     )
 
 
-def decode_models(body: bytes) -> list[ModelInfo]:
+def decode_models(body: bytes, redact: Callable[[str], str] = str) -> list[ModelInfo]:
     """The model list of ``GET /models`` (OpenAI ``data``, or a top-level ``models`` list)."""
-    payload = loads(body, "the model list")
+    payload = loads(body, "the model list", redact)
     items: Any = None
     if isinstance(payload, dict):
         items = payload.get("data")
@@ -268,7 +269,8 @@ def decode_models(body: bytes) -> list[ModelInfo]:
     elif isinstance(payload, list):
         items = payload
     if not isinstance(items, list):
-        raise DecodeError(f"the model list has no 'data' array: {clip(repr(payload), 200)}")
+        shown = clip(redact(repr(payload)), 200)
+        raise DecodeError(f"the model list has no 'data' array: {shown}")
     out = []
     for item in items:
         if not isinstance(item, dict):
