@@ -1,8 +1,9 @@
 """Hostile answers the fuzzers turned up, through the public API and the command line:
-JSON nested past 254 levels. ``orjson.loads`` accepts up to 1024 levels but ``orjson.dumps``
-refuses more than 254, and lmlink re-encodes server JSON in a few places (error messages,
-in-band error payloads, tool arguments, batch output lines), so such an answer escapes as a
-bare ``TypeError`` instead of a typed error, and stops a batch run for good.
+deeply nested JSON. ``orjson.loads`` accepts up to 1024 levels, but ``orjson.dumps`` refuses
+more than 254 and ``repr()`` runs into Python's recursion limit near 1000, and lmlink
+re-encodes or formats server JSON in a few places (error messages, in-band errors, tool
+arguments, "not a JSON object" messages, batch output lines). Such an answer must end in a
+typed error, and a batch run must write a line for it and go on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from batch_helpers import read_jsonl, run_cli, write_jsonl
 from lmlink.testing import FakeServer, Reply
 
 DEEP = "[" * 300 + "]" * 300
+ABYSS = "[" * 1000 + "]" * 1000  # still within orjson.loads's 1024 levels
 
 
 def test_in_band_stream_error_nested_too_deep_is_typed(
@@ -46,6 +48,36 @@ def test_nesting_just_inside_the_limit_is_fine(
     """The same answers nested 250 deep (inside orjson's limit) are typed errors today."""
     shallow = "[" * 250 + "]" * 250
     server.enqueue(Reply(content="a b c", error_at=1, error_body=f'{{"error":"x","n":{shallow}}}'))
+    with pytest.raises(lmlink.StreamError):
+        make_api().chat_stream("hi")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RecursionError,
+    reason="bug: _wire.parse_chat_response formats a non-object body with repr(), which "
+    "raises RecursionError on a value nested 1000 deep",
+)
+def test_plain_body_nested_1000_deep_is_typed(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """A 200 whose body is a list nested 1000 levels deep raises DecodeError."""
+    server.enqueue(Reply(body_override=ABYSS))
+    with pytest.raises(lmlink.DecodeError):
+        make_api().chat("hi")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RecursionError,
+    reason="bug: _stream.StreamAccumulator._raise_in_band formats an in-band error it cannot "
+    "classify with repr(), which raises RecursionError on a value nested 1000 deep",
+)
+def test_in_band_stream_error_nested_1000_deep_is_typed(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """A stream whose in-band ``error`` value nests 1000 levels deep raises a StreamError."""
+    server.enqueue(Reply(content="a b c", error_at=1, error_body=f'{{"error":{ABYSS}}}'))
     with pytest.raises(lmlink.StreamError):
         make_api().chat_stream("hi")
 

@@ -102,6 +102,12 @@ _ECHOES: list[tuple[str, Callable[[str], Reply], tuple[str, ...], str | None]] =
     ("503-loading", lambda a: Reply.error(503, f"Loading model {a}"), ("plain", "stream"), None),
     ("500-string-shape", lambda a: Reply.error(500, a, shape="string"), ("plain", "stream"), None),
     (
+        "400-key-in-type-and-code",
+        lambda a: Reply.error(400, "no", error_type=a, code=a),
+        ("plain", "stream"),
+        None,
+    ),
+    (
         "307-location",
         lambda a: Reply(status=307, headers={"Location": f"http://127.0.0.1:9/?k={a}"}, body=b""),
         ("plain", "stream"),
