@@ -4,6 +4,11 @@
     python3 tasks.py demo    # lmlink's main job, against your server or the bundled test server
     python3 tasks.py test    # ruff, mypy --strict, the whole test suite (real llama.cpp too)
     python3 tasks.py bench   # the benchmarks, side by side with the other clients
+    python3 tasks.py soak    # 200,000 calls through one client against a faulty server
+    python3 tasks.py chaos   # a 2,000-item batch killed 20 times, its server restarted twice
+    python3 tasks.py fuzz    # the decoders and the whole client under atheris (10 min)
+
+Arguments after the task go to its script (``python3 tasks.py soak --requests 5000``).
 
 Each task makes its own virtualenv in .venv (only Python 3.10+ is needed) and installs what
 it needs; a stamp file skips the install when nothing changed.
@@ -75,7 +80,29 @@ def bench(args: list[str]) -> int:
     return run(PY, "benchmarks/run.py", *args, check=False)
 
 
-TASKS = {"demo": demo, "test": test, "bench": bench}
+def soak(args: list[str]) -> int:
+    ensure_venv()
+    return run(PY, "scripts/soak.py", *args, check=False)
+
+
+def chaos(args: list[str]) -> int:
+    ensure_venv()
+    return run(PY, "scripts/chaos.py", *args, check=False)
+
+
+def fuzz(args: list[str]) -> int:
+    ensure_venv("test", "fuzz")  # hypothesis for the targets; atheris where it has a wheel
+    return run(PY, "scripts/fuzz.py", *args, check=False)
+
+
+TASKS = {
+    "demo": demo,
+    "test": test,
+    "bench": bench,
+    "soak": soak,
+    "chaos": chaos,
+    "fuzz": fuzz,
+}
 
 
 def main() -> int:

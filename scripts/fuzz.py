@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Long fuzzing runs of lmlink's decoders and of the whole client, from one command.
 
-    .venv/bin/python scripts/fuzz.py --seconds 600            # every target, 600 s in all
-    .venv/bin/python scripts/fuzz.py --target sse --seconds 60
-    .venv/bin/python scripts/fuzz.py --hypothesis --examples 20000
+    python3 tasks.py fuzz                                       # every target, 600 s in all
+    python3 tasks.py fuzz --target sse --seconds 60
+    python3 tasks.py fuzz --hypothesis --examples 20000
+
+(``tasks.py fuzz`` installs the ``test`` and ``fuzz`` dependency groups into ``.venv`` and
+runs this script with the arguments given.)
 
 The targets are the functions the CI fuzz tests use (``tests/test_fuzz_decoders.py`` and
 ``tests/test_fuzz_client.py``): each takes generated input and fails when anything but an
@@ -16,10 +19,10 @@ The targets are the functions the CI fuzz tests use (``tests/test_fuzz_decoders.
 - ``body``: ``parse_chat_response`` / ``decode_models`` on any body;
 - ``client``: both clients against a raw-socket server answering with the input's bytes.
 
-With atheris installed (``.venv/bin/pip install atheris``) each target runs under atheris
-(coverage-guided, libFuzzer) in its own process for its share of ``--seconds``; a crash
-leaves its input as ``<target>-crash-*`` in ``--artifacts`` (``.lmlink/fuzz/``, git-ignored)
-and the run exits 1.
+With atheris installed (the ``fuzz`` group; it has wheels for Linux x86-64) each target
+runs under atheris (coverage-guided, libFuzzer) in its own process for its share of
+``--seconds``; a crash leaves its input as ``<target>-crash-*`` in ``--artifacts``
+(``.lmlink/fuzz/``, git-ignored) and the run exits 1.
 
 Without atheris (or with ``--hypothesis``) it runs the same targets as the hypothesis tests
 with ``--examples`` examples each (``LMLINK_FUZZ_EXAMPLES``), through pytest.

@@ -18,8 +18,8 @@ atheris for a long run:
 ``LMLINK_FUZZ_EXAMPLES`` sets the examples per property (default 300).
 
 Generated documents include JSON nested 240-800 levels deep, past orjson's re-encoding limit
-(254). Nesting near Python's recursion limit (1000) is pinned by the ``xfail`` tests at the
-end instead, until ``repr()`` of server data is gone (see RELIABILITY.md).
+(254); the tests at the end send JSON nested 1010 levels deep, past Python's recursion limit,
+through every place that turns server data into text.
 """
 
 from __future__ import annotations
@@ -564,7 +564,7 @@ def test_deeply_nested_tool_arguments_in_plain_body() -> None:
     fuzz_chat_body(head + DEEP + b"}}]}}]}")
 
 
-# -- known bug: str()/repr() of server JSON nested near Python's recursion limit ---------------
+# -- server JSON nested near Python's recursion limit (str() and repr() of it raise) -----------
 
 ABYSS = b"[" * 1010 + b"]" * 1010  # orjson.loads takes it (limit 1024); str() and repr() do not
 
@@ -578,62 +578,49 @@ def _model_list(data: bytes) -> None:
         decode_models(data)
 
 
-def _abyss(where: str, target: Any, data: bytes, name: str) -> Any:
-    mark = pytest.mark.xfail(
-        strict=True,
-        raises=RecursionError,
-        reason=f"bug: {where} turns server JSON into text with str()/repr(), which raises "
-        "RecursionError on a value nested about 1000 levels deep",
-    )
-    return pytest.param(target, data.replace(b"@", ABYSS), id=name, marks=mark)
+def _abyss(target: Any, data: bytes, name: str) -> Any:
+    return pytest.param(target, data.replace(b"@", ABYSS), id=name)
 
 
 @pytest.mark.parametrize(
     ("target", "data"),
     [
         _abyss(
-            "_stream.StreamAccumulator._raise_in_band (an error it cannot classify)",
             _stream_chunk,
             b'{"error":@}',
             "stream-in-band-error",
         ),
         _abyss(
-            "_wire.text_of (str() of a content part)",
             _stream_chunk,
             b'{"choices":[{"delta":{"content":@}}]}',
             "stream-content-list",
         ),
         _abyss(
-            "_wire.text_of (str() of a reasoning part)",
             _stream_chunk,
             b'{"choices":[{"delta":{"reasoning_content":@}}]}',
             "stream-reasoning-list",
         ),
         _abyss(
-            "_stream._ToolFragments.add (str() of the id)",
             _stream_chunk,
             b'{"choices":[{"delta":{"tool_calls":[{"index":0,"id":@}]}}]}',
             "stream-tool-id",
         ),
         _abyss(
-            "_wire.parse_chat_response ('not a JSON object')",
             fuzz_chat_body,
             b"@",
             "plain-top-level-list",
         ),
         _abyss(
-            "_wire.parse_chat_response via text_of",
             fuzz_chat_body,
             b'{"choices":[{"message":{"content":@}}]}',
             "plain-content-list",
         ),
         _abyss(
-            "_wire.tool_call_from (str() of the id)",
             fuzz_chat_body,
             b'{"choices":[{"message":{"tool_calls":[{"id":@}]}}]}',
             "plain-tool-id",
         ),
-        _abyss("_wire.decode_models ('no data array')", _model_list, b'{"x":@}', "model-list"),
+        _abyss(_model_list, b'{"x":@}', "model-list"),
     ],
 )
 def test_json_nested_1000_deep_is_typed(target: Any, data: bytes) -> None:

@@ -45,7 +45,9 @@ class AsyncClient(BaseClient):
     _transport: AsyncTransport
 
     def _setup(self) -> None:
-        self._transport = AsyncTransport(verify=self._verify, max_connections=self._max_connections)
+        self._transport = AsyncTransport(
+            verify=self._verify, max_connections=self._max_connections, max_body=self._max_body
+        )
 
     async def chat(
         self,
@@ -227,6 +229,7 @@ class AsyncClient(BaseClient):
                 async with resp:
                     return await read(call, resp)
             except LMLinkError as exc:
+                self._scrub(exc)
                 state = state or self._retry_state(deadline)
                 delay = state.delay_for(exc)
                 retry_log(state, exc, delay)

@@ -281,9 +281,16 @@ class AsyncResponse(ResponseBase[_Conn]):
 class AsyncTransport:
     """Asyncio HTTP/1.1 client with a keep-alive pool. Bound to one event loop at a time."""
 
-    def __init__(self, *, verify: bool | ssl.SSLContext = True, max_connections: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        max_connections: int = 256,
+        max_body: int | None = None,
+    ) -> None:
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1")
+        self._max_body = max_body  # the decompressed-size cap of every response body
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
         self._read_view = memoryview(bytearray(_READ_BUFFER))
@@ -312,7 +319,7 @@ class AsyncTransport:
         if conn is None:
             conn = await self._acquire(target, timeouts, start)
         while True:
-            parser = conn.parser = ResponseParser(target.where, method == "HEAD")
+            parser = conn.parser = ResponseParser(target.where, method == "HEAD", self._max_body)
             try:
                 conn.transport.write(data)
                 while conn.write_paused and not parser.head_done:

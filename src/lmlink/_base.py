@@ -137,6 +137,15 @@ class BaseClient:
             return text.replace(key, "***")
         return text
 
+    def _scrub(self, exc: LMLinkError) -> LMLinkError:
+        """``exc`` with the API key blanked out of its message: transport errors quote the
+        server's bytes (a malformed status or header line)."""
+        message = self.redact(exc.message)
+        if message is not exc.message:
+            exc.message = message
+            exc.args = (message,)
+        return exc
+
     def _url(self, path: str) -> str:
         if self._endpoint is None:
             raise ConfigurationError(

@@ -61,7 +61,9 @@ class Client(BaseClient):
     _sleep: Callable[[float], None]
 
     def _setup(self) -> None:
-        self._transport = SyncTransport(verify=self._verify, max_connections=self._max_connections)
+        self._transport = SyncTransport(
+            verify=self._verify, max_connections=self._max_connections, max_body=self._max_body
+        )
         self._sleep = time.sleep
 
     def chat(
@@ -266,6 +268,7 @@ class Client(BaseClient):
                 with resp:
                     return read(call, resp)
             except LMLinkError as exc:
+                self._scrub(exc)
                 state = state or self._retry_state(deadline)
                 delay = state.delay_for(exc)
                 retry_log(state, exc, delay)

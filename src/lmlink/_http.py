@@ -191,7 +191,7 @@ class ResponseParser:
         "where",
     )
 
-    def __init__(self, where: str, no_body: bool = False) -> None:
+    def __init__(self, where: str, no_body: bool = False, limit: int | None = None) -> None:
         self.where = where  # "host:port", for messages
         self.no_body = no_body  # a HEAD request: the response has no body (section 6.3)
         self.received = False  # any byte at all arrived (a stale pooled connection has none)
@@ -205,7 +205,9 @@ class ResponseParser:
         self.content_length: int | None = None
         self.body: list[bytes] = []  # decoded body pieces not yet taken
         self.pending = 0  # bytes in ``body``
-        self.limit: int | None = None  # decompressed-size cap, set by ``read(limit)``
+        # The decompressed-size cap, from the first byte (``read(limit)`` may lower it):
+        # gzip bytes that arrive with the head or in a stream are bounded too.
+        self.limit = limit
         self._state = _HEAD
         self._buf = b""  # an incomplete chunk-size or trailer line
         self._head = bytearray()  # an incomplete head

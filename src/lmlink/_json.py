@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["dumps", "loads", "sorted_dumps", "text"]
+__all__ = ["as_str", "dumps", "loads", "sorted_dumps", "text"]
 
 
 def _bind() -> Any:
@@ -39,6 +39,12 @@ def text(obj: Any) -> str:
         return dumps(obj).decode("utf-8", "replace")
     except (TypeError, RecursionError):
         return "(a JSON value nested too deep to show)"
+
+
+def as_str(value: Any) -> str:
+    """A server value as a string: strings as they are, anything else as JSON text (``str()``
+    or ``repr()`` of a value nested 1000 levels deep raises RecursionError)."""
+    return value if isinstance(value, str) else text(value)
 
 
 def sorted_dumps(obj: Any) -> bytes:

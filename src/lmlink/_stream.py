@@ -38,11 +38,11 @@ class _ToolFragments:
 
     def add(self, item: dict[str, Any]) -> None:
         if self.id is None and item.get("id"):
-            self.id = str(item["id"])
+            self.id = _json.as_str(item["id"])
         fn = item.get("function")
         if isinstance(fn, dict):
             if self.name is None and fn.get("name"):
-                self.name = str(fn["name"])
+                self.name = _json.as_str(fn["name"])
             args = fn.get("arguments")
             if isinstance(args, str):
                 self.args.append(args)
@@ -79,7 +79,6 @@ class StreamAccumulator:
 
     __slots__ = (
         "_reasoning",
-        "_redact",
         "_think",
         "_tools",
         "done",
@@ -90,10 +89,11 @@ class StreamAccumulator:
         "output_tokens",
         "prompt_tokens",
         "reasoning_delta",
+        "redact",
     )
 
     def __init__(self, redact: Callable[[str], str] = str) -> None:
-        self._redact = redact
+        self.redact = redact
         self._think = ThinkSplitter()
         self._reasoning: list[str] = []
         self._tools: list[_ToolFragments] = []
@@ -189,7 +189,7 @@ class StreamAccumulator:
 
     def _skip(self, data: bytes, why: str) -> None:
         self.malformed += 1
-        snippet = clip(self._redact(data.decode("utf-8", "replace")), 200)
+        snippet = clip(self.redact(data.decode("utf-8", "replace")), 200)
         log.warning("lmlink: skipped a stream chunk that is %s: %r", why, snippet)
 
     def _take_usage(self, usage: dict[str, Any]) -> None:
@@ -228,13 +228,13 @@ class StreamAccumulator:
         return max(0, len(self._tools) - 1)
 
     def _raise_in_band(self, payload: Any) -> None:
-        err = error_from_payload(payload, redact=self._redact)
+        err = error_from_payload(payload, redact=self.redact)
         if err is None:
-            text = clip(self._redact(repr(payload)), 300)
+            text = clip(self.redact(_json.text(payload)), 300)
             err = APIStatusError(f"in-band error: {text}", body=text)
         cls = stream_variant(type(err))
         attrs = {k: v for k, v in err.__dict__.items() if k != "message"}
-        raise cls(err.message, partial=self.response(), **attrs)
+        raise cls(err.message, partial=self.partial(), **attrs)
 
     @property
     def finished(self) -> bool:
@@ -263,9 +263,23 @@ class StreamAccumulator:
             finish_reason_raw=self.finish_raw,
         )
 
+    def partial(self) -> ChatResponse:
+        """The aggregate so far, for an error's ``.partial``: with the API key blanked out of
+        the text, as errors get logged and pickled (a server may echo the key)."""
+        out = self.response()
+        redact = self.redact
+        out.content = redact(out.content)
+        out.reasoning = redact(out.reasoning)
+        out.model = None if out.model is None else redact(out.model)
+        out.tool_calls = [
+            ToolCall(redact(t.id), redact(t.name), redact(t.arguments), t.type)
+            for t in out.tool_calls
+        ]
+        return out
+
     def truncated_error(self, why: str) -> StreamError:
         """The error for a stream that ended without finishing."""
-        partial = self.response()
+        partial = self.partial()
         got = len(partial.content)
         return StreamError(
             f"the stream ended before it finished ({why}; {got} characters of content "

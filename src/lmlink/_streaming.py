@@ -44,10 +44,9 @@ Delta = Callable[[str], Any]
 def broken(exc: LMLinkError, acc: StreamAccumulator) -> LMLinkError:
     """A transport failure in mid-stream, re-raised as a StreamError carrying the partial."""
     attrs = {k: v for k, v in exc.__dict__.items() if k != "message"}
-    partial = acc.response()
-    message = (
-        f"{exc.message} (after {len(partial.content)} characters of content; kept in .partial)"
-    )
+    partial = acc.partial()
+    got = len(partial.content)
+    message = f"{acc.redact(exc.message)} (after {got} characters of content; kept in .partial)"
     return stream_variant(type(exc))(message, partial=partial, **attrs)
 
 
@@ -79,6 +78,7 @@ class StreamCore:
         self, exc: LMLinkError, state: RetryState | None
     ) -> tuple[float, RetryState | None]:
         """Adapt the request to a refusal (no wait), or return the retry wait."""
+        self._client._scrub(exc)
         self._decoder = SSEDecoder()
         self._acc = self._client._accumulator()
         self._buffer.clear()
@@ -112,7 +112,7 @@ class StreamCore:
         return stream_variant(ResponseTooLargeError)(
             f"the stream went over max_response_bytes ({limit} bytes); the text so far is in "
             ".partial",
-            partial=self._acc.response(),
+            partial=self._acc.partial(),
         )
 
     def _finish(self) -> ChatResponse:

@@ -84,6 +84,11 @@ class OutputSpec:
             value = _json.loads(candidate)
         except ValueError as exc:
             raise _failure(text, f"not valid JSON: {exc}") from exc
+        if isinstance(value, (dict, list)):
+            try:  # reading goes 1024 levels deep, writing only 254: a value must round-trip
+                _json.dumps(value)
+            except TypeError as exc:
+                raise _failure(text, f"the JSON cannot be written back: {exc}") from exc
         if self.schema is not None:
             problems = _schema_problems(self.schema, value)
             if problems:

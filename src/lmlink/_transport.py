@@ -258,9 +258,16 @@ def _send(conn: _Conn, data: bytes, where: str, timeouts: Timeouts, start: float
 class SyncTransport:
     """Blocking HTTP/1.1 client with a keep-alive pool; safe to share between threads."""
 
-    def __init__(self, *, verify: bool | ssl.SSLContext = True, max_connections: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        max_connections: int = 256,
+        max_body: int | None = None,
+    ) -> None:
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1")
+        self._max_body = max_body  # the decompressed-size cap of every response body
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
         self._max = max_connections
@@ -284,7 +291,7 @@ class SyncTransport:
         start = monotonic()
         conn = self._acquire(target, timeouts, start)
         while True:
-            parser = ResponseParser(target.where, method == "HEAD")
+            parser = ResponseParser(target.where, method == "HEAD", self._max_body)
             try:
                 _send(conn, data, target.where, timeouts, start)
                 while not parser.head_done:

@@ -167,8 +167,15 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text") or "" if isinstance(p, dict) else str(p) for p in content)
-    return str(content)
+        return "".join(_text_part(p) for p in content)
+    return _json.as_str(content)
+
+
+def _text_part(part: Any) -> str:
+    if isinstance(part, dict):
+        text = part.get("text")
+        return _json.as_str(text) if text else ""
+    return _json.as_str(part)
 
 
 def tool_call_from(item: Any, position: int) -> ToolCall | None:
@@ -184,10 +191,10 @@ def tool_call_from(item: Any, position: int) -> ToolCall | None:
     elif not isinstance(args, str):
         args = _json.text(args)
     return ToolCall(
-        id=str(item.get("id") or f"call_{position}"),
-        name=str(fn.get("name") or ""),
+        id=_json.as_str(item.get("id") or f"call_{position}"),
+        name=_json.as_str(fn.get("name") or ""),
         arguments=args,
-        type=str(item.get("type") or "function"),
+        type=_json.as_str(item.get("type") or "function"),
     )
 
 
@@ -208,7 +215,7 @@ def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> C
     """The ChatResponse of a non-streamed 200 body (raises the error an in-band body reports)."""
     payload = loads(body, "the response body", redact)
     if not isinstance(payload, dict):
-        shown = clip(redact(repr(payload)), 200)
+        shown = clip(redact(_json.text(payload)), 200)
         raise DecodeError(f"the response body is not a JSON object: {shown}")
     if "error" in payload or payload.get("object") == "error":
         text = body.decode("utf-8", "replace")
@@ -269,7 +276,7 @@ def decode_models(body: bytes, redact: Callable[[str], str] = str) -> list[Model
     elif isinstance(payload, list):
         items = payload
     if not isinstance(items, list):
-        shown = clip(redact(repr(payload)), 200)
+        shown = clip(redact(_json.text(payload)), 200)
         raise DecodeError(f"the model list has no 'data' array: {shown}")
     out = []
     for item in items:

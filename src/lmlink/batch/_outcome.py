@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lmlink._errors import (
@@ -32,7 +33,7 @@ from lmlink._models import ChatResponse
 from ._input import BatchItem
 from ._tasks import Task
 
-__all__ = ["error_record", "is_fatal", "is_overload", "success_record"]
+__all__ = ["error_record", "is_fatal", "is_overload", "scrub", "success_record"]
 
 _UNREACHABLE = frozenset({"refused", "dns", "tls"})
 
@@ -70,11 +71,24 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def success_record(item_id: str, resp: ChatResponse, task: Task) -> dict[str, Any]:
-    """The output line of an answer."""
+def scrub(value: Any, redact: Callable[[str], str]) -> Any:
+    """``value`` with ``redact`` applied to every string in it, keys included: an answer
+    that echoes the API key must not carry it into the output file or the cache."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {scrub(k, redact): scrub(v, redact) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, redact) for v in value]
+    return value
+
+
+def success_record(
+    item_id: str, resp: ChatResponse, task: Task, redact: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """The output line of an answer, its strings passed through ``redact``."""
     parsed = _json_value(resp.parsed)
-    return {
-        "id": item_id,
+    record = {
         "content": resp.content,
         "reasoning": resp.reasoning,
         "parsed": parsed,
@@ -86,6 +100,9 @@ def success_record(item_id: str, resp: ChatResponse, task: Task) -> dict[str, An
         "model": resp.model,
         **task.extra_fields(parsed),
     }
+    if redact is not None:
+        record = scrub(record, redact)
+    return {"id": item_id, **record}
 
 
 def error_record(item_id: str, exc: LMLinkError) -> dict[str, Any]:

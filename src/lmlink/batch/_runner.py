@@ -256,7 +256,7 @@ class Runner:
             if isinstance(result, LMLinkError):
                 self._record_error(item, result)
             else:
-                record = success_record(item.id, result, self.task)
+                record = success_record(item.id, result, self.task, client.redact)
                 self._record_ok(record, result)
                 if cache is not None and key is not None:
                     cache.put(key, {k: v for k, v in record.items() if k != "id"})
