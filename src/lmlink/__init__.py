@@ -9,7 +9,6 @@ The table of contents; each name lives in a private module named after its conce
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from ._client import Client, discover
@@ -45,8 +44,6 @@ if TYPE_CHECKING:
     from ._astreaming import AsyncChatStream
     from ._tools import tool_schema
     from .batch import BatchSummary, arun_batch, run_batch
-
-logging.getLogger("lmlink").addHandler(logging.NullHandler())
 
 # Loaded on first use: asyncio and inspect cost more than all of lmlink's own modules.
 _LAZY = {

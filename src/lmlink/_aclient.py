@@ -7,8 +7,6 @@ diff cleanly; all decisions live in the shared pure core.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -28,7 +26,6 @@ from ._wire import MessagesInput, decode_models, normalize_messages
 
 __all__ = ["AsyncClient", "adiscover"]
 
-log = logging.getLogger("lmlink")
 
 T = TypeVar("T")
 
@@ -140,6 +137,8 @@ class AsyncClient(BaseClient):
         **kwargs: Any,
     ) -> ChatResponse:
         """The async twin of :meth:`Client.run_tools`; tools may be async functions."""
+        import inspect  # loaded by _tools anyway; kept off the import path
+
         from ._tools import ToolSet
 
         toolset = ToolSet(tools)

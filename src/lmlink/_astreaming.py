@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ._atransport import AsyncResponse
 from ._errors import LMLinkError
+from ._log import log
 from ._models import ChatResponse
 from ._plan import ChatPlan
 from ._retry import RetryState
@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from ._aclient import AsyncClient
 
 __all__ = ["AsyncChatStream"]
-
-log = logging.getLogger("lmlink")
 
 
 class AsyncChatStream(StreamCore):

@@ -4,7 +4,6 @@ side of a call. Everything here is pure; the two shells in ``_client.py`` only d
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -14,6 +13,7 @@ from ._config import RetryPolicy, Timeout, resolve_endpoint, resolve_setting
 from ._discovery import ServerInfo
 from ._errmap import error_from_response
 from ._errors import APITimeoutError, ConfigurationError, LMLinkError
+from ._log import log
 from ._models import ChatResponse
 from ._plan import CapabilityStore, ChatPlan, ChatSpec
 from ._retry import RetryState
@@ -33,7 +33,6 @@ __all__ = ["BaseClient", "Call"]
 if TYPE_CHECKING:
     import ssl
 
-log = logging.getLogger("lmlink")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _USER_AGENT = f"lmlink/{__version__}"

@@ -10,8 +10,6 @@ cleanly: change one, change both (``diff _client.py _aclient.py``).
 
 from __future__ import annotations
 
-import inspect
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +28,6 @@ from ._wire import MessagesInput, decode_models, normalize_messages
 
 __all__ = ["Client", "discover", "discovery_off", "ports_to_probe", "probe_timeouts"]
 
-log = logging.getLogger("lmlink")
 
 T = TypeVar("T")
 
@@ -171,6 +168,8 @@ class Client(BaseClient):
         ...     return a + b
         >>> client.run_tools("What is 2+3? Use the tool.", [add]).content
         """
+        import inspect  # loaded by _tools anyway; kept off the import path
+
         from ._tools import ToolSet
 
         toolset = ToolSet(tools)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ._errors import ConfigurationError
+from ._record import FrozenRecord
 
 __all__ = ["RetryPolicy", "Timeout", "resolve_endpoint", "resolve_setting"]
 
@@ -28,8 +28,7 @@ def _check_seconds(name: str, value: float | None, *, allow_zero: bool = False) 
         raise ConfigurationError(f"{name} must be positive, not {value!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class Timeout:
+class Timeout(FrozenRecord):
     """How long lmlink waits, in seconds. ``None`` switches a limit off.
 
     - ``connect``: to open the connection (TCP and TLS).
@@ -44,14 +43,18 @@ class Timeout:
     >>> lmlink.Client(timeout=lmlink.Timeout(connect=5, idle=120, total=600))
     """
 
-    connect: float | None = 10.0
-    idle: float | None = 60.0
-    total: float | None = None
+    __slots__ = ("connect", "idle", "total")
+    connect: float | None
+    idle: float | None
+    total: float | None
 
-    def __post_init__(self) -> None:
-        _check_seconds("Timeout.connect", self.connect)
-        _check_seconds("Timeout.idle", self.idle)
-        _check_seconds("Timeout.total", self.total)
+    def __init__(
+        self, connect: float | None = 10.0, idle: float | None = 60.0, total: float | None = None
+    ) -> None:
+        _check_seconds("Timeout.connect", connect)
+        _check_seconds("Timeout.idle", idle)
+        _check_seconds("Timeout.total", total)
+        self._set(connect=connect, idle=idle, total=total)
 
     @classmethod
     def coerce(cls, value: float | Timeout | None) -> Timeout:
@@ -67,8 +70,7 @@ class Timeout:
         return cls(connect=min(10.0, float(value)), idle=float(value))
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(FrozenRecord):
     """When and how long to wait before sending a failed request again.
 
     Retried: HTTP ``statuses`` (429, 502, 503, 504), refused or broken connections and
@@ -88,25 +90,52 @@ class RetryPolicy:
     >>> lmlink.Client(retry=lmlink.RetryPolicy(max_retries=5, backoff_max=4))
     """
 
-    max_retries: int = 3
-    backoff_initial: float = 0.5
-    backoff_max: float = 8.0
-    jitter: float = 0.5
-    retry_after_max: float = 60.0
-    load_wait: float = 300.0
-    statuses: frozenset[int] = field(default=RETRY_STATUSES)
+    __slots__ = (  # noqa: RUF023 (the fields' order)
+        "max_retries",
+        "backoff_initial",
+        "backoff_max",
+        "jitter",
+        "retry_after_max",
+        "load_wait",
+        "statuses",
+    )
+    max_retries: int
+    backoff_initial: float
+    backoff_max: float
+    jitter: float
+    retry_after_max: float
+    load_wait: float
+    statuses: frozenset[int]
 
-    def __post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            raise ConfigurationError(f"max_retries must be an int, not {self.max_retries!r}")
-        if self.max_retries < 0:
-            raise ConfigurationError(f"max_retries must be >= 0, not {self.max_retries}")
-        _check_seconds("backoff_initial", self.backoff_initial, allow_zero=True)
-        _check_seconds("backoff_max", self.backoff_max, allow_zero=True)
-        _check_seconds("retry_after_max", self.retry_after_max, allow_zero=True)
-        _check_seconds("load_wait", self.load_wait, allow_zero=True)
-        if not 0.0 <= self.jitter <= 1.0:
-            raise ConfigurationError(f"jitter must be between 0 and 1, not {self.jitter}")
+    def __init__(
+        self,
+        max_retries: int = 3,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 8.0,
+        jitter: float = 0.5,
+        retry_after_max: float = 60.0,
+        load_wait: float = 300.0,
+        statuses: frozenset[int] = RETRY_STATUSES,
+    ) -> None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+            raise ConfigurationError(f"max_retries must be an int, not {max_retries!r}")
+        if max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, not {max_retries}")
+        _check_seconds("backoff_initial", backoff_initial, allow_zero=True)
+        _check_seconds("backoff_max", backoff_max, allow_zero=True)
+        _check_seconds("retry_after_max", retry_after_max, allow_zero=True)
+        _check_seconds("load_wait", load_wait, allow_zero=True)
+        if not 0.0 <= jitter <= 1.0:
+            raise ConfigurationError(f"jitter must be between 0 and 1, not {jitter}")
+        self._set(
+            max_retries=max_retries,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            jitter=jitter,
+            retry_after_max=retry_after_max,
+            load_wait=load_wait,
+            statuses=statuses,
+        )
 
 
 def resolve_setting(value: str | None, env: Mapping[str, str], *names: str) -> str | None:

@@ -12,11 +12,11 @@ Python ``Server`` header; ``GET /`` answers "Ollama is running"; ``Server: llama
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import _json
+from ._record import Record
 
 __all__ = ["DEFAULT_PORTS", "KINDS", "Probe", "ServerInfo", "identify"]
 
@@ -59,8 +59,7 @@ _VERSION_AT = {
 }
 
 
-@dataclass
-class ServerInfo:
+class ServerInfo(Record):
     """What lmlink knows about a server.
 
     ``kind`` is one of ``ollama, vllm, llamacpp, lmstudio, sglang, tgi, localai, mlx,
@@ -68,11 +67,21 @@ class ServerInfo:
     per model (which ``response_format`` form works, whether ``stream_options`` is taken).
     """
 
-    endpoint: str
-    kind: str = "unknown"
-    version: str | None = None
-    models: list[str] = field(default_factory=list)
-    capabilities: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("endpoint", "kind", "version", "models", "capabilities")  # noqa: RUF023
+
+    def __init__(
+        self,
+        endpoint: str,
+        kind: str = "unknown",
+        version: str | None = None,
+        models: list[str] | None = None,
+        capabilities: dict[str, Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.kind = kind
+        self.version = version
+        self.models: list[str] = [] if models is None else models
+        self.capabilities: dict[str, Any] = {} if capabilities is None else capabilities
 
 
 Answer = tuple[int, Mapping[str, str], bytes] | None

@@ -1,28 +1,38 @@
 """The values lmlink hands back and forth: :class:`Message`, :class:`ChatResponse`,
-:class:`ToolCall`, :class:`ModelInfo`. Plain slotted dataclasses: cheap to build on the
-hot path, easy to read, easy to pickle.
+:class:`ToolCall`, :class:`ModelInfo`. Plain slotted classes (see :mod:`._record`): cheap to
+build on the hot path, easy to read, easy to pickle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+from ._record import FrozenRecord, Record
 
 __all__ = ["ChatResponse", "Message", "ModelInfo", "ToolCall"]
 
 
-@dataclass(slots=True)
-class Message:
+class Message(Record):
     """One chat message.
 
     >>> client.chat([lmlink.Message("system", "Answer in French."), lmlink.Message("user", "Hi")])
     """
 
-    role: str
-    content: str | list[Any] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    __slots__ = ("role", "content", "name", "tool_calls", "tool_call_id")  # noqa: RUF023 (the fields' order)
+
+    def __init__(
+        self,
+        role: str,
+        content: str | list[Any] | None = None,
+        name: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+    ) -> None:
+        self.role = role
+        self.content = content
+        self.name = name
+        self.tool_calls = tool_calls
+        self.tool_call_id = tool_call_id
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI wire form, without the fields that are unset."""
@@ -36,18 +46,21 @@ class Message:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
+class ToolCall(FrozenRecord):
     """A function call the model asked for. ``arguments`` is JSON text, as the server sent it.
 
     >>> call = resp.tool_calls[0]
     >>> call.name, json.loads(call.arguments)
     """
 
+    __slots__ = ("id", "name", "arguments", "type")  # noqa: RUF023 (the fields' order)
     id: str
     name: str
     arguments: str
-    type: str = "function"
+    type: str
+
+    def __init__(self, id: str, name: str, arguments: str, type: str = "function") -> None:
+        self._set(id=id, name=name, arguments=arguments, type=type)
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI wire form, to send back in an assistant message."""
@@ -58,8 +71,7 @@ class ToolCall:
         }
 
 
-@dataclass(slots=True)
-class ChatResponse:
+class ChatResponse(Record):
     """The result of a chat call, streamed or not.
 
     - ``content``: the answer text (never None), with any reasoning taken out.
@@ -79,17 +91,45 @@ class ChatResponse:
     >>> print(resp.content, resp.output_tokens, resp.tokens_per_s)
     """
 
-    content: str = ""
-    reasoning: str = ""
-    prompt_tokens: int | None = None
-    output_tokens: int | None = None
-    model: str | None = None
-    finish_reason: str | None = None
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    parsed: Any = None
-    ttft_s: float | None = None
-    latency_s: float | None = None
-    finish_reason_raw: str | None = None
+    __slots__ = (  # noqa: RUF023 (the fields' order)
+        "content",
+        "reasoning",
+        "prompt_tokens",
+        "output_tokens",
+        "model",
+        "finish_reason",
+        "tool_calls",
+        "parsed",
+        "ttft_s",
+        "latency_s",
+        "finish_reason_raw",
+    )
+
+    def __init__(
+        self,
+        content: str = "",
+        reasoning: str = "",
+        prompt_tokens: int | None = None,
+        output_tokens: int | None = None,
+        model: str | None = None,
+        finish_reason: str | None = None,
+        tool_calls: list[ToolCall] | None = None,
+        parsed: Any = None,
+        ttft_s: float | None = None,
+        latency_s: float | None = None,
+        finish_reason_raw: str | None = None,
+    ) -> None:
+        self.content = content
+        self.reasoning = reasoning
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.model = model
+        self.finish_reason = finish_reason
+        self.tool_calls: list[ToolCall] = [] if tool_calls is None else tool_calls
+        self.parsed = parsed
+        self.ttft_s = ttft_s
+        self.latency_s = latency_s
+        self.finish_reason_raw = finish_reason_raw
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -114,11 +154,21 @@ class ChatResponse:
         return Message("assistant", self.content, tool_calls=calls)
 
 
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """A model the server offers (``client.models()``)."""
+class ModelInfo(FrozenRecord):
+    """A model the server offers (``client.models()``); ``raw`` is the server's own entry."""
 
+    __slots__ = ("id", "owned_by", "created", "raw")  # noqa: RUF023 (the fields' order)
+    _compared = _shown = ("id", "owned_by", "created")
     id: str
-    owned_by: str | None = None
-    created: int | None = None
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    owned_by: str | None
+    created: int | None
+    raw: dict[str, Any]
+
+    def __init__(
+        self,
+        id: str,
+        owned_by: str | None = None,
+        created: int | None = None,
+        raw: dict[str, Any] | None = None,
+    ) -> None:
+        self._set(id=id, owned_by=owned_by, created=created, raw={} if raw is None else raw)

@@ -13,10 +13,8 @@ is asked for again (``structured_retries`` times) with the validation errors.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _json
@@ -26,6 +24,7 @@ from ._errors import (
     ContextLengthError,
     StructuredOutputError,
 )
+from ._log import log
 from ._models import ChatResponse
 from ._structured import OutputSpec
 from ._wire import build_chat_body
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Capabilities", "ChatPlan", "ChatSpec", "reasoning_params"]
 
-log = logging.getLogger("lmlink")
 
 # response_format forms, most specific first. "prompt" sends no response_format at all and
 # puts the schema in a system message; validation and re-asking still apply.
@@ -53,15 +51,17 @@ _FIRST_FORM = {
 }
 
 
-@dataclass
 class Capabilities:
     """What lmlink has learned about one endpoint and model, for the client's life."""
 
-    schema_form: str | None = None
-    json_form: str | None = None
-    stream_options: bool = True
-    dropped: set[str] = field(default_factory=set)
-    kind: str | None = None
+    __slots__ = ("dropped", "json_form", "kind", "schema_form", "stream_options")
+
+    def __init__(self, kind: str | None = None) -> None:
+        self.schema_form: str | None = None
+        self.json_form: str | None = None
+        self.stream_options = True
+        self.dropped: set[str] = set()
+        self.kind = kind
 
     def as_dict(self) -> dict[str, Any]:
         """A plain summary (for ``server_info()``)."""
@@ -100,20 +100,45 @@ class CapabilityStore:
         return {m: c.as_dict() for (e, m), c in self._by_key.items() if e == endpoint}
 
 
-@dataclass
 class ChatSpec:
     """Everything a caller asked for in one chat call, already normalised."""
 
-    model: str
-    messages: list[Any]
-    temperature: float | None = None
-    max_tokens: int | None = None
-    response_format: Any = None
-    output: OutputSpec | None = None
-    tools: ToolSet | None = None
-    tool_choice: Any = None
-    reasoning: Any = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    __slots__ = (  # noqa: RUF023 (the fields' order)
+        "model",
+        "messages",
+        "temperature",
+        "max_tokens",
+        "response_format",
+        "output",
+        "tools",
+        "tool_choice",
+        "reasoning",
+        "extra",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        messages: list[Any],
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        response_format: Any = None,
+        output: OutputSpec | None = None,
+        tools: ToolSet | None = None,
+        tool_choice: Any = None,
+        reasoning: Any = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.messages = messages
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.response_format = response_format
+        self.output = output
+        self.tools = tools
+        self.tool_choice = tool_choice
+        self.reasoning = reasoning
+        self.extra: Mapping[str, Any] = {} if extra is None else extra
 
 
 _EFFORTS = frozenset({"minimal", "low", "medium", "high", "max", "xhigh"})

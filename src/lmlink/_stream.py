@@ -8,13 +8,13 @@ stream finished or was cut off (SERVERS.md §1 rules 2, 3, 7, 8, 10).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from . import _json
 from ._errmap import error_from_payload
 from ._errors import APIStatusError, StreamError, clip, stream_variant
+from ._log import log
 from ._models import ChatResponse, ToolCall
 from ._sse import SSEEvent
 from ._think import ThinkSplitter
@@ -22,7 +22,6 @@ from ._wire import finish_word, text_of
 
 __all__ = ["StreamAccumulator"]
 
-log = logging.getLogger("lmlink")
 
 _DONE = b"[DONE]"
 

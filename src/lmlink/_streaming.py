@@ -9,7 +9,6 @@ plain call; after that nothing is retried, because the caller has seen text.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from ._errors import (
     ResponseTooLargeError,
     stream_variant,
 )
+from ._log import log
 from ._models import ChatResponse
 from ._plan import ChatPlan
 from ._retry import RetryState
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatStream", "Delta", "StreamCore", "broken", "retry_log"]
 
-log = logging.getLogger("lmlink")
 
 Delta = Callable[[str], Any]
 

@@ -8,7 +8,6 @@ lack their ``index``, and an ``{"error": ...}`` object can arrive on a 200.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +26,6 @@ __all__ = [
     "response_format_payload",
 ]
 
-log = logging.getLogger("lmlink")
 
 MessagesInput = str | Message | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
 

@@ -15,7 +15,6 @@ synchronous step between two awaits, so it is never half written.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -143,7 +142,7 @@ class Runner:
 
     def _make_client(self) -> AsyncClient:
         # 429 and 503 are retried by the runner, so the limiter hears of every one.
-        policy = dataclasses.replace(self._retry, statuses=self._retry.statuses - _OWN_RETRY)
+        policy = self._retry.replace(statuses=self._retry.statuses - _OWN_RETRY)
         return AsyncClient(
             endpoint=self._endpoint,
             model=self._model,
