@@ -91,14 +91,16 @@ def test_exported_names_match_all() -> None:
 
 
 def test_import_does_not_load_asyncio() -> None:
-    """`import lmlink` stays light: asyncio, ssl and the validators load only when used."""
+    """`import lmlink` stays light: asyncio, ssl, the validators, logging, and dataclasses
+    with inspect behind it load only when used."""
     import subprocess
     import sys
 
     code = (
         "import sys, lmlink; "
-        "print(sorted(m for m in ('asyncio', 'ssl', 'jsonschema', 'pydantic') "
-        "if m in sys.modules))"
+        "heavy = ('asyncio', 'ssl', 'jsonschema', 'pydantic', 'logging', 'dataclasses', "
+        "'inspect', 'orjson'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
