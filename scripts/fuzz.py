@@ -180,8 +180,8 @@ def _have_atheris() -> bool:
 def run_atheris(targets: list[str], seconds: int, artifacts: Path) -> int:
     artifacts.mkdir(parents=True, exist_ok=True)
     share = max(seconds // len(targets), 1)
-    rows = []
     failed = False
+    print(f"{'target':<12} {'executions':>12} {'seconds':>8} {'exec/s':>8}  result", flush=True)
     for name in targets:
         started = time.monotonic()
         cmd = [sys.executable, __file__, "--child", name, "--seconds", str(share)]
@@ -190,16 +190,13 @@ def run_atheris(targets: list[str], seconds: int, artifacts: Path) -> int:
         output = proc.stdout + proc.stderr
         runs = re.findall(r"Done (\d+) runs in (\d+) second", output)
         execs = int(runs[-1][0]) if runs else 0
+        secs = time.monotonic() - started
         ok = proc.returncode == 0
         failed |= not ok
-        rows.append((name, execs, time.monotonic() - started, ok))
         if not ok:
             print(f"--- {name}: exit {proc.returncode}\n{output[-4000:]}", file=sys.stderr)
-    print(f"{'target':<12} {'executions':>12} {'seconds':>8} {'exec/s':>8}  result")
-    for name, execs, secs, ok in rows:
-        rate = execs / secs if secs else 0
         result = "ok" if ok else "CRASH (see above)"
-        print(f"{name:<12} {execs:>12,} {secs:>8.0f} {rate:>8,.0f}  {result}")
+        print(f"{name:<12} {execs:>12,} {secs:>8.0f} {execs / secs:>8,.0f}  {result}", flush=True)
     return 1 if failed else 0
 
 
