@@ -375,6 +375,24 @@ def test_redirect_is_not_followed(
     assert elsewhere.stats.requests == 0
 
 
+@pytest.mark.parametrize("var", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "HTTPS_PROXY"])
+def test_proxy_variables_are_not_used(
+    make_api: Callable[..., API],
+    server: FakeServer,
+    elsewhere: FakeServer,
+    monkeypatch: pytest.MonkeyPatch,
+    var: str,
+) -> None:
+    """A proxy variable in the environment neither captures the request nor sees the key:
+    the server gets it directly, the would-be proxy gets no connection."""
+    monkeypatch.setenv(var, f"http://{elsewhere.host}:{elsewhere.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert make_api(api_key=KEY).chat("hi").content
+    assert server.stats.chat_requests == 1
+    assert elsewhere.stats.connections_opened == 0
+
+
 def test_redirect_on_models_is_not_followed(elsewhere: FakeServer) -> None:
     """GET /models answered with a 308 elsewhere: an error, and nothing reaches the target."""
     body = b""
