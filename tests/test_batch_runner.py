@@ -3,6 +3,7 @@ real fake server on a free port."""
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import sqlite3
 import subprocess
@@ -337,14 +338,60 @@ def test_a_given_async_client_is_used_and_left_open(server: FakeServer, tmp_path
     assert all(r.headers.get("x-run") == "7" for r in server.requests)
 
 
-def test_run_batch_refuses_to_run_inside_an_event_loop(tmp_path: Path) -> None:
-    """Inside a running loop the sync entry point points to arun_batch."""
+def test_run_batch_works_inside_a_running_event_loop(server: FakeServer, tmp_path: Path) -> None:
+    """Called where a loop already runs (a notebook cell), run_batch still runs to the end:
+    every id once, the summary matching, the caller's loop untouched."""
+    server.responder = _echo
+    out = tmp_path / "out.jsonl"
+
+    async def main() -> BatchSummary:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            ticks += 1
+
+        summary = _run(server, prompts(20), out)
+        await ticker()  # the caller's loop still works afterwards
+        assert ticks == 1
+        return summary
+
+    summary = asyncio.run(main())
+    assert summary.ok == 20
+    assert sorted(line["id"] for line in read_jsonl(out)) == sorted(p["id"] for p in prompts(20))
+    assert not [t for t in threading.enumerate() if t.name == "lmlink-run-sync" and t.is_alive()]
+
+
+def test_ctrl_c_inside_a_running_loop_cancels_the_batch(server: FakeServer, tmp_path: Path) -> None:
+    """KeyboardInterrupt while run_batch waits on its worker thread (a kernel interrupt in a
+    notebook): the requests in flight are cancelled, KeyboardInterrupt reaches the caller,
+    the file holds whole lines only, and a re-run completes it."""
+    server.responder = lambda r: Reply(content="a b c d e f g h", chunk_chars=2, delay=0.02)
+    out = tmp_path / "out.jsonl"
+
+    def interrupt_when_busy() -> None:
+        server.wait_for(lambda: server.stats.chat_requests >= 8, timeout=10)
+        _thread.interrupt_main()
 
     async def main() -> None:
-        with pytest.raises(lmlink.ConfigurationError, match="arun_batch"):
-            run_batch(prompts(1), tmp_path / "out.jsonl", endpoint="http://127.0.0.1:9/v1")
+        threading.Thread(target=interrupt_when_busy, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            _run(server, prompts(100), out, concurrency=4)
 
-    asyncio.run(main())
+    # run_until_complete keeps Python's own SIGINT handler, as a notebook kernel does
+    # (asyncio.run installs one that only cancels its main task)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert not [t for t in threading.enumerate() if t.name == "lmlink-run-sync" and t.is_alive()]
+    done = read_jsonl(out)
+    assert len(done) < 100
+    server.wait_for(lambda: server.live_stats.active_connections == 0, timeout=5)
+    summary = _run(server, prompts(100), out)
+    assert summary.skipped == len(done)
+    assert len(read_jsonl(out)) == 100
 
 
 def test_cancelling_stops_in_flight_requests_and_leaves_whole_lines(

@@ -125,8 +125,9 @@ def run_batch(
     """:func:`arun_batch` for code that is not async; same arguments, same result.
 
     It runs its own event loop (the runner is one asyncio engine, not a second copy in
-    threads); inside a running loop, ``await lmlink.arun_batch(...)`` instead. Ctrl-C
-    cancels the requests in flight and raises KeyboardInterrupt; the output is intact.
+    threads); called where a loop already runs (a notebook), it runs in a worker thread
+    (:func:`run_sync`), though ``await lmlink.arun_batch(...)`` is the natural form there.
+    Ctrl-C cancels the requests in flight and raises KeyboardInterrupt; the output is intact.
 
     >>> summary = lmlink.run_batch("tickets.jsonl", "out.jsonl", model="qwen3:8b",
     ...                            task=lmlink.batch.Task.classify(["billing", "bug", "other"]))
@@ -156,17 +157,53 @@ def run_batch(
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a new event loop; refuse inside a running one."""
+    """Run ``coro`` to its end from code that is not async.
+
+    Outside an event loop: ``asyncio.run``. Inside a running one (a Jupyter notebook, a
+    callback of an async framework) that loop cannot be blocked into running it, so ``coro``
+    gets a loop of its own in a worker thread while this thread waits; Ctrl-C (a kernel
+    interrupt) cancels it there just as ``asyncio.run`` would, and KeyboardInterrupt is
+    raised here once it has stopped.
+    """
     import asyncio
 
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
-    coro.close()
-    raise ConfigurationError(
-        "run_batch() was called inside a running event loop; use await lmlink.arun_batch()"
-    )
+    return _run_in_thread(coro)
+
+
+def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+    import threading
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    outcome: list[tuple[bool, Any]] = []  # (returned, value or exception)
+
+    def main() -> None:
+        try:
+            outcome.append((True, loop.run_until_complete(task)))
+        except BaseException as exc:  # handed over to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    thread = threading.Thread(target=main, name="lmlink-run-sync", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():  # bounded: the coroutine ends, or is cancelled below
+            thread.join(0.2)  # a timed join lets Ctrl-C through
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join()
+        raise
+    [(returned, value)] = outcome
+    if not returned:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
