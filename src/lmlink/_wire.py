@@ -51,6 +51,11 @@ def normalize_messages(messages: MessagesInput) -> list[Any]:
     """Accept a str, a Message, a dict, or a list of Messages/dicts; return wire dicts."""
     if isinstance(messages, str):
         return [{"role": "user", "content": messages}]
+    if type(messages) is list and messages:  # the common case, without the ABC checks
+        return [
+            item if type(item) is dict and "role" in item else _one_message(item, i)
+            for i, item in enumerate(messages)
+        ]
     if isinstance(messages, Message):
         return [messages.to_dict()]
     if isinstance(messages, Mapping):
@@ -62,10 +67,11 @@ def normalize_messages(messages: MessagesInput) -> list[Any]:
         )
     if not messages:
         raise ConfigurationError("messages is empty: give at least one message")
-    out: list[Any] = []
-    for i, item in enumerate(messages):
-        out.append(item.to_dict() if isinstance(item, Message) else _check_message(item, i))
-    return out
+    return [_one_message(item, i) for i, item in enumerate(messages)]
+
+
+def _one_message(item: Any, index: int) -> Any:
+    return item.to_dict() if isinstance(item, Message) else _check_message(item, index)
 
 
 def _check_message(item: Any, index: int) -> Any:
