@@ -104,3 +104,28 @@ def test_import_does_not_load_asyncio() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_library_never_prints_and_has_a_null_handler() -> None:
+    """In a program that configures no logging, a WARNING of lmlink's (a skipped stream chunk)
+    prints nothing; the "lmlink" logger has a NullHandler, whether logging was imported
+    before lmlink or only after."""
+    import subprocess
+    import sys
+
+    code = (
+        "import lmlink\n"
+        "from lmlink.testing import FakeServer, Reply\n"
+        "with FakeServer() as srv:\n"
+        "    srv.enqueue(Reply(content='abcd', chunk_chars=2, malformed_at=[1]))\n"
+        "    with lmlink.Client(endpoint=srv.url, model='m') as c:\n"
+        "        assert c.chat_stream('hi').content == 'abcd'\n"
+        "import logging\n"
+        "print([type(h).__name__ for h in logging.getLogger('lmlink').handlers])\n"
+    )
+    for prefix in ("", "import logging\n"):
+        out = subprocess.run(
+            [sys.executable, "-c", prefix + code], capture_output=True, text=True, check=True
+        )
+        assert out.stderr == ""
+        assert out.stdout.strip() == "['NullHandler']"

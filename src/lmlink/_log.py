@@ -3,10 +3,15 @@
 ``logging`` brings ``re``, ``traceback`` and ``string`` with it: a fifth of what
 ``import lmlink`` would cost. lmlink logs only on retries, skipped chunks and adaptations,
 so most programs never pay for it. Records carry the caller's line (``stacklevel``).
+
+The ``NullHandler`` goes on the ``lmlink`` logger before any record, so the library never
+prints; when ``logging`` is loaded already (it is in any program that configures logging,
+and under pytest), it goes on at import, where a check after ``import lmlink`` sees it.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 __all__ = ["log"]
@@ -39,3 +44,5 @@ class _LazyLogger:
 
 
 log = _LazyLogger()
+if "logging" in sys.modules:
+    log._get()
