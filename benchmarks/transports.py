@@ -31,7 +31,8 @@ import aiohttp
 import httpx
 
 from lmlink._atransport import AsyncTransport
-from lmlink._transport import SyncTransport, Timeouts
+from lmlink._transport import SyncTransport
+from lmlink._transport_base import Timeouts
 
 IN_FLIGHT = 64
 STREAM_EVENTS = 20_000

@@ -50,6 +50,8 @@ INSTRUMENTED = (
     "lmlink._errmap",
     "lmlink._wire",
     "lmlink._http",
+    "lmlink._request",
+    "lmlink._transport_base",
     "lmlink._aclient",
     "lmlink._astreaming",
     "lmlink._atransport",

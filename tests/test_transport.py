@@ -33,7 +33,8 @@ from lmlink._errors import (
     ConfigurationError,
     ResponseTooLargeError,
 )
-from lmlink._transport import Response, SyncTransport, Timeouts
+from lmlink._transport import Response, SyncTransport
+from lmlink._transport_base import Timeouts
 
 JSON = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"message":{"content":"hi"}}]}'
 T = Timeouts(connect=5.0, idle=5.0, deadline=None)

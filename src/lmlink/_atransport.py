@@ -1,19 +1,19 @@
 """Asyncio HTTP/1.1 transport on ``asyncio.Protocol``, with a keep-alive pool.
 
-The protocol logic lives in :mod:`lmlink._http` (sans-I/O). Each connection is a
-:class:`_Conn` protocol: ``data_received`` pushes bytes straight into the response parser
-(no stream reader, no intermediate buffer) and wakes the one coroutine waiting on that
-connection through a bare future. Timeouts cost no task and no ``wait_for``: each connection
-keeps at most one ``loop.call_at`` timer, which is re-armed lazily: a wait only moves the
-expiry, and the timer, when it fires early, re-arms itself for the new expiry, so a stream
-of thousands of reads creates a handful of timer handles, not one per read. Waits are bounded
-by ``min(idle, deadline - now)`` as in the sync shell. Idle pooled connections stay
-registered with the loop, so a server closing one (RFC 9112 section 9.3.1) removes it from
-the pool at once; a reused connection that still turns out dead before any response byte is
-replaced and the request sent once more. The pool is per origin, LIFO, capped at
-``max_connections`` sockets, and callers waiting for a slot are served first in, first out
-(a freed connection is handed to the oldest waiter directly). Cancellation is never
-converted: a cancelled wait aborts its connection and re-raises ``CancelledError``.
+The protocol logic lives in :mod:`lmlink._request` and :mod:`lmlink._http` (sans-I/O). Each
+connection is a :class:`_Conn` protocol: ``data_received`` pushes bytes straight into the
+response parser (no stream reader, no intermediate buffer) and wakes the one coroutine waiting
+on that connection through a bare future. Timeouts cost no task and no ``wait_for``: each
+connection keeps at most one ``loop.call_at`` timer, which is re-armed lazily: a wait only moves
+the expiry, and the timer, when it fires early, re-arms itself for the new expiry, so a stream
+of thousands of reads creates a handful of timer handles, not one per read. Waits are bounded by
+``min(idle, deadline - now)`` as in the sync shell. Idle pooled connections stay registered with
+the loop, so a server closing one (RFC 9112 section 9.3.1) removes it from the pool at once; a
+reused connection that still turns out dead before any response byte is replaced and the request
+sent once more. The pool is per origin, LIFO, capped at ``max_connections`` sockets, and callers
+waiting for a slot are served first in, first out (a freed connection is handed to the oldest
+waiter directly). Cancellation is never converted: a cancelled wait aborts its connection and
+re-raises ``CancelledError``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from time import monotonic
 from typing import Any, Union, cast
 
 from ._errors import APIConnectionError, ConfigurationError, LMLinkError
-from ._http import ResponseParser, Target, build_request, parse_url
-from ._transport import (
+from ._http import ResponseParser
+from ._request import Target, build_request, parse_url
+from ._transport_base import (
     DEFAULT_LIMIT,
     ResponseBase,
     Timeouts,
-    _budget,
-    _connect_budget,
+    budget,
+    connect_budget,
     connect_error,
     io_error,
     make_ssl_context,
@@ -174,7 +175,7 @@ class _Conn(asyncio.BufferedProtocol):
             raise APIConnectionError(
                 f"the connection to {self.where} is closed", request_sent=True, reason="closed"
             )
-        wait, phase, limit = _budget(timeouts, start)
+        wait, phase, limit = budget(timeouts, start)
         if wait is not None and wait <= 0:
             raise timeout_error(phase, limit, self.where, not writing, writing=writing)
         loop = self._loop
@@ -439,7 +440,7 @@ class AsyncTransport:
             raise
 
     async def _connect(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
-        wait, phase, limit = _connect_budget(timeouts, start)
+        wait, phase, limit = connect_budget(timeouts, start)
         if wait is not None and wait <= 0:
             raise timeout_error(phase, limit, target.where, False)
         loop = cast(asyncio.AbstractEventLoop, self._loop)

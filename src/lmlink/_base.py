@@ -19,7 +19,7 @@ from ._plan import CapabilityStore, ChatPlan, ChatSpec
 from ._retry import RetryState
 from ._stream import StreamAccumulator
 from ._structured import OutputSpec
-from ._transport import Timeouts
+from ._transport_base import Timeouts
 from ._version import __version__
 from ._wire import (
     MessagesInput,

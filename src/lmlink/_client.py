@@ -23,7 +23,8 @@ from ._errors import APIStatusError, ConfigurationError, LMLinkError
 from ._models import ChatResponse, ModelInfo
 from ._retry import RetryState
 from ._streaming import ChatStream, Delta, retry_log
-from ._transport import Response, SyncTransport, Timeouts
+from ._transport import Response, SyncTransport
+from ._transport_base import Timeouts
 from ._wire import MessagesInput, decode_models, normalize_messages
 
 __all__ = ["Client", "discover", "discovery_off", "ports_to_probe", "probe_timeouts"]
