@@ -362,29 +362,29 @@ def test_run_batch_works_inside_a_running_event_loop(server: FakeServer, tmp_pat
     assert not [t for t in threading.enumerate() if t.name == "lmlink-run-sync" and t.is_alive()]
 
 
-def test_ctrl_c_inside_a_running_loop_cancels_the_batch(server: FakeServer, tmp_path: Path) -> None:
-    """KeyboardInterrupt while run_batch waits on its worker thread (a kernel interrupt in a
-    notebook): the requests in flight are cancelled, KeyboardInterrupt reaches the caller,
-    the file holds whole lines only, and a re-run completes it."""
-    server.responder = lambda r: Reply(content="a b c d e f g h", chunk_chars=2, delay=0.02)
-    out = tmp_path / "out.jsonl"
+class _SlowFinal:
+    """An on_progress callback whose final snapshot takes 0.5 s, so a caller that got its
+    interrupt before the worker stopped would see ``final_seen`` still False."""
 
-    def interrupt_when_busy() -> None:
+    def __init__(self) -> None:
+        self.final_seen = False
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.final:
+            time.sleep(0.5)
+            self.final_seen = True
+
+
+def _interrupt_when_busy(server: FakeServer) -> None:
+    def interrupt() -> None:
         server.wait_for(lambda: server.stats.chat_requests >= 8, timeout=10)
-        _thread.interrupt_main()
+        _thread.interrupt_main()  # as Ctrl-C: the SIGINT handler runs in the main thread
 
-    async def main() -> None:
-        threading.Thread(target=interrupt_when_busy, daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
-            _run(server, prompts(100), out, concurrency=4)
+    threading.Thread(target=interrupt, daemon=True).start()
 
-    # run_until_complete keeps Python's own SIGINT handler, as a notebook kernel does
-    # (asyncio.run installs one that only cancels its main task)
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+
+def _check_interrupted_run(server: FakeServer, out: Path, hook: _SlowFinal) -> None:
+    assert hook.final_seen  # the worker had finished when the interrupt reached the caller
     assert not [t for t in threading.enumerate() if t.name == "lmlink-run-sync" and t.is_alive()]
     done = read_jsonl(out)
     assert len(done) < 100
@@ -392,6 +392,47 @@ def test_ctrl_c_inside_a_running_loop_cancels_the_batch(server: FakeServer, tmp_
     summary = _run(server, prompts(100), out)
     assert summary.skipped == len(done)
     assert len(read_jsonl(out)) == 100
+
+
+def test_ctrl_c_inside_a_running_loop_cancels_the_batch(server: FakeServer, tmp_path: Path) -> None:
+    """KeyboardInterrupt while run_batch waits on its worker thread (a kernel interrupt in a
+    notebook): the requests in flight are cancelled, KeyboardInterrupt reaches the caller
+    once the worker has stopped, the file holds whole lines only, and a re-run completes it."""
+    server.responder = lambda r: Reply(content="a b c d e f g h", chunk_chars=2, delay=0.02)
+    out = tmp_path / "out.jsonl"
+    hook = _SlowFinal()
+
+    async def main() -> None:
+        _interrupt_when_busy(server)
+        with pytest.raises(KeyboardInterrupt):
+            _run(server, prompts(100), out, concurrency=4, on_progress=hook)
+        assert hook.final_seen
+
+    # run_until_complete keeps Python's own SIGINT handler, as a notebook kernel does
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    _check_interrupted_run(server, out, hook)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.run handles SIGINT from 3.11")
+def test_ctrl_c_under_asyncio_run_cancels_the_batch(server: FakeServer, tmp_path: Path) -> None:
+    """A blocking run_batch called inside ``asyncio.run``: asyncio's SIGINT handler only
+    cancels its main task, which cannot run while run_batch blocks it; run_batch notices,
+    cancels the batch, and asyncio.run ends with KeyboardInterrupt at the first Ctrl-C."""
+    server.responder = lambda r: Reply(content="a b c d e f g h", chunk_chars=2, delay=0.02)
+    out = tmp_path / "out.jsonl"
+    hook = _SlowFinal()
+
+    async def main() -> None:
+        _interrupt_when_busy(server)
+        _run(server, prompts(100), out, concurrency=4, on_progress=hook)
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    _check_interrupted_run(server, out, hook)
 
 
 def test_cancelling_stops_in_flight_requests_and_leaves_whole_lines(

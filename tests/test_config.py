@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from typing import Any
 
 import pytest
 
@@ -106,26 +107,61 @@ def test_import_does_not_load_asyncio() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_the_library_never_prints_and_has_a_null_handler() -> None:
-    """In a program that configures no logging, a WARNING of lmlink's (a skipped stream chunk)
-    prints nothing; the "lmlink" logger has a NullHandler, whether logging was imported
-    before lmlink or only after."""
+_STREAM_WARNING = (
+    "with lmlink.Client(endpoint=srv.url, model='m') as c:\n"
+    "    srv.enqueue(Reply(content='abcd', chunk_chars=2, malformed_at=[1]))\n"
+    "    assert c.chat_stream('hi').content == 'abcd'\n"
+)
+_BATCH_WARNING = (  # the output file ends in a torn line: the runner repairs it and warns
+    "import os, tempfile\n"
+    "from lmlink.batch import run_batch\n"
+    "out = os.path.join(tempfile.mkdtemp(), 'out.jsonl')\n"
+    "with open(out, 'w') as f:\n"
+    '    f.write(\'{"id": "a", "cont\')\n'
+    "s = run_batch([{'id': 'a', 'prompt': 'hi'}], out, endpoint=srv.url, model='m')\n"
+    "assert s.ok == 1 and s.repaired_bytes > 0, s\n"
+)
+
+
+@pytest.mark.parametrize("warning", [_STREAM_WARNING, _BATCH_WARNING], ids=["stream", "batch"])
+@pytest.mark.parametrize("prefix", ["", "import logging\n"], ids=["lazy", "logging-first"])
+def test_the_library_never_prints_and_has_a_null_handler(prefix: str, warning: str) -> None:
+    """In a program that configures no logging, lmlink's first record, a WARNING (a skipped
+    stream chunk; a torn line the batch runner repaired), prints nothing, and the "lmlink"
+    logger has a NullHandler, whether logging was imported before lmlink or only after."""
     import subprocess
     import sys
+    import textwrap
 
     code = (
-        "import lmlink\n"
+        f"{prefix}import lmlink\n"
         "from lmlink.testing import FakeServer, Reply\n"
         "with FakeServer() as srv:\n"
-        "    srv.enqueue(Reply(content='abcd', chunk_chars=2, malformed_at=[1]))\n"
-        "    with lmlink.Client(endpoint=srv.url, model='m') as c:\n"
-        "        assert c.chat_stream('hi').content == 'abcd'\n"
+        f"{textwrap.indent(warning, '    ')}"
         "import logging\n"
         "print([type(h).__name__ for h in logging.getLogger('lmlink').handlers])\n"
     )
-    for prefix in ("", "import logging\n"):
-        out = subprocess.run(
-            [sys.executable, "-c", prefix + code], capture_output=True, text=True, check=True
-        )
-        assert out.stderr == ""
-        assert out.stdout.strip() == "['NullHandler']"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr == ""
+    assert out.stdout.strip() == "['NullHandler']"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_response_bytes", 0),
+        ("max_response_bytes", 2**63),
+        ("max_response_bytes", 1e9),
+        ("max_response_bytes", True),
+        ("max_connections", 0),
+        ("max_connections", 2.5),
+        ("structured_retries", -1),
+        ("structured_retries", "1"),
+    ],
+)
+@pytest.mark.parametrize("cls", [lmlink.Client, lmlink.AsyncClient])
+def test_counts_are_checked_when_the_client_is_made(cls: Any, name: str, value: Any) -> None:
+    """Sizes and counts must be whole numbers in range: caught at construction, not as an
+    OverflowError from zlib at the first gzip response."""
+    with pytest.raises(lmlink.ConfigurationError, match=name):
+        cls(endpoint="http://127.0.0.1:9/v1", **{name: value})

@@ -10,6 +10,7 @@ raw-socket servers that flood or echo. Peak memory is measured in a child proces
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -219,6 +220,86 @@ def test_malformed_head_echoing_the_key_is_redacted(template: bytes) -> None:
     assert _leaks(info.value) == []
 
 
+def _straddling(prefix: bytes, suffix: bytes) -> bytes:
+    """A response whose quoted line puts the key across the 100-character cut of the
+    error message: "Bearer " + 13 characters of the key before it, the rest after."""
+    start = prefix.rsplit(b"\n", 1)[-1]  # the quoted line starts after the last newline
+    if b":" in start:  # a header value is quoted without its name
+        start = b""
+    pad = b"x" * (80 - len(start))
+    return prefix + pad + b"AUTH" + suffix
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        _straddling(b"HTTP/1.1 ", b"\r\n\r\n"),
+        _straddling(b"HTTP/1.1 200 OK\r\nX-Echo ", b"\r\n\r\n"),
+        _straddling(b"HTTP/1.1 200 OK\r\nContent-Length:", b"\r\n\r\n"),
+        _straddling(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"\r\n"),
+    ],
+    ids=["status-line", "header-line", "content-length", "chunk-size"],
+)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_key_cut_by_a_quoted_line_is_still_redacted(template: bytes, kind: str) -> None:
+    """Server bytes are quoted in an error cut to 100 characters; a key that straddles the
+    cut leaves no part of itself: it is blanked before the line is cut."""
+    echo = EchoHeadServer(template)
+    try:
+        if kind == "sync":
+            client = lmlink.Client(endpoint=echo.url, model="m", api_key=KEY, max_retries=0)
+            with pytest.raises(lmlink.APIConnectionError) as info:
+                client.chat("hi")
+            client.close()
+        else:
+
+            async def call() -> None:
+                async with lmlink.AsyncClient(
+                    endpoint=echo.url, model="m", api_key=KEY, max_retries=0
+                ) as client:
+                    await client.chat("hi")
+
+            with pytest.raises(lmlink.APIConnectionError) as info:
+                asyncio.run(call())
+    finally:
+        echo.close()
+    text = str(info.value)
+    assert "malformed HTTP response" in text
+    assert "***" in text
+    assert KEY[:6] not in text
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_structured_output_errors_never_carry_an_echoed_key(
+    make_api: Callable[..., API],
+    server: FakeServer,
+    caplog: pytest.LogCaptureFixture,
+    retries: int,
+) -> None:
+    """The validator quotes the failing value; when the model's answer echoes the key, the
+    StructuredOutputError (message, raw, errors) and the re-ask log record blank it."""
+    caplog.set_level(logging.DEBUG, logger="lmlink")
+    server.api_key = KEY
+    server.responder = lambda r: Reply(content=json.dumps({"label": _auth(r)}))
+    schema = {
+        "type": "object",
+        "properties": {"label": {"enum": ["a", "b"]}},
+        "required": ["label"],
+    }
+    api = make_api(api_key=KEY, structured_retries=retries)
+    for call in (api.chat, api.chat_stream):
+        with pytest.raises(lmlink.StructuredOutputError) as info:
+            call("label it", response_format=schema)
+        assert _leaks(info.value) == []
+        assert "***" in info.value.raw
+        assert info.value.errors
+        assert all("is not one of" in e for e in info.value.errors)
+    records = [r.getMessage() for r in caplog.records if r.name.startswith("lmlink")]
+    if retries:
+        assert any("asking again" in m for m in records)
+    assert not [m for m in records if KEY in m]
+
+
 def test_debug_logs_never_hold_the_key(
     make_api: Callable[..., API], server: FakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -339,6 +420,29 @@ def test_batch_files_never_hold_a_key_echoed_in_answers(
             assert "***" in line["content"]
             assert _files_with_key(tmp_path) == []
         assert len(server.requests) == 1
+
+
+def test_batch_schema_failures_never_hold_the_key(tmp_path: Path) -> None:
+    """Answers that echo the key and fail the schema: the error lines, the printed summary
+    and every file are free of the key."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"s{i}", "prompt": "hi"} for i in range(3)])
+    schema = tmp_path / "schema.json"
+    schema.write_text(
+        json.dumps(
+            {"type": "object", "properties": {"label": {"enum": ["a"]}}, "required": ["label"]}
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    echo = lambda r: Reply(content=json.dumps({"label": _auth(r)}))  # noqa: E731
+    with FakeServer(api_key=KEY, responder=echo) as server:
+        args = ["batch", str(src), "-o", str(out), "--schema", str(schema), "--progress", "off"]
+        result = run_cli([*args, "-e", server.url, "-m", "fake-model"], LMLINK_API_KEY=KEY)
+    assert result.returncode == 0, result.stderr
+    lines = read_jsonl(out)
+    assert [line["error"]["type"] for line in lines] == ["StructuredOutputError"] * 3
+    assert all("***" in line["error"]["message"] for line in lines)
+    assert KEY not in result.stdout + result.stderr
+    assert _files_with_key(tmp_path) == []
 
 
 # -- redirects ------------------------------------------------------------------------------------

@@ -85,3 +85,47 @@ def test_replace_checks_the_new_value() -> None:
         lmlink.Timeout().replace(idle=-1)
     with pytest.raises(TypeError):
         policy.replace(nonsense=1)
+
+
+class _Tagged(lmlink.Message):
+    """A user's subclass with a field of its own."""
+
+    __slots__ = ("tag",)
+
+    def __init__(self, role: str, content: str, *, tag: int = 0) -> None:
+        super().__init__(role, content)
+        self.tag = tag
+
+
+class _MyTimeout(lmlink.Timeout):
+    __slots__ = ()
+
+
+def test_subclasses_keep_the_inherited_fields() -> None:
+    """A subclass, with or without slots of its own, compares, shows, pickles and replaces
+    every field, its bases' included."""
+    a = _Tagged("user", "hi", tag=1)
+    assert a != _Tagged("assistant", "yo", tag=1)
+    assert a == _Tagged("user", "hi", tag=1)
+    assert repr(a).startswith("_Tagged(role='user', content='hi', ")
+    assert "tag=1" in repr(a)
+    assert pickle.loads(pickle.dumps(a)) == a
+    t = _MyTimeout(connect=1, idle=2)
+    assert t != _MyTimeout(connect=1, idle=3)
+    assert repr(t) == "_MyTimeout(connect=1, idle=2, total=None)"
+    assert pickle.loads(pickle.dumps(t)) == t
+    assert t.replace(total=9) == _MyTimeout(connect=1, idle=2, total=9)
+
+
+def test_values_match_positionally() -> None:
+    """``case ToolCall(id, name, arguments)`` works, in the order of the constructor."""
+    match lmlink.ToolCall("call_1", "add", "{}"):
+        case lmlink.ToolCall(call_id, name, arguments):
+            assert (call_id, name, arguments) == ("call_1", "add", "{}")
+        case _:
+            pytest.fail("no match")
+    match lmlink.Message("user", "hi"):
+        case lmlink.Message(role, content):
+            assert (role, content) == ("user", "hi")
+        case _:
+            pytest.fail("no match")

@@ -43,7 +43,10 @@ class AsyncClient(BaseClient):
 
     def _setup(self) -> None:
         self._transport = AsyncTransport(
-            verify=self._verify, max_connections=self._max_connections, max_body=self._max_body
+            verify=self._verify,
+            max_connections=self._max_connections,
+            max_body=self._max_body,
+            redact=self.redact,
         )
 
     async def chat(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from time import monotonic
 from typing import Any, Union, cast
@@ -288,10 +288,12 @@ class AsyncTransport:
         verify: bool | ssl.SSLContext = True,
         max_connections: int = 256,
         max_body: int | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1")
         self._max_body = max_body  # the decompressed-size cap of every response body
+        self._redact = redact  # blanks the API key in quoted server bytes
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
         self._read_view = memoryview(bytearray(_READ_BUFFER))
@@ -320,7 +322,8 @@ class AsyncTransport:
         if conn is None:
             conn = await self._acquire(target, timeouts, start)
         while True:
-            parser = conn.parser = ResponseParser(target.where, method == "HEAD", self._max_body)
+            parser = ResponseParser(target.where, method == "HEAD", self._max_body, self._redact)
+            conn.parser = parser
             try:
                 conn.transport.write(data)
                 while conn.write_paused and not parser.head_done:

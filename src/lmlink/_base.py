@@ -5,6 +5,7 @@ side of a call. Everything here is pure; the two shells in ``_client.py`` only d
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,14 @@ class Call:
         self.started = time.monotonic() if started is None else started
 
 
+def _check_count(name: str, value: object, least: int) -> None:
+    """A whole number from ``least`` to ``sys.maxsize`` (zlib and sockets take no more)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= sys.maxsize:
+        raise ConfigurationError(
+            f"{name} must be a whole number from {least} to {sys.maxsize}, not {value!r}"
+        )
+
+
 class BaseClient:
     """Settings and pure request/response logic shared by Client and AsyncClient."""
 
@@ -87,8 +96,9 @@ class BaseClient:
         elif max_retries not in (3, retry.max_retries):
             raise ConfigurationError("give max_retries= or retry=, not both")
         self.retry = retry
-        if max_connections < 1:
-            raise ConfigurationError(f"max_connections must be >= 1, not {max_connections}")
+        _check_count("max_connections", max_connections, 1)
+        _check_count("max_response_bytes", max_response_bytes, 1)
+        _check_count("structured_retries", structured_retries, 0)
         self._verify = verify
         self._max_connections = max_connections
         self._max_body = max_response_bytes
@@ -204,7 +214,9 @@ class BaseClient:
             extra=extra or {},
         )
         caps = self._caps.get(endpoint, name)
-        return ChatPlan(spec, caps, stream=stream, reasks=self.structured_retries)
+        return ChatPlan(
+            spec, caps, stream=stream, reasks=self.structured_retries, redact=self.redact
+        )
 
     def _call(self, plan: ChatPlan, started: float | None = None) -> Call:
         """The next request of ``plan``."""

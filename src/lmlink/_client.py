@@ -60,7 +60,10 @@ class Client(BaseClient):
 
     def _setup(self) -> None:
         self._transport = SyncTransport(
-            verify=self._verify, max_connections=self._max_connections, max_body=self._max_body
+            verify=self._verify,
+            max_connections=self._max_connections,
+            max_body=self._max_body,
+            redact=self.redact,
         )
         self._sleep = time.sleep
 

@@ -18,6 +18,7 @@ reused connection (such a connection is simply not reused).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import NoReturn
 
 from ._errors import APIConnectionError, DecodeError, ResponseTooLargeError
@@ -111,12 +112,22 @@ class ResponseParser:
         "pending",
         "reason",
         "received",
+        "redact",
         "status",
         "where",
     )
 
-    def __init__(self, where: str, no_body: bool = False, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        where: str,
+        no_body: bool = False,
+        limit: int | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         self.where = where  # "host:port", for messages
+        # Blanks the API key in quoted server bytes, before they are cut to length (a key
+        # cut in half would no longer match).
+        self.redact = redact
         self.no_body = no_body  # a HEAD request: the response has no body (section 6.3)
         self.received = False  # any byte at all arrived (a stale pooled connection has none)
         self.head_done = False
@@ -221,7 +232,7 @@ class ResponseParser:
             and code.isdigit()
             and code.isascii()
         ):
-            self._fail(f"bad status line {lines[0][:100]!r}")
+            self._fail(f"bad status line {self._quote(lines[0])}")
         status_code = int(code)
         headers: dict[str, str] = {}
         name = ""
@@ -231,10 +242,10 @@ class ResponseParser:
                 if name and raw[:1]:  # obs-fold: join with a space (section 5.2)
                     headers[name] = f"{headers[name]} {line.strip(_WS)}"
                     continue
-                self._fail(f"bad header line {line[:100]!r}")
+                self._fail(f"bad header line {self._quote(line)}")
             name = raw.rstrip(" \t").lower()
             if not sep:
-                self._fail(f"bad header line {line[:100]!r}")
+                self._fail(f"bad header line {self._quote(line)}")
             value = value.strip(_WS)
             if name in headers:
                 value = f"{headers[name]}, {value}"
@@ -282,7 +293,7 @@ class ResponseParser:
                 values = {v.strip() for v in cl.split(",")}  # "5, 5" is allowed (6.3)
                 cl = values.pop()
                 if values or not (cl.isdigit() and cl.isascii() and len(cl) < 19):
-                    self._fail(f"bad Content-Length {headers['content-length'][:100]!r}")
+                    self._fail(f"bad Content-Length {self._quote(headers['content-length'])}")
             self.content_length = self._remaining = int(cl)
             self._state = _LENGTH
         else:
@@ -417,7 +428,7 @@ class ResponseParser:
         stop = line.find(b";")  # chunk extensions are ignored (section 7.1.1)
         text = (line if stop < 0 else line[:stop]).rstrip(b" \t\r")
         if not text or len(text) > 15 or text.translate(None, _HEX):
-            self._fail(f"bad chunk-size line {line[:100]!r}")
+            self._fail(f"bad chunk-size line {self._quote(line)}")
         size = int(text, 16)
         if len(line) <= 8 and len(_SIZES) < 4096:
             _SIZES[line] = size
@@ -445,6 +456,16 @@ class ResponseParser:
             if self._trailer_size > MAX_TRAILERS:
                 self._fail(f"trailer section larger than {MAX_TRAILERS} bytes")
             pos = nl + 1
+
+    def _quote(self, text: str | bytes) -> str:
+        """Server bytes for a message: the key blanked, then cut to 100 characters."""
+        redact = self.redact
+        if redact is not None:
+            if isinstance(text, bytes):
+                text = redact(text.decode("latin-1")).encode("latin-1", "replace")
+            else:
+                text = redact(text)
+        return repr(text[:100])
 
     def _fail(self, what: str, reason: str = "") -> NoReturn:
         self.keep_alive = False

@@ -14,7 +14,7 @@ is asked for again (``structured_retries`` times) with the validation errors.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _json
@@ -196,12 +196,22 @@ class ChatPlan:
         "caps",
         "errors",
         "messages",
+        "redact",
         "spec",
         "stream",
     )
 
-    def __init__(self, spec: ChatSpec, caps: Capabilities, *, stream: bool, reasks: int) -> None:
+    def __init__(
+        self,
+        spec: ChatSpec,
+        caps: Capabilities,
+        *,
+        stream: bool,
+        reasks: int,
+        redact: Callable[[str], str] = str,
+    ) -> None:
         self.spec = spec
+        self.redact = redact  # the client's: validators quote the answer, which may echo the key
         self.caps = caps
         self.stream = stream
         self.messages = spec.messages
@@ -334,12 +344,18 @@ class ChatPlan:
             resp.parsed = output.parse(resp.content)
         except StructuredOutputError as exc:
             self.errors.extend(exc.errors)
+            redact = self.redact
             if self._reasks <= 0 or self.stream:
                 raise StructuredOutputError(
-                    exc.message, raw=resp.content, errors=list(self.errors)
-                ) from exc
+                    redact(exc.message),
+                    raw=redact(resp.content),
+                    errors=[redact(e) for e in self.errors],
+                ) from None
             self._reasks -= 1
-            log.info("lmlink: the answer did not match the schema; asking again: %s", exc)
+            log.info(
+                "lmlink: the answer did not match the schema; asking again: %s",
+                redact(exc.message),
+            )
             self.messages = [
                 *self.messages,
                 {"role": "assistant", "content": resp.content},

@@ -7,7 +7,8 @@ write their ``__init__`` by hand and inherit the rest from here.
 - :class:`Record`: mutable, compared by value, unhashable (like a plain dataclass);
 - :class:`FrozenRecord`: assignment raises ``AttributeError``; hashable.
 
-``_compared`` and ``_shown`` name the slots that ``==`` and ``repr`` use (default: all).
+``_compared`` and ``_shown`` name the slots that ``==`` and ``repr`` use (default: all, a
+subclass's own after its bases').
 """
 
 from __future__ import annotations
@@ -22,15 +23,25 @@ __all__ = ["FrozenRecord", "Record"]
 
 class Record:  # noqa: PLW1641 (unhashable on purpose, see below)
     __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()  # every slot, base classes' first
     _compared: ClassVar[tuple[str, ...] | None] = None
     _shown: ClassVar[tuple[str, ...] | None] = None
 
-    def _fields(self) -> tuple[str, ...]:
-        fields: tuple[str, ...] = self.__slots__
-        return fields
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Collected once per class over the whole MRO, so a subclass with slots of its own
+        # still compares, shows, pickles and replaces the inherited fields.
+        super().__init_subclass__(**kwargs)
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            slots = klass.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in names and not name.startswith("__"):
+                    names.append(name)
+        cls._fields = tuple(names)
+        setattr(cls, "__match_args__", cls._fields)  # noqa: B010 (``case ToolCall(i, n, a):``)
 
     def _key(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._compared or self._fields())
+        return tuple(getattr(self, name) for name in self._compared or self._fields)
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -41,8 +52,15 @@ class Record:  # noqa: PLW1641 (unhashable on purpose, see below)
     # Defining __eq__ makes the class unhashable (__hash__ = None), as a mutable value should be.
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._shown or self._fields())
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._shown or self._fields)
         return f"{type(self).__name__}({shown})"
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for field, value in zip(self._fields, state, strict=True):
+            object.__setattr__(self, field, value)
 
 
 class FrozenRecord(Record):
@@ -62,17 +80,10 @@ class FrozenRecord(Record):
 
         >>> policy.replace(max_retries=0)
         """
-        fields = {name: getattr(self, name) for name in self._fields()}
+        fields = {name: getattr(self, name) for name in self._fields}
         return type(self)(**{**fields, **changes})
 
     def _set(self, **values: object) -> None:
         """For ``__init__``: set the fields."""
         for field, value in values.items():
-            object.__setattr__(self, field, value)
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._fields())
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for field, value in zip(self._fields(), state, strict=True):
             object.__setattr__(self, field, value)

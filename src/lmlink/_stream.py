@@ -270,6 +270,8 @@ class StreamAccumulator:
         out.content = redact(out.content)
         out.reasoning = redact(out.reasoning)
         out.model = None if out.model is None else redact(out.model)
+        if out.finish_reason_raw is not None:
+            out.finish_reason_raw = redact(out.finish_reason_raw)
         out.tool_calls = [
             ToolCall(redact(t.id), redact(t.name), redact(t.arguments), t.type)
             for t in out.tool_calls

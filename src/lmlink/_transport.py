@@ -19,7 +19,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -156,10 +156,12 @@ class SyncTransport:
         verify: bool | ssl.SSLContext = True,
         max_connections: int = 256,
         max_body: int | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1")
         self._max_body = max_body  # the decompressed-size cap of every response body
+        self._redact = redact  # blanks the API key in quoted server bytes
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
         self._max = max_connections
@@ -183,7 +185,7 @@ class SyncTransport:
         start = monotonic()
         conn = self._acquire(target, timeouts, start)
         while True:
-            parser = ResponseParser(target.where, method == "HEAD", self._max_body)
+            parser = ResponseParser(target.where, method == "HEAD", self._max_body, self._redact)
             try:
                 _send(conn, data, target.where, timeouts, start)
                 while not parser.head_done:

@@ -161,9 +161,11 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
     Outside an event loop: ``asyncio.run``. Inside a running one (a Jupyter notebook, a
     callback of an async framework) that loop cannot be blocked into running it, so ``coro``
-    gets a loop of its own in a worker thread while this thread waits; Ctrl-C (a kernel
-    interrupt) cancels it there just as ``asyncio.run`` would, and KeyboardInterrupt is
-    raised here once it has stopped.
+    gets a loop of its own in a worker thread while this thread waits. Ctrl-C cancels it
+    there just as ``asyncio.run`` would, and the interrupt reaches the caller only once the
+    worker has stopped (the output file is whole and closed): KeyboardInterrupt under a
+    notebook kernel, CancelledError under ``asyncio.run`` (whose SIGINT handler cancels its
+    main task; ``asyncio.run`` then raises KeyboardInterrupt).
     """
     import asyncio
 
@@ -176,11 +178,16 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
     import asyncio
+    import contextlib
     import threading
 
+    outer = asyncio.current_task()
+    cancelling = getattr(outer, "cancelling", None)  # Python 3.11+
+    cancels = cancelling() if cancelling is not None else 0
     loop = asyncio.new_event_loop()
     task = loop.create_task(coro)
     outcome: list[tuple[bool, Any]] = []  # (returned, value or exception)
+    done = threading.Event()  # set when the worker's loop is closed
 
     def main() -> None:
         try:
@@ -190,16 +197,27 @@ def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            done.set()
+
+    def stop() -> None:
+        if not done.is_set():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: it ended
+                loop.call_soon_threadsafe(task.cancel)
+        done.wait()
 
     thread = threading.Thread(target=main, name="lmlink-run-sync", daemon=True)
     thread.start()
+    # An Event, not Thread.join: a KeyboardInterrupt inside join() can mark a running
+    # thread as stopped (CPython issue 45274), and this must not return before it has.
     try:
-        while thread.is_alive():  # bounded: the coroutine ends, or is cancelled below
-            thread.join(0.2)  # a timed join lets Ctrl-C through
+        while not done.wait(0.2):  # bounded: the coroutine ends, or is cancelled below
+            if cancelling is not None and cancelling() > cancels:
+                stop()  # asyncio.run's Ctrl-C handler cancelled the caller's task
+                raise asyncio.CancelledError
     except KeyboardInterrupt:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join()
+        stop()
         raise
+    thread.join()
     [(returned, value)] = outcome
     if not returned:
         raise value

@@ -16,7 +16,6 @@ the old or the new file is there, never half of one.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Collection, Mapping
@@ -27,10 +26,9 @@ from typing import Any
 import orjson
 
 from lmlink._errors import ConfigurationError
+from lmlink._log import log
 
 __all__ = ["Journal", "JournalError", "JournalState", "encode_record"]
-
-log = logging.getLogger("lmlink")
 
 
 class JournalError(ConfigurationError):

@@ -105,10 +105,14 @@ def success_record(
     return {"id": item_id, **record}
 
 
-def error_record(item_id: str, exc: LMLinkError) -> dict[str, Any]:
-    """The output line of a failure; ``type`` is the lmlink error class name."""
+def error_record(
+    item_id: str, exc: LMLinkError, redact: Callable[[str], str] = str
+) -> dict[str, Any]:
+    """The output line of a failure; ``type`` is the lmlink error class name. The message
+    goes through ``redact`` too: the client blanks its errors, this guards the file."""
     status = exc.status_code if isinstance(exc, APIStatusError) else None
+    message = redact(str(exc))
     return {
         "id": item_id,
-        "error": {"type": type(exc).__name__, "message": str(exc), "status_code": status},
+        "error": {"type": type(exc).__name__, "message": message, "status_code": status},
     }

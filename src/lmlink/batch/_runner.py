@@ -15,10 +15,9 @@ synchronous step between two awaits, so it is never half written.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from lmlink._errors import (
     ModelLoadingError,
     clip,
 )
+from lmlink._log import log
 from lmlink._models import ChatResponse
 from lmlink._retry import RetryState
 
@@ -44,7 +44,6 @@ from ._tasks import Task
 
 __all__ = ["Items", "Runner", "load_items"]
 
-log = logging.getLogger("lmlink")
 
 _TICK = 0.5
 _OWN_RETRY = frozenset({429, 503})
@@ -104,6 +103,7 @@ class Runner:
         self._model = model
         self._api_key = api_key
         self._client = client
+        self._redact: Callable[[str], str] = str  # the client's, once there is one
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self.task = task or Task()
@@ -180,6 +180,7 @@ class Runner:
         try:
             if self.pending:
                 client = self._client or self._make_client()
+                self._redact = client.redact
                 cache = ResponseCache(self._cache_path) if self._cache_path is not None else None
                 model = await self._resolve(client)
                 await self._drive(client, cache, model, retry_here=owned)
@@ -187,7 +188,7 @@ class Runner:
             self.summary.interrupted = True
             raise
         except LMLinkError as exc:
-            self.summary.stopped_by = f"{type(exc).__name__}: {exc}"
+            self.summary.stopped_by = self._redact(f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self._finish_summary()
@@ -298,7 +299,12 @@ class Runner:
                 delay = state.delay_for(error)
             except LMLinkError:
                 return error
-            log.info("lmlink: batch item %s: retry in %.2f s after: %s", item.id, delay, error)
+            log.info(
+                "lmlink: batch item %s: retry in %.2f s after: %s",
+                item.id,
+                delay,
+                self._redact(str(error)),
+            )
             await asyncio.sleep(delay)
 
     async def _acquire(self) -> int:
@@ -341,13 +347,14 @@ class Runner:
         self._emit()
 
     def _record_error(self, item: BatchItem, exc: LMLinkError) -> None:
-        self._write(error_record(item.id, exc))
+        record = error_record(item.id, exc, self._redact)
+        self._write(record)
         s = self.summary
         s.failed += 1
         name = type(exc).__name__
         s.errors[name] = s.errors.get(name, 0) + 1
         if name not in s.error_examples:
-            s.error_examples[name] = f"{item.id}: {clip(str(exc), 160)}"
+            s.error_examples[name] = f"{item.id}: {clip(record['error']['message'], 160)}"
         self._emit()
 
     def _finish_summary(self) -> None:
