@@ -289,12 +289,25 @@ def test_subprocess_plain_progress_lines_and_clean_stdout(
     assert lines[-1].startswith("lmlink: 100/100 (100%)")
 
 
-def test_subprocess_ctrl_c_stops_cleanly_with_exit_130(server: FakeServer, tmp_path: Path) -> None:
-    """SIGINT cancels in-flight requests, prints the summary, exits 130; a re-run finishes."""
+@pytest.mark.parametrize(
+    ("signals", "code"),
+    [
+        ([signal.SIGINT], 130),
+        ([signal.SIGINT] * 4, 130),  # impatient presses must not break the clean-up
+        ([signal.SIGTERM], 143),
+    ],
+    ids=["ctrl-c", "ctrl-c-x4", "sigterm"],
+)
+def test_subprocess_signal_stops_cleanly(
+    server: FakeServer, tmp_path: Path, signals: list[int], code: int
+) -> None:
+    """SIGINT or SIGTERM, once or pressed again and again, cancels the requests in flight,
+    prints a summary that matches the lines written, exits 128 + the signal number (never
+    hangs), and a re-run finishes."""
     server.responder = lambda r: Reply(content="one two three four", chunk_chars=3, delay=0.05)
     src = write_jsonl(tmp_path / "in.jsonl", prompts(200))
     out = tmp_path / "out.jsonl"
-    args = ["batch", str(src), "-o", str(out), "-e", server.url, "-m", "fake-model", "-c", "4"]
+    args = ["batch", str(src), "-o", str(out), "-e", server.url, "-m", "fake-model", "-c", "8"]
     proc = subprocess.Popen(
         [*lmlink_command(), *args],
         stdout=subprocess.PIPE,
@@ -307,17 +320,20 @@ def test_subprocess_ctrl_c_stops_cleanly_with_exit_130(server: FakeServer, tmp_p
         while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
             time.sleep(0.02)
         time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
+        for signum in signals:
+            proc.send_signal(signum)
+            time.sleep(0.002)
         stdout, stderr = proc.communicate(timeout=20)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert stdout == ""
     assert "lmlink: interrupted" in stderr
-    assert "lmlink batch: 200 items:" in stderr
+    assert "Traceback" not in stderr
     done = read_jsonl(out)  # every line whole and valid
     assert 0 < len(done) < 200
     assert len({r["id"] for r in done}) == len(done)
+    assert f"lmlink batch: 200 items: {len(done)} ok" in stderr
     server.wait_for(lambda: server.live_stats.active_connections == 0, timeout=5)
     server.responder = None
     again = run_cli(args)

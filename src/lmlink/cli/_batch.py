@@ -2,8 +2,9 @@
 
 All four share the options and guarantees of :mod:`lmlink.batch`: every input problem is
 reported before anything is sent (exit 2), each result is appended and fsynced as one line,
-a re-run skips the ids already in the output, Ctrl-C stops cleanly (exit 130). Progress and
-the summary go to stderr; stdout stays empty.
+a re-run skips the ids already in the output, Ctrl-C or SIGTERM stops cleanly (exit 130 or
+143; further presses never interrupt the clean-up). Progress and the summary go to stderr;
+stdout stays empty.
 """
 
 from __future__ import annotations
@@ -125,9 +126,10 @@ def run_batch_command(
     params: dict[str, Any] | None = None,
     announce: Callable[[], None] | None = None,
 ) -> int:
-    """Run one batch command to the end; return the exit code (0, 1, 2 or 130)."""
+    """Run one batch command to the end; return the exit code (0, 1, 2, 130 or 143)."""
     from lmlink import LMLinkError
-    from lmlink.batch import run_sync
+
+    from ._interrupt import Interrupted, run_interruptible
 
     request = dict(params or {})
     if temperature is not None:
@@ -162,7 +164,9 @@ def run_batch_command(
     view = make_view(progress, title)
     runner.on_progress = view.update
     try:
-        run_sync(runner.run())
+        run_interruptible(runner.run(), notice=lambda text: click.echo(text, err=True))
+    except Interrupted as exc:
+        code, stopped = 128 + exc.signum, "interrupted"
     except KeyboardInterrupt:
         code, stopped = EXIT_INTERRUPTED, "interrupted"
     except LMLinkError as exc:
@@ -255,7 +259,7 @@ def batch(json_mode: bool, schema: Path | None, **options: Any) -> None:
     "output_tokens", "latency_s", "ttft_s", "model"} or {"id", "error": {...}}.
     Run it again to continue after a crash; --retry-errors to redo failed ids.
     Exit 0 when every id has a line, 1 on a server/setup failure, 2 on bad input,
-    130 on Ctrl-C.
+    130 on Ctrl-C, 143 on SIGTERM.
     """
     from lmlink.batch import Task
 
