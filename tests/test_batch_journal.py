@@ -37,8 +37,8 @@ def test_reopening_reads_the_done_ids_and_which_are_errors(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "tail",
-    [b'{"id": "c", "cont', b"{", b'{"id": "c", "content": ""}'],
-    ids=["mid", "brace", "no-newline"],
+    [b'{"id": "c", "cont', b"{", b'{"', b'{"id":"c","content":"x"}  trailing'],
+    ids=["mid", "brace", "quote", "garbled"],
 )
 def test_a_torn_last_line_is_cut_off_and_reported(
     tmp_path: Path, tail: bytes, caplog: pytest.LogCaptureFixture
@@ -105,3 +105,85 @@ def test_a_directory_is_not_an_output(tmp_path: Path) -> None:
     """Giving a directory as the output is a clear error."""
     with pytest.raises(JournalError, match="is a directory"):
         Journal.open(tmp_path)
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed between a record and its newline: the record is whole, so it is kept (the id
+    is done) and the newline is written; nothing is reported as torn."""
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"id": "a", "content": ""}\n{"id": "b", "error": {}}')
+    with caplog.at_level(logging.WARNING, logger="lmlink"), Journal.open(out) as journal:
+        assert journal.state.done == {"a": False, "b": True}
+        assert journal.state.repaired_bytes == 0
+        journal.append({"id": "c", "content": "x"})
+    assert out.read_bytes().endswith(b'{"id": "b", "error": {}}\n{"id":"c","content":"x"}\n')
+    assert "torn" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"theme": "dark", "size": 12}',  # json.dump: no newline at all
+        b'{\n  "name": "pkg",\n  "version": "1.0"\n}',  # pretty-printed
+        b'{"id": 5}',  # JSON, but not a result line
+        b"just some notes\nand more",
+        b'{"id": "a", "content": ""}\nplain text tail',
+    ],
+    ids=["json-dump", "pretty", "numeric-id", "text", "text-tail"],
+)
+def test_a_file_that_is_not_batch_output_is_never_changed(tmp_path: Path, content: bytes) -> None:
+    """Pointing the output at some other file is refused before a byte of it changes: no
+    "torn line" is cut from a file that is not lmlink output."""
+    out = tmp_path / "settings.json"
+    out.write_bytes(content)
+    with pytest.raises(JournalError, match="not an lmlink result line"):
+        Journal.open(out)
+    assert out.read_bytes() == content
+
+
+def test_an_id_with_an_answer_is_done_even_if_it_also_has_an_error_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Files joined by hand can hold an id twice: any answer makes it done, a warning says
+    so, and a retry of errors leaves it alone (no third line)."""
+    out = tmp_path / "out.jsonl"
+    out.write_text(
+        '{"id": "a", "content": "old"}\n{"id": "a", "error": {}}\n'
+        '{"id": "b", "error": {}}\n{"id": "b", "error": {}}\n'
+    )
+    with caplog.at_level(logging.WARNING, logger="lmlink"):
+        journal = Journal.open(out, retry_errors_for={"a", "b"})
+    with journal:
+        assert journal.state.done == {"a": False}
+        assert journal.state.dropped == 1
+    assert "2 lines for ids it already holds" in caplog.text
+    assert out.read_text() == '{"id": "a", "content": "old"}\n{"id": "a", "error": {}}\n'
+
+
+def test_the_rewrite_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    """The temporary file of a retry rewrite has an unguessable name and is created with
+    O_EXCL: symlinks planted at the names a process id would give are not followed."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = folder / "out.jsonl"
+    out.write_text('{"id": "a", "error": {}}\n{"id": "b", "content": "kept"}\n')
+    for pid in range(os.getpid() - 50, os.getpid() + 50):
+        (folder / f".out.jsonl.{pid}.tmp").symlink_to(victim)
+    with Journal.open(out, retry_errors_for={"a"}) as journal:
+        assert journal.state.dropped == 1
+    assert victim.read_text() == "precious"
+    assert not out.is_symlink()
+    assert out.read_text() == '{"id": "b", "content": "kept"}\n'
+    assert sorted(p.name for p in folder.iterdir() if not p.is_symlink()) == ["out.jsonl"]
+
+
+def test_a_pipe_or_device_is_not_an_output(tmp_path: Path) -> None:
+    """A FIFO (or /dev/stdout) as the output is refused with a JournalError, not an OSError."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(JournalError, match="not a regular file"):
+        Journal.open(fifo)

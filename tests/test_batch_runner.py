@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import lmlink
-from batch_helpers import prompts, read_jsonl, write_jsonl
+from batch_helpers import clean_env, lmlink_command, prompts, read_jsonl, write_jsonl
 from lmlink.batch import (
     BatchInputError,
     BatchItem,
@@ -202,6 +202,59 @@ def test_the_cache_key_covers_parameters_and_model(server: FakeServer, tmp_path:
     _run(server, prompts(2), tmp_path / "b.jsonl", cache=cache, max_tokens=6)
     _run(server, prompts(2), tmp_path / "c.jsonl", cache=cache, max_tokens=6, model="other")
     assert server.stats.chat_requests == 6
+
+
+def test_the_cache_key_covers_a_pydantic_schema_not_its_name(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """Two pydantic classes of the same name with different fields are different requests:
+    the second run is not answered from the first one's cache."""
+    pydantic = pytest.importorskip("pydantic")
+    v1 = pydantic.create_model("Ticket", label=(str, ...))
+    v2 = pydantic.create_model("Ticket", category=(str, ...), priority=(int, ...))
+    server.responder = lambda r: Reply(
+        content='{"label": "bug"}'
+        if "label" in str(r.json.get("response_format"))
+        else '{"category": "bug", "priority": 2}'
+    )
+    cache = tmp_path / "cache.sqlite"
+    _run(server, prompts(1), tmp_path / "a.jsonl", cache=cache, response_format=v1)
+    summary = _run(server, prompts(1), tmp_path / "b.jsonl", cache=cache, response_format=v2)
+    assert summary.cached == 0
+    assert server.stats.chat_requests == 2
+    assert read_jsonl(tmp_path / "b.jsonl")[0]["parsed"] == {"category": "bug", "priority": 2}
+    again = _run(server, prompts(1), tmp_path / "c.jsonl", cache=cache, response_format=v2)
+    assert again.cached == 1
+
+
+def test_a_failing_cache_is_dropped_and_the_run_goes_on(server: FakeServer, tmp_path: Path) -> None:
+    """A cache that cannot be written (here: a file-size limit the output stays under, the
+    SQLite log does not) is a warning, not a crash: every item still gets its line."""
+    import resource
+
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(60))
+    out = tmp_path / "out.jsonl"
+    cache = tmp_path / "cache.sqlite"
+    limit = 48 * 1024
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = ["batch", str(src), "-o", str(out), "--cache", str(cache), "--progress", "off"]
+    result = subprocess.run(
+        [*lmlink_command(), *args, "-e", server.url, "-m", "fake-model"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        preexec_fn=small_files,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"warning: the cache {cache} failed" in result.stderr
+    assert len(read_jsonl(out)) == 60
+    assert out.stat().st_size < limit
 
 
 def test_errors_are_not_cached(server: FakeServer, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from lmlink._errors import ConfigurationError
+from lmlink._log import log
 
 if TYPE_CHECKING:
     import sqlite3
@@ -43,8 +44,21 @@ def _public_endpoint(endpoint: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-def cache_key(endpoint: str, model: str, messages: Any, params: Mapping[str, Any]) -> str:
-    """The cache key of one request.
+def _canonical(value: Any) -> Any:
+    """orjson's fallback for a request value that is not JSON: a pydantic model class stands
+    for its JSON schema (not its name, which stays the same when its fields change); any
+    other class has no content to key on."""
+    if isinstance(value, type):
+        schema = getattr(value, "model_json_schema", None)
+        if schema is None:
+            raise TypeError(f"{value!r} has no JSON form")
+        return schema()
+    return str(value)
+
+
+def cache_key(endpoint: str, model: str, messages: Any, params: Mapping[str, Any]) -> str | None:
+    """The cache key of one request, or None if the request holds a value with no JSON form
+    (such a request is never cached).
 
     >>> cache_key("http://127.0.0.1:8080/v1", "qwen3", [{"role": "user", "content": "Hi"}],
     ...           {"max_tokens": 5})
@@ -57,7 +71,10 @@ def cache_key(endpoint: str, model: str, messages: Any, params: Mapping[str, Any
         "params": dict(params),
         "messages": messages,
     }
-    blob = orjson.dumps(material, default=str, option=orjson.OPT_SORT_KEYS)
+    try:
+        blob = orjson.dumps(material, default=_canonical, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError included
+        return None
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -74,6 +91,7 @@ class ResponseCache:
 
         self.path = Path(path)
         self.hits = 0
+        self.error: str | None = None  # why a read or write failed; the cache is off since
         try:
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         except sqlite3.Error as exc:
@@ -94,9 +112,26 @@ class ResponseCache:
             raise ConfigurationError(f"the cache {self.path} is closed")
         return self._db
 
+    def _failed(self, exc: Exception) -> None:
+        """A read or write failed (a full disk, a file removed under us): a cache is an
+        optimisation, so the run goes on without it, and says so once."""
+        self.error = f"the cache {self.path} failed ({exc}); going on without it"
+        log.warning("lmlink: %s", self.error)
+        self.close()
+
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored answer for ``key``, or None."""
-        row = self._conn().execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        import sqlite3
+
+        if self.error is not None:
+            return None
+        try:
+            row = (
+                self._conn().execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            )
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return None
         if row is None:
             return None
         try:
@@ -110,11 +145,18 @@ class ResponseCache:
 
     def put(self, key: str, value: Mapping[str, Any]) -> None:
         """Store ``value`` (a JSON-able mapping) under ``key``."""
+        import sqlite3
+
+        if self.error is not None:
+            return
         blob = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
-        self._conn().execute(
-            "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
-            (key, blob, time.time()),
-        )
+        try:
+            self._conn().execute(
+                "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
+                (key, blob, time.time()),
+            )
+        except sqlite3.Error as exc:
+            self._failed(exc)
 
     def __len__(self) -> int:
         (count,) = self._conn().execute("SELECT COUNT(*) FROM responses").fetchone()

@@ -90,6 +90,8 @@ class Journal:
         path = Path(path)
         if path.is_dir():
             raise JournalError(f"{path} is a directory; give a file for the output")
+        if path.exists() and not path.is_file():
+            raise JournalError(f"{path} is not a regular file (a device or a pipe); give a file")
         fd, created = _open_locked(path)
         try:
             state = _read(path, fd)
@@ -105,9 +107,11 @@ class Journal:
                 for i in drop:
                     del state.done[i]
                 state.dropped = len(drop)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.close(fd)
+            if isinstance(exc, OSError):
+                raise JournalError(f"cannot use {path}: {exc.strerror or exc}") from exc
             raise
         return cls(path, fd, state)
 
@@ -171,12 +175,60 @@ def _open_locked(path: Path) -> tuple[int, bool]:
     raise JournalError(f"{path} keeps being replaced by another process")
 
 
+_TORN = b'{"id":'  # how every line this module writes starts (orjson keeps key order)
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """The result record in ``line``, or None if it is not one."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(record, dict) and isinstance(record.get("id"), str):
+        return record
+    return None
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _foreign(path: Path, where: str) -> JournalError:
+    return JournalError(
+        f"{path} {where} is not an lmlink result line; is it the right output file? "
+        "(it was left as it is)"
+    )
+
+
 def _read(path: Path, fd: int) -> JournalState:
+    """Every id in the file. Nothing is changed until the whole file is known to be lmlink
+    output: then a torn last line is cut off, or a whole one missing its newline ended."""
     state = JournalState()
     data = _read_all(fd)
     end = data.rfind(b"\n") + 1
-    if end < len(data):
-        state.repaired_bytes = len(data) - end
+    records = []
+    for n, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+        if line.strip():
+            record = _record(line)
+            if record is None:
+                raise _foreign(path, f"line {n}")
+            records.append(record)
+    tail = data[end:]
+    if tail.strip() and _parses(tail):
+        last = _record(tail)
+        if last is None:
+            raise _foreign(path, "ends in a line that")
+        records.append(last)  # killed between the record and its newline: it is whole
+        os.write(fd, b"\n")
+        os.fsync(fd)
+    elif tail:
+        if tail.strip() and not (tail.startswith(_TORN) or _TORN.startswith(tail)):
+            raise _foreign(path, "ends in a line that")
+        state.repaired_bytes = len(tail)
         os.ftruncate(fd, end)
         os.fsync(fd)
         log.warning(
@@ -184,19 +236,22 @@ def _read(path: Path, fd: int) -> JournalState:
             path,
             state.repaired_bytes,
         )
-        data = data[:end]
-    for n, line in enumerate(data.split(b"\n")[:-1], 1):
-        if not line.strip():
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-            raise JournalError(
-                f"{path} line {n} is not an lmlink result line; is it the right output file?"
-            )
-        state.done[record["id"]] = "error" in record
+    done = state.done
+    repeated = 0
+    for record in records:
+        failed = "error" in record
+        before = done.get(record["id"])
+        if before is not None:
+            repeated += 1
+            failed = failed and before  # one answer is enough: the id is done
+        done[record["id"]] = failed
+    if repeated:
+        log.warning(
+            "lmlink: %s has %d lines for ids it already holds (files joined by hand?); "
+            "an id with any answer counts as done",
+            path,
+            repeated,
+        )
     return state
 
 
@@ -215,8 +270,7 @@ def _rewrite_without(path: Path, drop: set[str]) -> int:
         kept = [
             line for line in src.read().split(b"\n") if line.strip() and not _is_dropped(line, drop)
         ]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+    tmp, fd = _create_temp(path)
     try:
         _lock(fd, tmp)
         payload = b"".join(line + b"\n" for line in kept)
@@ -232,6 +286,21 @@ def _rewrite_without(path: Path, drop: set[str]) -> int:
             tmp.unlink()
         raise
     return fd
+
+
+def _create_temp(path: Path) -> tuple[Path, int]:
+    """A new file next to ``path`` with a name nobody could guess: created with O_EXCL, so
+    a file or symlink planted there is never followed or overwritten."""
+    import secrets
+
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(10):  # bounded: a clash of 64 random bits, ten times over
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, 0o644)
+        except FileExistsError:
+            continue
+    raise JournalError(f"cannot create a temporary file next to {path}")
 
 
 def _is_dropped(line: bytes, drop: set[str]) -> bool:

@@ -83,7 +83,8 @@ class BatchSummary:
     finished in this run (``cached`` of the ok ones came from the cache); ``errors`` counts
     the failures by error type, ``error_examples`` has one id and message per type.
     Latency and TTFT percentiles are over the answers of this run (cached ones excluded).
-    ``complete`` is True when every input id has a line.
+    ``complete`` is True when every input id has a line. ``cache_error`` says why the cache
+    was turned off during the run (a full disk, say), if it was.
 
     >>> summary = lmlink.run_batch("in.jsonl", "out.jsonl", model="qwen3:8b")
     >>> summary.ok, summary.failed, summary.errors, summary.latency_p95
@@ -112,6 +113,7 @@ class BatchSummary:
     interrupted: bool = False
     stopped_by: str | None = None
     repaired_bytes: int = 0
+    cache_error: str | None = None
 
     @property
     def remaining(self) -> int:
@@ -159,6 +161,8 @@ class BatchSummary:
                 f"{self.output_tokens:,} output tokens in {self.elapsed_s:.1f} s: "
                 f"{self.tokens_per_s:,.0f} tok/s" + (f" · model {self.model}" if self.model else "")
             )
+        if self.cache_error:
+            lines.append(f"warning: {self.cache_error}")
         lines.append(f"output: {self.output}")
         return "\n".join(lines)
 

@@ -194,6 +194,7 @@ class Runner:
             self._finish_summary()
             self.close()
             if cache is not None:
+                self.summary.cache_error = cache.error
                 cache.close()
             if client is not None and owned:
                 await client.aclose()
@@ -247,7 +248,7 @@ class Runner:
             key = None
             if cache is not None and client.endpoint is not None and item_model is not None:
                 key = cache_key(client.endpoint, item_model, item.messages, params)
-                hit = cache.get(key)
+                hit = None if key is None else cache.get(key)
                 if hit is not None:
                     self._record_cached(item, hit)
                     await asyncio.sleep(0)  # a run of hits must not starve the loop (Ctrl-C)
