@@ -193,6 +193,16 @@ def test_csv_rows_with_a_template(tmp_path: Path) -> None:
     assert items[0].messages[-1]["content"] == "Summarise: two\nlines"
 
 
+def test_a_csv_cell_as_long_as_a_jsonl_line_is_read(tmp_path: Path) -> None:
+    """A 1 MiB document in one CSV cell is read (the csv module's own limit is 128 KiB)."""
+    doc = "word " * 200_000
+    path = tmp_path / "in.csv"
+    path.write_text(f'id,text\nbig,"{doc}"\nsmall,x\n', encoding="utf-8")
+    items = read_items(path, ItemFormat(template="{text}"))
+    assert [i.id for i in items] == ["big", "small"]
+    assert items[0].messages[-1]["content"] == doc
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -329,6 +329,11 @@ def _csv_rows(data: bytes) -> Iterator[tuple[int, Any]]:
     except UnicodeDecodeError as exc:
         yield 0, Problem(0, f"not UTF-8 text: {exc}")
         return
+    # The csv module refuses fields over 128 KiB by default (a process-wide setting); a long
+    # document in one cell is as valid here as in a JSONL line. Only ever raised, to the
+    # file's own size, which already is in memory.
+    if len(text) > csv.field_size_limit():
+        csv.field_size_limit(len(text))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
