@@ -84,6 +84,18 @@ def test_loading_is_waited_for_beyond_max_retries_within_load_wait() -> None:
     assert sum(waits[:-1]) < 20
 
 
+def test_a_long_retry_after_does_not_outlast_load_wait() -> None:
+    """A loading server asking for 6 s with load_wait=1: one wait of at most the 1 s left,
+    then the error; never a wait past load_wait."""
+    clock = Clock()
+    policy = lmlink.RetryPolicy(load_wait=1.0)
+    state = RetryState(policy, None, clock=clock, rand=lambda: 0.0)
+    loading = lmlink.ModelLoadingError("loading", status_code=503, retry_after=6.0)
+    waits = run(state, clock, [loading] * 10)
+    assert waits == [1.0]
+    assert clock.now == 1001.0
+
+
 def test_refused_connection_waits_until_the_deadline() -> None:
     """With a total deadline, a refused connection (server starting) is retried until it."""
     clock = Clock()

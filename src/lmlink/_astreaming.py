@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING
 
 from ._atransport import AsyncResponse
 from ._errors import LMLinkError
-from ._log import log
 from ._models import ChatResponse
 from ._plan import ChatPlan
 from ._retry import RetryState
-from ._streaming import Delta, StreamCore, broken
+from ._streaming import AFTER_DONE, Delta, StreamCore, broken
 
 if TYPE_CHECKING:
     from ._aclient import AsyncClient
@@ -90,6 +89,9 @@ class AsyncChatStream(StreamCore):
 
     async def _pull(self) -> None:
         assert self._chunks is not None
+        if self._acc.done:  # [DONE] came with deltas; they are handed out now
+            await self._drain()
+            return
         try:
             data = await self._chunks.__anext__()
         except StopAsyncIteration:
@@ -99,18 +101,15 @@ class AsyncChatStream(StreamCore):
         except LMLinkError as exc:
             raise broken(exc, self._acc) from exc
         self._buffer.extend(self._feed(data))
-        if self._acc.done:
+        if self._acc.done and not self._buffer:
             await self._drain()
 
     async def _drain(self) -> None:
-        """After [DONE]: read the end of the body so the connection can be reused."""
-        assert self._chunks is not None
-        try:
-            async for _ in self._chunks:
-                pass
-        except LMLinkError:
-            log.debug("lmlink: connection lost after [DONE]; ignored")
-        await self._close_response()
+        """After [DONE]: the end of the body, if it follows within a moment (then the
+        connection is reused), and the final response."""
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            await resp.discard_rest(AFTER_DONE)
         self._finish()
 
     def __aiter__(self) -> AsyncIterator[str]:

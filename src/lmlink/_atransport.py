@@ -19,6 +19,7 @@ re-raises ``CancelledError``.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -38,7 +39,10 @@ from ._transport_base import (
     connect_error,
     io_error,
     make_ssl_context,
+    pool_deadline,
+    readable,
     timeout_error,
+    within,
 )
 
 __all__ = ["AsyncResponse", "AsyncTransport"]
@@ -210,8 +214,16 @@ class _Conn(asyncio.BufferedProtocol):
         self.lost = True
         transport = self.transport
         if transport is not None:
-            with suppress(RuntimeError):  # its event loop is already closed
+            try:
                 transport.abort()
+            except RuntimeError:
+                # Its event loop is closed (the client moved to another loop) and will never
+                # close the socket: hang up now, so the server stops at once; the socket
+                # object itself goes with the transport.
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
 
 class AsyncResponse(ResponseBase[_Conn]):
@@ -267,6 +279,21 @@ class AsyncResponse(ResponseBase[_Conn]):
             except BaseException:
                 self._close()
                 raise
+
+    async def discard_rest(self, grace: float) -> None:
+        """Read and drop the rest of the body for at most ``grace`` seconds, so that the
+        connection can go back to the pool; past that, or on any error, it is closed."""
+        parser = self._parser
+        timeouts = within(self._timeouts, grace)
+        try:
+            while not parser.done and parser.keep_alive:
+                parser.take()
+                await self._live().wait(timeouts, self._start)
+        except LMLinkError:
+            pass
+        finally:
+            parser.take()
+            self._close()
 
     async def aclose(self) -> None:
         """Give the connection back if the body was read whole, else close the socket."""
@@ -388,7 +415,9 @@ class AsyncTransport:
         while idle:
             conn = idle.pop()
             conn.idle = False
-            if not conn.lost:
+            # Polled too: the loop may not have run since bytes arrived (a loop driven by
+            # run_until_complete between calls), and stray bytes must not be read as ours.
+            if not conn.lost and not readable(conn.transport.get_extra_info("socket")):
                 return conn
             self._discard(conn)
         return None
@@ -400,12 +429,13 @@ class AsyncTransport:
         victim = next((c for idle in self._idle.values() for c in idle[:1]), None)
         if victim is not None:  # full of idle connections to other origins: take a slot
             self._idle[victim.key].remove(victim)
+            victim.idle = False
             self._replace(victim)
             return await self._connect_in_slot(target, timeouts, start)
         loop = cast(asyncio.AbstractEventLoop, self._loop)
         fut: asyncio.Future[_Handoff] = loop.create_future()
         self._waiters.append((target.key, fut))
-        deadline = timeouts.deadline
+        deadline = pool_deadline(timeouts)
         timer = None
         if deadline is not None:
             timer = loop.call_later(deadline - monotonic(), _pool_timeout, fut)

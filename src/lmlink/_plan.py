@@ -13,6 +13,7 @@ is asked for again (``structured_retries`` times) with the validation errors.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,21 @@ SCHEMA_FORMS = ("json_schema", "json_object_schema", "value", "json_object", "pr
 JSON_FORMS = ("json_object", "json_schema_any", "prompt")
 
 _REJECT_STATUSES = frozenset({400, 415, 422, 500, 501})
+# A 500 is a refusal only when it says so (llama-cpp-python turns a pydantic validation
+# error into one); otherwise it is a crash ("model runner has unexpectedly stopped"), and
+# re-sending a changed request, or learning from it, would be wrong.
+_REFUSAL = re.compile(
+    r"unsupported|not supported|unknown|unrecogni[sz]ed|invalid|not (?:permitted|allowed)"
+    r"|validation error|should be|must be|failed to (?:parse|deserialize)|unexpected (?:field"
+    r"|argument|keyword|param)|extra (?:field|input)"
+)
+_FORMAT_WORDS = re.compile(r"response_format|json|schema|grammar|\bformat\b")
+
+
+def _mentions(text: str, name: str) -> bool:
+    """``name`` appears in ``text`` as a whole word: "stop" is not in "stopped"."""
+    return re.search(rf"(?<![a-z0-9_]){re.escape(name)}(?![a-z0-9_])", text) is not None
+
 
 # Where to start for a server whose kind is known (server_info()), to save a refusal:
 # (kind, schema wanted) -> form. Others start with the OpenAI form.
@@ -303,21 +319,28 @@ class ChatPlan:
         if status not in _REJECT_STATUSES and not in_band:
             return False
         text = f"{exc.message} {exc.body}".lower()
+        if status == 500 and not _REFUSAL.search(text):
+            return False
         caps = self.caps
         if (
             self.stream
             and caps.stream_options
-            and ("stream_options" in text or "include_usage" in text)
+            and (_mentions(text, "stream_options") or _mentions(text, "include_usage"))
         ):
             caps.stream_options = False
             log.info("lmlink: the server refused stream_options; sending without it")
             return True
         for param in self._params:
-            if param not in caps.dropped and param in text:
+            if param not in caps.dropped and _mentions(text, param):
                 caps.dropped.add(param)
                 log.info("lmlink: the server refused %r; sending without it", param)
                 return True
-        if self._forms and self._form + 1 < len(self._forms) and self.form != "as_given":
+        if (
+            self._forms
+            and self._form + 1 < len(self._forms)
+            and self.form != "as_given"
+            and _FORMAT_WORDS.search(text)
+        ):
             old = self.form
             self._form += 1
             self._remember()

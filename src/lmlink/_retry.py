@@ -22,7 +22,13 @@ from ._errors import (
     StreamError,
 )
 
-__all__ = ["RetryState", "backoff_delay", "parse_retry_after", "set_instant_retries"]
+__all__ = [
+    "RetryState",
+    "backoff_delay",
+    "parse_retry_after",
+    "reached_caller",
+    "set_instant_retries",
+]
 
 # Transport failures that say nothing about the request itself: the server was not there
 # (yet), or dropped a connection. A DNS or TLS failure will not mend by itself.
@@ -87,6 +93,13 @@ def _is_loading(exc: LMLinkError) -> bool:
     return isinstance(exc, ModelLoadingError)
 
 
+def reached_caller(exc: LMLinkError) -> bool:
+    """Whether a stream handed text, reasoning or tool calls out before ``exc``: then the
+    request must not be sent again, neither retried nor adapted."""
+    partial = exc.partial if isinstance(exc, StreamError) else None
+    return partial is not None and bool(partial.content or partial.reasoning or partial.tool_calls)
+
+
 def is_retryable(exc: LMLinkError, policy: RetryPolicy) -> bool:
     """Whether ``exc`` may be retried at all (before any byte reached the caller)."""
     if isinstance(exc, APIStatusError):
@@ -126,12 +139,8 @@ class RetryState:
     def delay_for(self, exc: LMLinkError) -> float:
         """Seconds to wait before the next attempt after ``exc``; raises ``exc`` if none."""
         policy = self._policy
-        if (
-            isinstance(exc, StreamError)
-            and exc.partial is not None
-            and (exc.partial.content or exc.partial.reasoning or exc.partial.tool_calls)
-        ):
-            raise exc  # the caller has seen text: sending again would repeat it
+        if reached_caller(exc):
+            raise exc  # sending again would repeat what the caller has seen
         if not is_retryable(exc, policy):
             raise exc
         now = self._clock()
@@ -157,6 +166,9 @@ class RetryState:
             delay = min(server_wait, policy.retry_after_max)
         else:
             delay = backoff_delay(min(self.retries, 32), policy, self._rand())
+        if waiting and self._load_started is not None:
+            # One last try when load_wait runs out, not a wait past it.
+            delay = min(delay, self._load_started + policy.load_wait - now)
         if self.deadline is not None and now + delay >= self.deadline:
             raise exc
         return 0.0 if _instant else delay

@@ -165,6 +165,12 @@ class StreamAccumulator:
             self.output_seen = True
         return out
 
+    def flush(self) -> str:
+        """At the end of the stream: the content held back as a possible tag (reasoning held
+        back goes to ``reasoning_delta``)."""
+        out, self.reasoning_delta = self._think.flush()
+        return out
+
     def _take_extras(self, delta: dict[str, Any]) -> None:
         reasoning = (
             delta.get("reasoning_content") or delta.get("reasoning") or delta.get("thinking")

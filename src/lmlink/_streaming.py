@@ -26,7 +26,7 @@ from ._errors import (
 from ._log import log
 from ._models import ChatResponse
 from ._plan import ChatPlan
-from ._retry import RetryState
+from ._retry import RetryState, reached_caller
 from ._sse import SSEDecoder
 from ._stream import StreamAccumulator
 from ._transport import Response
@@ -51,6 +51,11 @@ def broken(exc: LMLinkError, acc: StreamAccumulator) -> LMLinkError:
 
 def retry_log(state: RetryState, exc: LMLinkError, delay: float) -> None:
     log.info("lmlink: retry %d in %.2f s after: %s", state.retries, delay, exc)
+
+
+# After [DONE], how long the end of the body may take before the connection is given up
+# rather than reused: servers send it at once, a broken one might never.
+AFTER_DONE = 0.25
 
 
 class StreamCore:
@@ -82,7 +87,7 @@ class StreamCore:
         self._acc = self._client._accumulator()
         self._buffer.clear()
         self._received = 0
-        if isinstance(exc, APIStatusError) and self._plan.adapt(exc):
+        if isinstance(exc, APIStatusError) and not reached_caller(exc) and self._plan.adapt(exc):
             self._call = self._client._call(self._plan, self._started)
             return 0.0, state
         state = state or self._client._retry_state(self._client._deadline(self._started))
@@ -119,6 +124,11 @@ class StreamCore:
         self._ended = True
         acc = self._acc
         self._decoder.close()
+        tail = acc.flush()  # text held back as a possible <think> tag: it was not one
+        if acc.reasoning_delta and self._on_reasoning is not None:
+            self._on_reasoning(acc.reasoning_delta)
+        if tail:
+            self._buffer.append(tail)
         if not acc.finished:
             why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
             raise acc.truncated_error(why)
@@ -220,6 +230,9 @@ class ChatStream(StreamCore):
 
     def _pull(self) -> None:
         assert self._chunks is not None
+        if self._acc.done:  # [DONE] came with deltas; they are handed out now
+            self._drain()
+            return
         try:
             data = next(self._chunks)
         except StopIteration:
@@ -229,18 +242,15 @@ class ChatStream(StreamCore):
         except LMLinkError as exc:
             raise broken(exc, self._acc) from exc
         self._buffer.extend(self._feed(data))
-        if self._acc.done:
+        if self._acc.done and not self._buffer:
             self._drain()
 
     def _drain(self) -> None:
-        """After [DONE]: read the end of the body so the connection can be reused."""
-        assert self._chunks is not None
-        try:
-            for _ in self._chunks:
-                pass
-        except LMLinkError:
-            log.debug("lmlink: connection lost after [DONE]; ignored")
-        self._close_response()
+        """After [DONE]: the end of the body, if it follows within a moment (then the
+        connection is reused), and the final response."""
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.discard_rest(AFTER_DONE)
         self._finish()
 
     def __iter__(self) -> Iterator[str]:

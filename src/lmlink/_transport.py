@@ -10,20 +10,19 @@ one closes its socket, which is how a server learns to stop generating. The pool
 origin, LIFO (the most recently used connection is the likeliest to be alive), capped at
 ``max_connections`` open sockets across origins, and thread-safe. A reused connection found
 dead before any response byte (the server closed it while it idled, RFC 9112 section 9.3.1)
-is replaced and the request sent once more; connections idle for over a second are polled
-for EOF before reuse.
+is replaced and the request sent once more; every pooled connection is polled before reuse,
+and one with EOF or stray bytes waiting is replaced.
 """
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ._errors import APIConnectionError, ConfigurationError
+from ._errors import APIConnectionError, ConfigurationError, LMLinkError
 from ._http import ResponseParser
 from ._request import Target, build_request, parse_url
 from ._transport_base import (
@@ -35,7 +34,10 @@ from ._transport_base import (
     connect_error,
     io_error,
     make_ssl_context,
+    pool_deadline,
+    readable,
     timeout_error,
+    within,
 )
 
 if TYPE_CHECKING:
@@ -44,18 +46,16 @@ if TYPE_CHECKING:
 __all__ = ["Response", "SyncTransport"]
 
 _RECV = 64 * 1024  # below glibc's mmap threshold: no mmap/munmap per read
-_PEEK_AFTER = 1.0  # seconds idle after which a pooled socket is polled for EOF before reuse
 
 
 class _Conn:
-    __slots__ = ("idle_since", "key", "sock", "timeout", "used")
+    __slots__ = ("key", "sock", "timeout", "used")
 
     def __init__(self, sock: socket.socket, key: tuple[str, str, int]) -> None:
         self.sock = sock
         self.key = key
         self.used = 0  # responses read on it: > 0 means it came from the pool
         self.timeout: float | None = -1.0  # the socket's current timeout, to skip settimeout
-        self.idle_since = 0.0
 
     def wait_for(self, wait: float | None) -> None:
         if wait != self.timeout:
@@ -102,6 +102,21 @@ class Response(ResponseBase["_Conn"]):
                 except BaseException:
                     self._close()
                     raise
+
+    def discard_rest(self, grace: float) -> None:
+        """Read and drop the rest of the body for at most ``grace`` seconds, so that the
+        connection can go back to the pool; past that, or on any error, it is closed."""
+        parser = self._parser
+        timeouts = within(self._timeouts, grace)
+        try:
+            while not parser.done and parser.keep_alive:
+                parser.take()
+                _receive(self._live(), parser, timeouts, self._start)
+        except LMLinkError:
+            pass
+        finally:
+            parser.take()
+            self._close()
 
     def close(self) -> None:
         """Give the connection back if the body was read whole, else close the socket."""
@@ -230,6 +245,7 @@ class SyncTransport:
 
     def _acquire(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
         key = target.key
+        deadline = pool_deadline(timeouts)
         with self._lock:
             while True:
                 if self._closed:
@@ -250,14 +266,13 @@ class SyncTransport:
                     victim.sock.close()
                     conn = None
                     break
-                deadline = timeouts.deadline
                 wait = None if deadline is None else deadline - monotonic()
                 if wait is not None and wait <= 0:
                     assert deadline is not None
                     raise timeout_error("pool", deadline - start, target.where, False)
                 self._freed.wait(wait)
         if conn is not None:
-            if monotonic() - conn.idle_since < _PEEK_AFTER or not _readable(conn.sock):
+            if not readable(conn.sock):
                 return conn
             conn.sock.close()  # EOF (or stray bytes) while idle: replace it, same slot
         try:
@@ -297,7 +312,6 @@ class SyncTransport:
         return _Conn(sock, target.key)
 
     def _release(self, conn: _Conn) -> None:
-        conn.idle_since = monotonic()
         with self._lock:
             if not self._closed:
                 self._idle.setdefault(conn.key, []).append(conn)
@@ -314,10 +328,3 @@ class SyncTransport:
         with self._lock:
             self._total -= 1
             self._freed.notify()
-
-
-def _readable(sock: socket.socket) -> bool:
-    """Whether an idle socket has something to read: for a pooled connection, EOF or junk."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))

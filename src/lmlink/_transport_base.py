@@ -29,8 +29,11 @@ __all__ = [
     "connect_error",
     "io_error",
     "make_ssl_context",
+    "pool_deadline",
+    "readable",
     "timeout_error",
     "too_large",
+    "within",
 ]
 
 _C = TypeVar("_C")
@@ -61,6 +64,32 @@ def make_ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def readable(sock: Any) -> bool:
+    """Whether an idle socket has something to read: for a pooled connection, EOF or
+    stray bytes (a server that wrote more than its response), either way not reusable."""
+    import select
+
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def pool_deadline(timeouts: Timeouts) -> float | None:
+    """Until when a call may wait for a free connection: its deadline, or without one, the
+    idle timeout from now (a queued call hears nothing either; never wait forever)."""
+    if timeouts.deadline is not None or timeouts.idle is None:
+        return timeouts.deadline
+    return monotonic() + timeouts.idle
+
+
+def within(timeouts: Timeouts, seconds: float) -> Timeouts:
+    """``timeouts`` with the deadline moved in to at most ``seconds`` from now."""
+    deadline = monotonic() + seconds
+    if timeouts.deadline is not None:
+        deadline = min(deadline, timeouts.deadline)
+    return timeouts._replace(deadline=deadline)
 
 
 def budget(timeouts: Timeouts, start: float) -> tuple[float | None, str, float]:
@@ -165,7 +194,7 @@ def timeout_error(
     elif phase == "pool":
         text = (
             f"no connection to {where} became free within {_secs(limit)} s "
-            "(the call's deadline; all max_connections are busy)"
+            "(all max_connections are busy)"
         )
     elif phase == "total":
         doing = "sending to" if writing else "waiting for"
