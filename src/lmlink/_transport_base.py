@@ -9,6 +9,7 @@ same way. The shells themselves are :mod:`lmlink._transport` and :mod:`lmlink._a
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import sys
 from time import monotonic
@@ -69,8 +70,6 @@ def make_ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
 def readable(sock: Any) -> bool:
     """Whether an idle socket has something to read: for a pooled connection, EOF or
     stray bytes (a server that wrote more than its response), either way not reusable."""
-    import select
-
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))

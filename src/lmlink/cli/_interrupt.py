@@ -47,10 +47,16 @@ def run_interruptible(coro: Coroutine[Any, Any, T], notice: Callable[[str], None
         received.append(signum)
         task.cancel()
 
-    installed = [s for s in _SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+    installed: list[int] = []
     try:
-        for signum in installed:
-            loop.add_signal_handler(signum, on_signal, signum)
+        for signum in _SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            try:
+                loop.add_signal_handler(signum, on_signal, signum)
+            except (ValueError, RuntimeError):  # not the main thread: Python's handlers stay
+                continue
+            installed.append(signum)
         try:
             return loop.run_until_complete(task)
         except asyncio.CancelledError:
@@ -62,10 +68,10 @@ def run_interruptible(coro: Coroutine[Any, Any, T], notice: Callable[[str], None
             _cancel_rest(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
+            for number in installed:
+                loop.remove_signal_handler(number)
                 if received:  # the program is about to print its summary and exit
-                    signal.signal(signum, signal.SIG_IGN)
+                    signal.signal(number, signal.SIG_IGN)
             loop.close()
 
 
