@@ -54,6 +54,7 @@ INSTRUMENTED = (
     "lmlink._transport_base",
     "lmlink._aclient",
     "lmlink._astreaming",
+    "lmlink._aconn",
     "lmlink._atransport",
 )
 

@@ -1,32 +1,31 @@
 """Asyncio HTTP/1.1 transport on ``asyncio.Protocol``, with a keep-alive pool.
 
 The protocol logic lives in :mod:`lmlink._request` and :mod:`lmlink._http` (sans-I/O). Each
-connection is a :class:`_Conn` protocol: ``data_received`` pushes bytes straight into the
-response parser (no stream reader, no intermediate buffer) and wakes the one coroutine waiting
-on that connection through a bare future. Timeouts cost no task and no ``wait_for``: each
-connection keeps at most one ``loop.call_at`` timer, which is re-armed lazily: a wait only moves
-the expiry, and the timer, when it fires early, re-arms itself for the new expiry, so a stream
-of thousands of reads creates a handful of timer handles, not one per read. Waits are bounded by
-``min(idle, deadline - now)`` as in the sync shell. Idle pooled connections stay registered with
-the loop, so a server closing one (RFC 9112 section 9.3.1) removes it from the pool at once; a
-reused connection that still turns out dead before any response byte is replaced and the request
-sent once more. The pool is per origin, LIFO, capped at ``max_connections`` sockets, and callers
-waiting for a slot are served first in, first out (a freed connection is handed to the oldest
-waiter directly). Cancellation is never converted: a cancelled wait aborts its connection and
-re-raises ``CancelledError``.
+connection is an :class:`~lmlink._aconn.AsyncConnection` protocol: ``data_received`` pushes
+bytes straight into the response parser (no stream reader, no intermediate buffer) and wakes
+the one coroutine waiting on that connection through a bare future. Timeouts cost no task and
+no ``wait_for``: each connection keeps at most one ``loop.call_at`` timer, which is re-armed
+lazily: a wait only moves the expiry, and the timer, when it fires early, re-arms itself for
+the new expiry, so a stream of thousands of reads creates a handful of timer handles, not one
+per read. Waits are bounded by ``min(idle, deadline - now)`` as in the sync shell. Idle pooled
+connections stay registered with the loop, so a server closing one (RFC 9112 section 9.3.1)
+removes it from the pool at once; a reused connection that still turns out dead before any
+response byte is replaced and the request sent once more. The pool is per origin, LIFO, capped
+at ``max_connections`` sockets, and callers waiting for a slot are served first in, first out
+(a freed connection is handed to the oldest waiter directly). Cancellation is never converted:
+a cancelled wait aborts its connection and re-raises ``CancelledError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from time import monotonic
-from typing import Any, Union, cast
+from typing import Any, cast
 
+from ._aconn import AsyncConnection
 from ._errors import APIConnectionError, ConfigurationError, LMLinkError
 from ._http import ResponseParser
 from ._request import Target, build_request, parse_url
@@ -34,10 +33,8 @@ from ._transport_base import (
     DEFAULT_LIMIT,
     ResponseBase,
     Timeouts,
-    budget,
     connect_budget,
     connect_error,
-    io_error,
     make_ssl_context,
     pool_deadline,
     readable,
@@ -48,185 +45,13 @@ from ._transport_base import (
 __all__ = ["AsyncResponse", "AsyncTransport"]
 
 _READ_BUFFER = 64 * 1024
-_HIGH_WATER = 1 << 20  # undelivered body bytes at which reading pauses (backpressure)
-_INF = float("inf")
 _CLOSED = object()  # a pool waiter's result when the transport is closed under it
 _Key = tuple[str, str, int]
-_Handoff = Union["_Conn", bool, None, object]  # a connection, a slot (None), timeout (False)
+# What a pool waiter is handed: a connection, a slot (None), a timeout (False) or _CLOSED.
+_Handoff = AsyncConnection | bool | object | None
 
 
-class _Conn(asyncio.BufferedProtocol):
-    """One connection: feeds the current response's parser and wakes its reader.
-
-    A buffered protocol, reading into one 64 KiB buffer shared by the transport's
-    connections: a plain Protocol makes asyncio allocate a fresh 256 KiB buffer per read,
-    which glibc serves with mmap/munmap (measured: a third of the CPU of a small request).
-    Sharing is safe because the loop calls :meth:`buffer_updated` right after each read,
-    which copies the bytes out before any other read can happen.
-    """
-
-    def __init__(self, pool: AsyncTransport, loop: asyncio.AbstractEventLoop, t: Target) -> None:
-        self._pool = pool
-        self._loop = loop
-        self.key = t.key
-        self.where = t.where
-        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
-        self.parser: ResponseParser | None = None  # None while idle in the pool
-        self.waiter: asyncio.Future[bool] | None = None
-        self.exc: LMLinkError | None = None
-        self.used = 0
-        self.idle = False  # in the pool's idle list
-        self.lost = False  # the loop reported EOF or connection_lost
-        self.dead = False  # closed and no longer counted by the pool
-        self.paused = False
-        self.write_paused = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._expiry = _INF
-
-    # -- protocol callbacks -----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._pool._read_view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._pool._read_view[:nbytes]))
-
-    def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None:  # an idle connection must stay silent: never reuse this one
-            self.lost = True
-            self.transport.abort()
-            return
-        try:
-            parser.feed(data)
-        except LMLinkError as exc:
-            self.exc = exc
-            self.transport.abort()
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(True)
-        elif parser.pending > _HIGH_WATER and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def eof_received(self) -> None:
-        self.lost = True
-        self._eof()
-        self._wake()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        parser = self.parser
-        if parser is None:
-            self._pool._lost_idle(self)
-        elif self.exc is None and not parser.done:
-            if isinstance(exc, OSError):
-                self.exc = io_error(exc, self.where, True, parser.received)
-            else:
-                self._eof()
-        self._wake()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._wake()
-
-    def _eof(self) -> None:
-        parser = self.parser
-        if parser is not None and self.exc is None:
-            try:
-                parser.feed_eof()
-            except LMLinkError as exc:
-                self.exc = exc
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(True)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        left = self._expiry - self._loop.time()
-        if left > 1e-3:  # the wait that armed this timer ended; a later one runs longer
-            if left != _INF:
-                self._timer = self._loop.call_at(self._expiry, self._on_timer)
-            return
-        self.waiter = None
-        waiter.set_result(False)
-
-    # -- used by the transport and responses ------------------------------------------------
-
-    async def wait(self, timeouts: Timeouts, start: float, writing: bool = False) -> None:
-        """Wait for the next event: bytes, EOF, an error, or room to write."""
-        if self.exc is not None:
-            raise self.exc
-        if self.lost and self.parser is not None and not self.parser.done:
-            raise APIConnectionError(
-                f"the connection to {self.where} is closed", request_sent=True, reason="closed"
-            )
-        wait, phase, limit = budget(timeouts, start)
-        if wait is not None and wait <= 0:
-            raise timeout_error(phase, limit, self.where, not writing, writing=writing)
-        loop = self._loop
-        if self.paused:
-            self.paused = False
-            self.transport.resume_reading()
-        waiter = loop.create_future()
-        self.waiter = waiter
-        if wait is None:
-            self._expiry = _INF
-        else:
-            expiry = self._expiry = loop.time() + wait
-            timer = self._timer
-            if timer is None or timer.when() > expiry:
-                if timer is not None:
-                    timer.cancel()
-                self._timer = loop.call_at(expiry, self._on_timer)
-        try:
-            progressed = await waiter
-        finally:
-            if self.waiter is waiter:
-                self.waiter = None
-        if not progressed:
-            raise timeout_error(phase, limit, self.where, not writing, writing=writing)
-        if self.exc is not None:
-            raise self.exc
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.lost = True
-        transport = self.transport
-        if transport is not None:
-            try:
-                transport.abort()
-            except RuntimeError:
-                # Its event loop is closed (the client moved to another loop) and will never
-                # close the socket: hang up now, so the server stops at once; the socket
-                # object itself goes with the transport.
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    with suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-
-class AsyncResponse(ResponseBase[_Conn]):
+class AsyncResponse(ResponseBase[AsyncConnection]):
     """A response whose head has arrived; the body is read on demand."""
 
     __slots__ = ()
@@ -325,7 +150,7 @@ class AsyncTransport:
         self._ssl: ssl.SSLContext | None = None
         self._read_view = memoryview(bytearray(_READ_BUFFER))
         self._max = max_connections
-        self._idle: dict[_Key, list[_Conn]] = {}
+        self._idle: dict[_Key, list[AsyncConnection]] = {}
         self._total = 0  # open connections, busy or idle, plus connects under way
         self._waiters: deque[tuple[_Key, asyncio.Future[_Handoff]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -408,7 +233,7 @@ class AsyncTransport:
         self._total = 0
         self._loop = asyncio.get_running_loop()
 
-    def _take_idle(self, key: _Key) -> _Conn | None:
+    def _take_idle(self, key: _Key) -> AsyncConnection | None:
         if self._closed:
             raise ConfigurationError("this transport (client) is closed")
         idle = self._idle.get(key)
@@ -422,7 +247,7 @@ class AsyncTransport:
             self._discard(conn)
         return None
 
-    async def _acquire(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
+    async def _acquire(self, target: Target, timeouts: Timeouts, start: float) -> AsyncConnection:
         if self._total < self._max:
             self._total += 1
             return await self._connect_in_slot(target, timeouts, start)
@@ -453,31 +278,33 @@ class AsyncTransport:
             raise timeout_error("pool", deadline - start, target.where, False)
         if got is _CLOSED:
             raise ConfigurationError("this transport (client) is closed")
-        if isinstance(got, _Conn):
+        if isinstance(got, AsyncConnection):
             if not got.lost:
                 return got
             self._replace(got)
         return await self._connect_in_slot(target, timeouts, start)
 
     def _give_back(self, got: _Handoff) -> None:
-        if isinstance(got, _Conn):
+        if isinstance(got, AsyncConnection):
             self._release(got)
         elif got is None:
             self._free_slot()
 
-    async def _connect_in_slot(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
+    async def _connect_in_slot(
+        self, target: Target, timeouts: Timeouts, start: float
+    ) -> AsyncConnection:
         try:
             return await self._connect(target, timeouts, start)
         except BaseException:
             self._free_slot()
             raise
 
-    async def _connect(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
+    async def _connect(self, target: Target, timeouts: Timeouts, start: float) -> AsyncConnection:
         wait, phase, limit = connect_budget(timeouts, start)
         if wait is not None and wait <= 0:
             raise timeout_error(phase, limit, target.where, False)
         loop = cast(asyncio.AbstractEventLoop, self._loop)
-        conn = _Conn(self, loop, target)
+        conn = AsyncConnection(self, loop, target)
         context = None
         if target.https:
             if self._ssl is None:
@@ -511,7 +338,7 @@ class AsyncTransport:
                 timer.cancel()
         return conn
 
-    def _release(self, conn: _Conn) -> None:
+    def _release(self, conn: AsyncConnection) -> None:
         conn.parser = None
         if conn.lost or self._closed or conn.dead:
             self._discard(conn)
@@ -530,7 +357,7 @@ class AsyncTransport:
         conn.idle = True
         self._idle.setdefault(conn.key, []).append(conn)
 
-    def _discard(self, conn: _Conn) -> None:
+    def _discard(self, conn: AsyncConnection) -> None:
         """Close ``conn`` and free its slot (once)."""
         if conn.dead:
             return
@@ -538,7 +365,7 @@ class AsyncTransport:
         conn.close()
         self._free_slot()
 
-    def _replace(self, conn: _Conn) -> None:
+    def _replace(self, conn: AsyncConnection) -> None:
         """Close ``conn`` but keep its slot for the caller."""
         conn.dead = True
         conn.close()
@@ -552,7 +379,7 @@ class AsyncTransport:
                 return
         self._total -= 1
 
-    def _lost_idle(self, conn: _Conn) -> None:
+    def _lost_idle(self, conn: AsyncConnection) -> None:
         """The server closed a connection while it idled in the pool."""
         if conn.idle:
             conn.idle = False
