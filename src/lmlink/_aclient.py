@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 from ._astreaming import AsyncChatStream
 from ._atransport import AsyncResponse, AsyncTransport
 from ._base import BaseClient, Call
-from ._client import discovery_off, ports_to_probe, probe_timeouts
+from ._client import discovery_off, ports_to_probe, probe_timeouts, probe_wait
 from ._config import Timeout
 from ._discovery import Answer, Probe, ServerInfo, version_from, version_probe
-from ._errors import APIStatusError, LMLinkError
+from ._errors import APIStatusError, ConfigurationError, LMLinkError
 from ._models import ChatResponse, ModelInfo
 from ._retry import RetryState
 from ._streaming import Delta, retry_log
@@ -144,6 +144,8 @@ class AsyncClient(BaseClient):
 
         from ._tools import ToolSet
 
+        if max_steps < 1:
+            raise ConfigurationError(f"max_steps must be at least 1, not {max_steps}")
         toolset = ToolSet(tools)
         history = list(normalize_messages(messages))
         for _ in range(max_steps):
@@ -188,7 +190,7 @@ class AsyncClient(BaseClient):
         deadline = time.monotonic() + timeout
         wait = 0.1
         while True:  # bounded: by the deadline
-            info = await self._ready_info()
+            info = await self._ready_info(deadline)
             if info is not None:
                 return info
             if time.monotonic() + wait > deadline:
@@ -196,10 +198,12 @@ class AsyncClient(BaseClient):
             await asyncio.sleep(wait)
             wait = min(wait * 2, 2.0)
 
-    async def _ready_info(self) -> ServerInfo | None:
+    async def _ready_info(self, deadline: float) -> ServerInfo | None:
         probe = Probe(self._url(""))
-        models = await self._get(probe.models_url)
-        health = await self._get(probe.health_url)
+        models = await self._get(probe.models_url, probe_wait(deadline))
+        if models is None or models[0] != 200:
+            return None  # no need to ask /health
+        health = await self._get(probe.health_url, probe_wait(deadline))
         if not probe.ready(models, health):
             return None
         return self._learn(probe.info(models, None))

@@ -10,7 +10,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._config import RetryPolicy, Timeout, resolve_endpoint, resolve_setting
+from ._config import (
+    RetryPolicy,
+    Timeout,
+    resolve_endpoint,
+    resolve_setting,
+    split_credentials,
+)
 from ._discovery import ServerInfo
 from ._errmap import error_from_response
 from ._errors import APITimeoutError, ConfigurationError, LMLinkError
@@ -88,6 +94,9 @@ class BaseClient:
     ) -> None:
         env = os.environ
         self._endpoint = resolve_endpoint(endpoint, env)
+        basic = password = None
+        if self._endpoint is not None:  # user:password@ becomes Basic auth, never text
+            self._endpoint, basic, password = split_credentials(self._endpoint)
         self._model = resolve_setting(model, env, "LMLINK_MODEL")
         self._api_key = resolve_setting(api_key, env, "LMLINK_API_KEY", "OPENAI_API_KEY")
         self.timeout = Timeout.coerce(timeout)
@@ -107,6 +116,12 @@ class BaseClient:
         base: list[tuple[str, str]] = [("User-Agent", _USER_AGENT)]
         if self._api_key:
             base.append(("Authorization", f"Bearer {self._api_key}"))
+        elif basic is not None:
+            base.append(("Authorization", f"Basic {basic}"))
+        # What redact() blanks out: the key, and the password and Basic value of the URL.
+        self._secrets = tuple(
+            s for s in (self._api_key, password, basic) if s is not None and len(s) >= 4
+        )
         for name, value in (headers or {}).items():
             base = [(k, v) for k, v in base if k.lower() != name.lower()]
             base.append((name, value))
@@ -140,10 +155,11 @@ class BaseClient:
         return f"{type(self).__name__}(endpoint={self._endpoint!r}, model={self._model!r}{key})"
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key blanked out (servers sometimes echo it)."""
-        key = self._api_key
-        if key and len(key) >= 4 and key in text:
-            return text.replace(key, "***")
+        """``text`` with the API key (and a password given in the endpoint URL) blanked out:
+        servers sometimes echo them."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
         return text
 
     def _scrub(self, exc: LMLinkError) -> LMLinkError:
@@ -232,7 +248,11 @@ class BaseClient:
     def _learn(self, info: ServerInfo) -> ServerInfo:
         """Remember the server's kind (it picks the reasoning controls) and attach what calls
         have learned about it."""
-        self._caps.set_kind(info.endpoint, info.kind)
+        known = self._caps.kinds.get(info.endpoint)
+        if info.kind == "unknown" and known is not None:
+            info.kind = known  # wait_ready() sees less than server_info(): keep what it found
+        else:
+            self._caps.set_kind(info.endpoint, info.kind)
         info.capabilities = self._caps.for_endpoint(info.endpoint)
         return info
 

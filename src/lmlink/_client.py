@@ -39,6 +39,11 @@ def probe_timeouts(seconds: float) -> Timeouts:
     return Timeouts(seconds, seconds, time.monotonic() + seconds)
 
 
+def probe_wait(deadline: float) -> float:
+    """How long one readiness probe may take: its usual second, or what is left."""
+    return min(_PROBE_TIMEOUT, max(deadline - time.monotonic(), 0.05))
+
+
 def discovery_off() -> bool:
     return os.environ.get("LMLINK_NO_DISCOVERY", "").strip() not in ("", "0")
 
@@ -176,6 +181,8 @@ class Client(BaseClient):
 
         from ._tools import ToolSet
 
+        if max_steps < 1:
+            raise ConfigurationError(f"max_steps must be at least 1, not {max_steps}")
         toolset = ToolSet(tools)
         history = list(normalize_messages(messages))
         for _ in range(max_steps):
@@ -228,7 +235,7 @@ class Client(BaseClient):
         deadline = time.monotonic() + timeout
         wait = 0.1
         while True:  # bounded: by the deadline
-            info = self._ready_info()
+            info = self._ready_info(deadline)
             if info is not None:
                 return info
             if time.monotonic() + wait > deadline:
@@ -236,10 +243,12 @@ class Client(BaseClient):
             self._sleep(wait)
             wait = min(wait * 2, 2.0)
 
-    def _ready_info(self) -> ServerInfo | None:
+    def _ready_info(self, deadline: float) -> ServerInfo | None:
         probe = Probe(self._url(""))
-        models = self._get(probe.models_url)
-        health = self._get(probe.health_url)
+        models = self._get(probe.models_url, probe_wait(deadline))
+        if models is None or models[0] != 200:
+            return None  # no need to ask /health
+        health = self._get(probe.health_url, probe_wait(deadline))
         if not probe.ready(models, health):
             return None
         return self._learn(probe.info(models, None))

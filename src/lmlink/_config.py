@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 from ._errors import ConfigurationError
 from ._record import FrozenRecord
 
-__all__ = ["RetryPolicy", "Timeout", "resolve_endpoint", "resolve_setting"]
+__all__ = [
+    "RetryPolicy",
+    "Timeout",
+    "resolve_endpoint",
+    "resolve_setting",
+    "split_credentials",
+]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -166,6 +172,25 @@ def resolve_endpoint(value: str | None, env: Mapping[str, str] | None = None) ->
             f"not {raw!r}"
         )
     url = raw.strip().rstrip("/")
-    if parts.path in ("", "/"):
+    if not parts.path.strip("/"):
         url += "/v1"
     return url
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without a ``user:password@`` part; that part as an ``Authorization: Basic``
+    value, and the password (to blank out of messages). None, None when there is none."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None, None
+    import base64
+    from urllib.parse import unquote, urlunsplit
+
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    password = unquote(parts.password or "")
+    pair = f"{unquote(parts.username or '')}:{password}".encode()
+    return clean, base64.b64encode(pair).decode("ascii"), password or None

@@ -179,6 +179,7 @@ class StreamAccumulator:
             text = reasoning if isinstance(reasoning, str) else text_of(reasoning)
             self._reasoning.append(text)
             self.reasoning_delta = text
+            self._think.separate()
             self.output_seen = True
         calls = delta.get("tool_calls")
         if calls and isinstance(calls, list):
@@ -254,6 +255,8 @@ class StreamAccumulator:
         reasoning = "".join(self._reasoning)
         if inline:
             reasoning += inline
+        if reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
+            reasoning = ""
         finish_raw = self.finish_raw
         if finish_raw is None and self._tools and self.finished:
             finish_raw = "tool_calls"

@@ -21,20 +21,41 @@ _FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n(.*?)\n?\s*```\s*$", re.DOTALL)
 
 
 def extract_json_text(text: str) -> str:
-    """The JSON inside ``text``: without a surrounding markdown code fence or stray prose."""
+    """The JSON inside ``text``: without a surrounding markdown code fence, or the first JSON
+    object or array found among prose ("Here it is: {...} Hope that helps.")."""
     stripped = text.strip()
     fenced = _FENCE.match(stripped)
     if fenced:
         return fenced.group(1).strip()
-    if stripped[:1] in "{[":
-        return stripped
-    starts = [i for i in (stripped.find("{"), stripped.find("[")) if i >= 0]
-    if starts:
-        start = min(starts)
-        end = max(stripped.rfind("}"), stripped.rfind("]"))
-        if end > start:
-            return stripped[start : end + 1]
+    try:
+        _json.loads(stripped)
+    except ValueError:
+        found = _first_json_value(stripped)
+        return stripped if found is None else found
     return stripped
+
+
+def _first_json_value(text: str, tries: int = 32) -> str | None:
+    """The first object or array that decodes, from each ``{`` or ``[`` in turn (at most
+    ``tries`` starts: prose full of brackets must not cost quadratic time)."""
+    import json
+
+    decoder = json.JSONDecoder()
+    start = 0
+    for _ in range(tries):
+        brace, bracket = text.find("{", start), text.find("[", start)
+        at = min(i for i in (brace, bracket, len(text)) if i >= 0)
+        if at == len(text):
+            return None
+        try:
+            value, end = decoder.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            start = at + 1
+            continue
+        if isinstance(value, (dict, list)):
+            return text[at:end]
+        start = at + 1
+    return None
 
 
 class OutputSpec:
@@ -42,13 +63,17 @@ class OutputSpec:
 
     __slots__ = ("model", "name", "schema")
 
-    def __init__(self, schema: Mapping[str, Any] | None, model: type | None) -> None:
+    def __init__(
+        self, schema: Mapping[str, Any] | None, model: type | None, name: str | None = None
+    ) -> None:
         self.schema = schema
         self.model = model
         if schema is not None:
             _validator(schema)  # a broken schema fails before anything is sent
         title = schema.get("title") if schema is not None else None
-        raw = model.__name__ if model is not None else title if isinstance(title, str) else ""
+        raw = name or (
+            model.__name__ if model is not None else title if isinstance(title, str) else ""
+        )
         self.name = "".join(c if c.isalnum() or c in "_-" else "_" for c in raw)[:64] or "response"
 
     def wire_schema(self) -> Any:
@@ -63,12 +88,19 @@ class OutputSpec:
         if response_format is None or isinstance(response_format, str):
             return None
         if isinstance(response_format, Mapping):
-            if response_format.get("type") == "json_schema":
+            kind = response_format.get("type")
+            if kind == "json_schema":
                 inner = response_format.get("json_schema")
                 if isinstance(inner, Mapping) and isinstance(inner.get("schema"), Mapping):
-                    return cls(inner["schema"], None)
+                    name = inner.get("name")
+                    return cls(inner["schema"], None, name if isinstance(name, str) else None)
                 return None
-            if response_format.get("type") in ("json_object", "text", "json", "regex"):
+            # llama.cpp / llama-cpp-python's {"type": "json_object", "schema": {...}} and
+            # TGI's {"type": "json", "value": {...}} carry a schema too.
+            carried = response_format.get("schema" if kind == "json_object" else "value")
+            if kind in ("json_object", "json") and isinstance(carried, Mapping):
+                return cls(carried, None)
+            if kind in ("json_object", "text", "json", "regex"):
                 return None
             return cls(response_format, None)
         if isinstance(response_format, type) and hasattr(response_format, "model_validate_json"):

@@ -39,19 +39,28 @@ class ThinkSplitter:
     ('Hi', 'hmm')
     """
 
-    __slots__ = ("_closed", "_content", "_pending", "_reasoning", "_state")
+    __slots__ = ("_closed", "_content", "_pending", "_reasoning", "_separated", "_state")
 
     def __init__(self) -> None:
         self._state = _START
         self._pending = ""
         self._closed = False
+        self._separated = False
         self._content: list[str] = []
         self._reasoning: list[str] = []
+
+    def separate(self) -> None:
+        """The server sends the reasoning in a field of its own: a ``<think>`` block in the
+        content only repeats it (llama.cpp's deepseek-legacy format) and is dropped, and a
+        bare ``</think>`` later on is just text of the answer."""
+        self._separated = True
 
     def feed(self, text: str) -> tuple[str, str]:
         """Split one delta; returns the content and reasoning it adds."""
         # The fast path: answer text, and no tag can start in this delta.
-        if self._state == _CONTENT and (self._closed or ("<" not in text and not self._pending)):
+        if self._state == _CONTENT and (
+            self._closed or self._separated or ("<" not in text and not self._pending)
+        ):
             if text:
                 self._content.append(text)
             return text, ""
@@ -77,17 +86,20 @@ class ThinkSplitter:
             elif self._state == _THINK:
                 end = text.find(CLOSE)
                 if end >= 0:
-                    reasoning.append(text[:end])
+                    if not self._separated:
+                        reasoning.append(text[:end])
                     text = self._after_close(text, end)
                     continue
-                reasoning.append(self._hold_partial_close(text))
+                held = self._hold_partial_close(text)
+                if not self._separated:
+                    reasoning.append(held)
                 break
             elif self._state == _AFTER:
                 text = text.lstrip()  # the blank line models put after </think>
                 if text:
                     self._state = _CONTENT
             else:
-                if not self._closed:
+                if not self._closed and not self._separated:
                     end = text.find(CLOSE)
                     if end >= 0:
                         # A bare </think>: the opening tag was in the prompt, so all
@@ -128,6 +140,8 @@ class ThinkSplitter:
         if not held:
             return "", ""
         if self._state == _THINK:
+            if self._separated:
+                return "", ""
             self._reasoning.append(held)
             return "", held
         if self._state == _START:

@@ -102,7 +102,8 @@ def response_format_payload(response_format: Any) -> Any:
             f"class, not {response_format!r}"
         )
     if isinstance(response_format, Mapping):
-        if response_format.get("type") in _WIRE_TYPES:
+        kind = response_format.get("type")
+        if isinstance(kind, str) and kind in _WIRE_TYPES:
             return dict(response_format)  # already the wire form: {"type": "json_schema", ...}
         schema = dict(response_format)
         title = schema.get("title")
@@ -242,10 +243,14 @@ def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> C
     inline = ""
     if "<" in content:  # only then can a <think> tag be there
         splitter = ThinkSplitter()
+        if reasoning:
+            splitter.separate()
         splitter.feed(content)
         content, inline = splitter.finish()
     if inline:
         reasoning = f"{reasoning}{inline}" if reasoning else inline
+    if reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
+        reasoning = ""
     calls = []
     raw_calls = message.get("tool_calls")
     if isinstance(raw_calls, list):
