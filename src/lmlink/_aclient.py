@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from ._astreaming import AsyncChatStream
 from ._atransport import AsyncResponse, AsyncTransport
 from ._base import BaseClient, Call
-from ._client import discovery_off, ports_to_probe, probe_timeouts, probe_wait
+from ._client import discovery_off, ports_to_probe, probe_timeouts, probe_wait, url_host
 from ._config import Timeout
 from ._discovery import Answer, Probe, ServerInfo, version_from, version_probe
 from ._errors import APIStatusError, ConfigurationError, LMLinkError
@@ -277,7 +277,7 @@ async def adiscover(
 
     async def probe(port: int) -> ServerInfo | None:
         async with AsyncClient(
-            endpoint=f"http://{host}:{port}/v1", timeout=Timeout(timeout, timeout)
+            endpoint=f"http://{url_host(host)}:{port}/v1", timeout=Timeout(timeout, timeout)
         ) as c:
             p = Probe(c._url(""))
             models = await c._get(p.models_url, timeout)

@@ -315,6 +315,11 @@ class Client(BaseClient):
         self.close()
 
 
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def ports_to_probe(ports: Sequence[int] | None) -> Sequence[int]:
     if ports is not None:
         return ports
@@ -339,7 +344,8 @@ def discover(
     """
 
     def probe(port: int) -> ServerInfo | None:
-        with Client(endpoint=f"http://{host}:{port}/v1", timeout=Timeout(timeout, timeout)) as c:
+        url = f"http://{url_host(host)}:{port}/v1"
+        with Client(endpoint=url, timeout=Timeout(timeout, timeout)) as c:
             p = Probe(c._url(""))
             models = c._get(p.models_url, timeout)
             if models is None:

@@ -51,6 +51,12 @@ _REFUSAL = re.compile(
     r"|argument|keyword|param)|extra (?:field|input)"
 )
 _FORMAT_WORDS = re.compile(r"response_format|json|schema|grammar|\bformat\b")
+# A refusal of the form's type (remembered for the endpoint), as opposed to one of this
+# schema's content, such as vLLM's "features not supported by xgrammar" (not remembered).
+_FORM_TYPE = re.compile(
+    r"response_format\.type|type must be|must be one of|missing field|unknown variant"
+    r"|json_schema|json_object|should be 'text'"
+)
 
 
 def _mentions(text: str, name: str) -> bool:
@@ -207,6 +213,7 @@ class ChatPlan:
     __slots__ = (
         "_form",
         "_forms",
+        "_learn",
         "_params",
         "_reasks",
         "caps",
@@ -233,6 +240,7 @@ class ChatPlan:
         self.messages = spec.messages
         self.errors: list[str] = []
         self._reasks = reasks
+        self._learn = True  # whether the form that works may be remembered for later calls
         self._params = {**reasoning_params(spec.reasoning, caps.kind), **spec.extra}
         rf = spec.response_format
         if rf is None:
@@ -264,7 +272,18 @@ class ChatPlan:
         messages = self.messages
         form = self.form
         if form == "prompt" or (form == "json_object" and self._forms is SCHEMA_FORMS):
-            messages = [self._schema_instruction(), *messages]
+            instruction = self._schema_instruction()
+            first = messages[0] if messages else None
+            if (
+                first is not None
+                and first.get("role") == "system"
+                and isinstance(first.get("content"), str)
+            ):
+                # One system message: Mistral- and Gemma-style templates refuse two.
+                text = f"{first['content']}\n\n{instruction['content']}".strip()
+                messages = [{**first, "content": text}, *messages[1:]]
+            else:
+                messages = [instruction, *messages]
         body = build_chat_body(
             spec.model,
             messages,
@@ -343,7 +362,10 @@ class ChatPlan:
         ):
             old = self.form
             self._form += 1
-            self._remember()
+            if _FORM_TYPE.search(text):
+                self._remember()  # the form itself was refused: the same goes for every call
+            else:
+                self._learn = False  # this schema only (a feature the grammar engine lacks)
             log.info(
                 "lmlink: the server refused response_format form %s; trying %s", old, self.form
             )
@@ -359,7 +381,8 @@ class ChatPlan:
     def accept(self, resp: ChatResponse) -> bool:
         """Validate the answer into ``resp.parsed``. False means: ask again (the plan's
         messages now carry the correction); raises StructuredOutputError when out of tries."""
-        self._remember()
+        if self._learn:
+            self._remember()
         output = self.spec.output
         if output is None:
             return True

@@ -17,15 +17,19 @@ def _client(endpoint: str | None, model: str | None, api_key: str | None, timeou
 
     try:
         client = lmlink.Client(endpoint=endpoint, model=model, api_key=api_key, timeout=timeout)
-        if client.endpoint is None:
-            client.models()  # finds a local server, or says there is none
-    except lmlink.ConfigurationError:
-        fail(
-            "no server: pass -e http://127.0.0.1:8080/v1 or set LMLINK_ENDPOINT "
-            "(no local server answered on the usual ports)"
-        )
-    except lmlink.LMLinkError as exc:
+    except lmlink.LMLinkError as exc:  # a bad endpoint or timeout: say which
         fail(str(exc))
+    if client.endpoint is None:
+        try:
+            client.models()  # finds a local server, or says there is none
+        except lmlink.LMLinkError as exc:
+            client.close()
+            if client.endpoint is None:
+                fail(
+                    "no server: pass -e http://127.0.0.1:8080/v1 or set LMLINK_ENDPOINT "
+                    "(no local server answered on the usual ports)"
+                )
+            fail(str(exc))
     return client
 
 
@@ -132,7 +136,10 @@ def servers(host: str, ports: tuple[int, ...], timeout: float) -> None:
     """Find the OpenAI-compatible servers on this machine: kind and models of each."""
     import lmlink
 
-    found = lmlink.discover(ports=ports or None, host=host, timeout=timeout)
+    try:
+        found = lmlink.discover(ports=ports or None, host=host, timeout=timeout)
+    except lmlink.LMLinkError as exc:
+        fail(str(exc))
     if not found:
         click.echo("no server found", err=True)
         sys.exit(1)

@@ -66,7 +66,10 @@ def _discovered(model: str | None) -> tuple[str | None, str | None]:
 
     if os.environ.get("LMLINK_NO_DISCOVERY", "").strip() not in ("", "0"):
         return None, model
-    found = lmlink.discover()
+    try:
+        found = lmlink.discover()
+    except lmlink.LMLinkError as exc:  # a bad LMLINK_DISCOVER_PORTS
+        fail(str(exc))
     if not found:
         return None, model
     click.secho(f"Found a {found[0].kind} server at {found[0].endpoint}.", fg="green", err=True)
