@@ -45,7 +45,7 @@ def ensure_venv(*groups: str, extras: str = "") -> None:
     wanted = hashlib.sha256(
         (ROOT / "pyproject.toml").read_bytes() + ",".join(groups).encode() + extras.encode()
     ).hexdigest()
-    stamp = VENV / f".stamp-{'-'.join(groups) or 'base'}"
+    stamp = VENV / f".stamp-{'-'.join([*groups, *extras.split(',')]).strip('-') or 'base'}"
     if stamp.exists() and stamp.read_text() == wanted:
         return
     pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]

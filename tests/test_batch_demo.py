@@ -66,3 +66,14 @@ def test_demo_against_a_configured_server(tmp_path: Path) -> None:
         assert server.stats.chat_requests == 300
         assert not server.errors
     assert {line["label"] for line in read_jsonl(out)} == {"other"}
+
+
+def test_demo_exits_1_when_no_ticket_got_an_answer(tmp_path: Path) -> None:
+    """A server whose every answer fails (here: never valid JSON) is not a successful demo:
+    the summary shows the failures and the exit code is 1."""
+    with FakeServer(model="m", responder=lambda r: Reply(content="I cannot do JSON.")) as server:
+        out = tmp_path / "labels.jsonl"
+        result = run_cli(["demo", "-o", str(out)], LMLINK_ENDPOINT=server.url, LMLINK_MODEL="m")
+    assert result.returncode == 1, result.stderr
+    assert "300 items: 0 ok, 300 failed" in result.stderr
+    assert "no ticket got an answer" in result.stderr

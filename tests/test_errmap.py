@@ -1,4 +1,4 @@
-"""Every server's error body becomes the right typed error (SERVERS.md §1 rules 4-6)."""
+"""Every server's error body becomes the right typed error."""
 
 from __future__ import annotations
 

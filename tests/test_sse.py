@@ -218,7 +218,7 @@ CASES = [
 @pytest.mark.parametrize("make", DECODERS)
 @pytest.mark.parametrize(("stream", "expected"), CASES)
 def test_rules(make: type[Decoder], stream: bytes, expected: list[SSEEvent]) -> None:
-    """Each rule of the event-stream format decodes as the spec and SERVERS.md say."""
+    """Each rule of the event-stream format decodes as the spec says."""
     assert decode([stream], make()) == expected
 
 

@@ -1,4 +1,4 @@
-"""Streamed chunks of every dialect fold into the right response (SERVERS.md §1 rules 2-10)."""
+"""Streamed chunks of every dialect fold into the right response."""
 
 from __future__ import annotations
 

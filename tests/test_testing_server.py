@@ -560,7 +560,7 @@ def test_tool_index_missing(srv: FakeServer) -> None:
     ],
 )
 def test_error_json_shapes(srv: FakeServer, shape: str, expected: dict[str, Any]) -> None:
-    """Reply.error builds every JSON error body shape of SERVERS.md §1 rule 4."""
+    """Reply.error builds every JSON error body shape that real servers use."""
     srv.enqueue(Reply.error(400, "too long", shape=shape))  # type: ignore[arg-type]
     status, headers, data = chat(srv, stream=True)
     assert status == 400
@@ -914,6 +914,11 @@ def test_reply_validation() -> None:
         Reply.error(400, shape="weird")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sum"):
         Faults(p_503=0.8, p_cut=0.5)
+    for fault in ("cut_after", "stall_after", "error_at"):
+        with pytest.raises(ValueError, match="count chunks"):
+            Reply(**{fault: -1})
+    with pytest.raises(ValueError, match="count chunks"):
+        Reply(malformed_at=[2, -1])
 
 
 def test_command_line_server() -> None:

@@ -1,7 +1,7 @@
 """Which server is that? Identification from what a server shows (pure), and the list of
 places a local server usually listens.
 
-SERVERS.md §5: ``/v1/models`` ``owned_by`` says most of it (``vllm``, ``sglang``,
+``/v1/models`` ``owned_by`` says most of it (``vllm``, ``sglang``,
 ``llamacpp``, ``organization_owner`` = LM Studio, ``me`` = llama-cpp-python, ``library`` =
 Ollama); TGI repeats the model id with ``created: 0``; mlx-lm has no ``owned_by`` and a
 Python ``Server`` header; ``GET /`` answers "Ollama is running"; ``Server: llama.cpp`` and

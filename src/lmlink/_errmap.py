@@ -1,6 +1,6 @@
 """Error bodies of every server, normalised into the exception tree (pure).
 
-Servers disagree on the shape (SERVERS.md §1 rule 4)::
+Servers disagree on the shape::
 
     {"error": {"message", "type", "param", "code"}}       OpenAI, Ollama, vLLM >= 0.10.1, llama.cpp
     {"object": "error", "message", "type", "code"}        vLLM < 0.10.1, SGLang

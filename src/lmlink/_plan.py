@@ -1,6 +1,6 @@
 """One chat call's plan, pure: what to send, and what to change when the server says no.
 
-Servers disagree about ``response_format`` (SERVERS.md §2d): llama-cpp-python wants
+Servers disagree about ``response_format``: llama-cpp-python wants
 ``{"type": "json_object", "schema": …}`` and answers the OpenAI form with a 500, TGI wants
 ``{"type": "json", "value": …}``, LM Studio refuses ``json_object``, mlx-lm ignores it all;
 some proxies refuse ``stream_options`` or parameters they don't know. A :class:`ChatPlan`

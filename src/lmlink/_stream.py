@@ -3,7 +3,7 @@
 :class:`StreamAccumulator` takes SSE events one at a time and returns the content each adds.
 It keeps reasoning (three dialects), tool-call fragments (by index, or by id when a server
 leaves the index out), usage, model and finish reason, and decides at the end whether the
-stream finished or was cut off (SERVERS.md §1 rules 2, 3, 7, 8, 10).
+stream finished or was cut off.
 """
 
 from __future__ import annotations

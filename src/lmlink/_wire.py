@@ -1,6 +1,6 @@
 """The OpenAI chat wire format, pure: request bodies out, responses and stream chunks in.
 
-Decoding is written for the servers as they are (SERVERS.md §1): ``choices`` may be null
+Decoding is written for the servers as they are: ``choices`` may be null
 or empty, deltas repeat ``role`` and carry ``null`` everywhere, reasoning comes as
 ``reasoning_content``, ``reasoning`` or inline ``<think>`` tags, tool-call fragments may
 lack their ``index``, and an ``{"error": ...}`` object can arrive on a 200.
@@ -29,7 +29,7 @@ __all__ = [
 
 MessagesInput = str | Message | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
 
-# Server synonyms for the OpenAI finish words (SERVERS.md rule 9).
+# Server synonyms for the OpenAI finish words.
 _FINISH = {
     "stop_sequence": "stop",
     "eos_token": "stop",

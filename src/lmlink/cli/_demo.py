@@ -72,7 +72,8 @@ def _discovered(model: str | None) -> tuple[str | None, str | None]:
         fail(str(exc))
     if not found:
         return None, model
-    click.secho(f"Found a {found[0].kind} server at {found[0].endpoint}.", fg="green", err=True)
+    kind = "" if found[0].kind == "unknown" else f" ({found[0].kind})"
+    click.secho(f"Found a server at {found[0].endpoint}{kind}.", fg="green", err=True)
     return found[0].endpoint, model or found[0].models[0]
 
 
@@ -149,13 +150,22 @@ def demo(
         )
     if output.exists():
         _show_results(source, output)
+        if code == 0 and not _any_answer(output):
+            click.secho("lmlink: no ticket got an answer; see the errors above", fg="red", err=True)
+            code = 1
     sys.exit(code)
+
+
+def _any_answer(output: Path) -> bool:
+    """Whether any line of the demo's output is an answer rather than an error."""
+    with output.open("rb") as lines:
+        return any(line.strip() and "error" not in json.loads(line) for line in lines)
 
 
 def _real_banner(endpoint: str, model: str | None) -> Any:
     def announce() -> None:
         click.secho(f"Server: {endpoint}", fg="green", err=True)
-        click.secho(f"Model:  {model or '(the server first model)'}", fg="green", err=True)
+        click.secho(f"Model:  {model or '(the first one the server lists)'}", fg="green", err=True)
 
     return announce
 
@@ -163,7 +173,8 @@ def _real_banner(endpoint: str, model: str | None) -> Any:
 def _canned_banner(url: str) -> Any:
     def announce() -> None:
         click.secho(
-            "No LLM server configured (set LMLINK_ENDPOINT or pass -e URL).\n"
+            "No LLM server configured or found on the usual local ports\n"
+            "(set LMLINK_ENDPOINT or pass -e URL).\n"
             f"Using lmlink's bundled TEST SERVER at {url}: its labels are CANNED\n"
             "(a keyword match), not chosen by a model. It also answers a few requests with\n"
             "429 'slow down', to show retries and the adaptive concurrency at work.",

@@ -1,4 +1,4 @@
-"""Chunk and body layouts of the real servers (pure; SERVERS.md §2c and §4 are the evidence).
+"""Chunk and body layouts of the real servers (pure).
 
 Each dialect is a small class that turns *semantic* deltas (``{"content": "Hel"}``,
 ``{"reasoning": "..."}``, ``{"tool_calls": [...]}``) into that server's JSON objects: which

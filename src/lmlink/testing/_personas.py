@@ -1,7 +1,7 @@
 """Server personas: what each real server accepts, rejects and reveals about itself.
 
 ``FakeServer(persona="lmstudio")`` answers like LM Studio where servers differ in ways a
-client must adapt to (SERVERS.md §2d, §5): which ``response_format`` forms are accepted and
+client must adapt to: which ``response_format`` forms are accepted and
 with what error the others are refused, whether ``stream_options`` or unknown parameters are
 rejected, and how ``/v1/models``, ``GET /`` and the response headers give the server away.
 """

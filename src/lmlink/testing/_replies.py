@@ -1,7 +1,7 @@
 """What the fake server answers: :class:`Reply` (one response) and :class:`Faults` (random chaos).
 
-Pure data; nothing here touches a socket. The wire shapes imitate the servers described in
-``SERVERS.md`` (chunk layouts §2c, error bodies §1 rule 4).
+Pure data; nothing here touches a socket. The wire shapes (chunk layouts, error bodies)
+imitate those of the real servers.
 """
 
 from __future__ import annotations
@@ -165,6 +165,9 @@ class Reply:
             raise ValueError(f"bad HTTP status {self.status}")
         if self.delay < 0 or self.stall_before_headers < 0:
             raise ValueError("delays must not be negative")
+        counts = [self.cut_after, self.stall_after, self.error_at, *(self.malformed_at or ())]
+        if any(n is not None and n < 0 for n in counts):
+            raise ValueError("cut_after, stall_after, error_at and malformed_at count chunks: >= 0")
 
     @property
     def has_fault(self) -> bool:
@@ -201,7 +204,7 @@ class Reply:
         code: int | str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        """An HTTP error in one of the body shapes real servers use (SERVERS.md §1 rule 4).
+        """An HTTP error in one of the body shapes real servers use .
 
         ``shape``: ``"openai"`` ``{"error":{"message","type","param","code"}}`` (OpenAI, Ollama,
         vLLM ≥0.10.1, llama.cpp, LocalAI); ``"flat"`` ``{"object":"error","message",...}`` (old
