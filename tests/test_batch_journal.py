@@ -37,8 +37,14 @@ def test_reopening_reads_the_done_ids_and_which_are_errors(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "tail",
-    [b'{"id": "c", "cont', b"{", b'{"', b'{"id":"c","content":"x"}  trailing'],
-    ids=["mid", "brace", "quote", "garbled"],
+    [
+        b'{"id": "c", "cont',
+        b"{",
+        b'{"',
+        b'{"id":"c","content":"x"}  trailing',
+        b'{"content": "an answer from an older cache-hit li',
+    ],
+    ids=["mid", "brace", "quote", "garbled", "id-last"],
 )
 def test_a_torn_last_line_is_cut_off_and_reported(
     tmp_path: Path, tail: bytes, caplog: pytest.LogCaptureFixture

@@ -189,6 +189,9 @@ def test_the_cache_answers_a_rerun_without_sending_anything(
     one = sorted(read_jsonl(tmp_path / "one.jsonl"), key=lambda r: r["id"])
     two = sorted(read_jsonl(tmp_path / "two.jsonl"), key=lambda r: r["id"])
     assert one == two
+    # Like every result line, a cache hit's starts with its id (a torn one is recognised).
+    lines = (tmp_path / "two.jsonl").read_bytes().splitlines()
+    assert all(line.startswith(b'{"id":') for line in lines)
     with sqlite3.connect(cache) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     for path in tmp_path.glob("cache.sqlite*"):

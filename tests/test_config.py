@@ -151,7 +151,7 @@ def test_the_library_never_prints_and_has_a_null_handler(prefix: str, warning: s
     [
         ("max_response_bytes", 0),
         ("max_response_bytes", 2**63),
-        ("max_response_bytes", 1e9),
+        ("max_response_bytes", 1e9 + 0.5),
         ("max_response_bytes", True),
         ("max_connections", 0),
         ("max_connections", 2.5),
@@ -165,3 +165,12 @@ def test_counts_are_checked_when_the_client_is_made(cls: Any, name: str, value: 
     OverflowError from zlib at the first gzip response."""
     with pytest.raises(lmlink.ConfigurationError, match=name):
         cls(endpoint="http://127.0.0.1:9/v1", **{name: value})
+
+
+def test_a_whole_float_is_a_count_and_a_bad_port_with_credentials_is_typed() -> None:
+    """``max_response_bytes=64e6`` is 64,000,000; a URL with user:password@ and a port that
+    is not a number is a ConfigurationError at construction, like any bad endpoint."""
+    client = lmlink.Client(endpoint="http://127.0.0.1:9/v1", max_response_bytes=64e6)
+    client.close()
+    with pytest.raises(lmlink.ConfigurationError, match="port"):
+        lmlink.Client(endpoint="http://u:p@127.0.0.1:abc/v1")

@@ -235,28 +235,30 @@ def test_a_refusal_after_reasoning_was_handed_out_is_not_sent_again(
     assert info.value.partial.reasoning == "Let me think. "
 
 
-def test_waiting_for_a_free_connection_is_bounded_without_a_deadline(server: FakeServer) -> None:
-    """max_connections=1 and a second call while a stream holds the connection: with no
-    total deadline the wait ends after the idle timeout (phase "pool"), never hangs."""
-    server.responder = lambda r: Reply(content="a b c d", chunk_chars=1, delay=0.05)
-    timeout = lmlink.Timeout(connect=1, idle=1)
-    client = lmlink.Client(endpoint=server.url, model="m", timeout=timeout, max_connections=1)
-    with client, client.stream("hi") as stream:
-        next(iter(stream))
-        with pytest.raises(lmlink.APITimeoutError) as info:
-            client.chat("inside")
-    assert info.value.phase == "pool"
+def test_calls_beyond_max_connections_wait_their_turn(server: FakeServer) -> None:
+    """A shared client with fewer connections than calls queues them, however long the
+    generations ahead take (here 1 s each, twice the idle timeout); none fails for waiting."""
+    server.responder = lambda r: Reply(content="abcdefghijklmnopqrst", chunk_chars=1, delay=0.05)
+    timeout = lmlink.Timeout(connect=1, idle=0.5)
+    results: list[str] = []
+    with lmlink.Client(
+        endpoint=server.url, model="m", timeout=timeout, max_connections=1
+    ) as client:
+        threads = [
+            threading.Thread(target=lambda: results.append(client.chat_stream("hi").content))
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert results == ["abcdefghijklmnopqrst"] * 2
 
-    async def main() -> lmlink.APITimeoutError:
-        async with (
-            lmlink.AsyncClient(
-                endpoint=server.url, model="m", timeout=timeout, max_connections=1
-            ) as aclient,
-            aclient.stream("hi") as astream,
-        ):
-            await astream.__aiter__().__anext__()
-            with pytest.raises(lmlink.APITimeoutError) as ainfo:
-                await aclient.chat("inside")
-            return ainfo.value
+    async def main() -> list[str]:
+        async with lmlink.AsyncClient(
+            endpoint=server.url, model="m", timeout=timeout, max_connections=1
+        ) as aclient:
+            done = await asyncio.gather(*(aclient.chat_stream("hi") for _ in range(2)))
+            return [r.content for r in done]
 
-    assert asyncio.run(main()).phase == "pool"
+    assert asyncio.run(main()) == ["abcdefghijklmnopqrst"] * 2

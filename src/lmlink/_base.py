@@ -66,12 +66,16 @@ class Call:
         self.started = time.monotonic() if started is None else started
 
 
-def _check_count(name: str, value: object, least: int) -> None:
-    """A whole number from ``least`` to ``sys.maxsize`` (zlib and sockets take no more)."""
+def _count(name: str, value: object, least: int) -> int:
+    """A whole number from ``least`` to ``sys.maxsize`` (zlib and sockets take no more);
+    a float with no fraction (``64e6``) is taken as one."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= sys.maxsize:
         raise ConfigurationError(
             f"{name} must be a whole number from {least} to {sys.maxsize}, not {value!r}"
         )
+    return value
 
 
 class BaseClient:
@@ -105,9 +109,9 @@ class BaseClient:
         elif max_retries not in (3, retry.max_retries):
             raise ConfigurationError("give max_retries= or retry=, not both")
         self.retry = retry
-        _check_count("max_connections", max_connections, 1)
-        _check_count("max_response_bytes", max_response_bytes, 1)
-        _check_count("structured_retries", structured_retries, 0)
+        max_connections = _count("max_connections", max_connections, 1)
+        max_response_bytes = _count("max_response_bytes", max_response_bytes, 1)
+        structured_retries = _count("structured_retries", structured_retries, 0)
         self._verify = verify
         self._max_connections = max_connections
         self._max_body = max_response_bytes

@@ -183,13 +183,17 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, None, None
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid port in the endpoint: {exc}") from None
     import base64
     from urllib.parse import unquote, urlunsplit
 
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
+    if port is not None:
+        netloc = f"{netloc}:{port}"
     clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     password = unquote(parts.password or "")
     pair = f"{unquote(parts.username or '')}:{password}".encode()

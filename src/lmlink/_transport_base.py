@@ -70,17 +70,18 @@ def make_ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
 def readable(sock: Any) -> bool:
     """Whether an idle socket has something to read: for a pooled connection, EOF or
     stray bytes (a server that wrote more than its response), either way not reusable."""
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows
+        return bool(select.select([sock], [], [], 0)[0])
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
 
 
 def pool_deadline(timeouts: Timeouts) -> float | None:
-    """Until when a call may wait for a free connection: its deadline, or without one, the
-    idle timeout from now (a queued call hears nothing either; never wait forever)."""
-    if timeouts.deadline is not None or timeouts.idle is None:
-        return timeouts.deadline
-    return monotonic() + timeouts.idle
+    """Until when a call may wait for a free connection: the call's deadline. Without one
+    it waits its turn however long the calls ahead of it generate (queueing more calls
+    than ``max_connections`` is a normal use of a shared client)."""
+    return timeouts.deadline
 
 
 def within(timeouts: Timeouts, seconds: float) -> Timeouts:

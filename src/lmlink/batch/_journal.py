@@ -175,7 +175,7 @@ def _open_locked(path: Path) -> tuple[int, bool]:
     raise JournalError(f"{path} keeps being replaced by another process")
 
 
-_TORN = b'{"id":'  # how every line this module writes starts (orjson keeps key order)
+_TORN = b'{"'  # how every result line starts (a JSON object with string keys)
 
 
 def _record(line: bytes) -> dict[str, Any] | None:

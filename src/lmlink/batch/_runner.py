@@ -342,7 +342,7 @@ class Runner:
         self._emit()
 
     def _record_cached(self, item: BatchItem, stored: dict[str, Any]) -> None:
-        self._write({**stored, "id": item.id})
+        self._write({"id": item.id, **{k: v for k, v in stored.items() if k != "id"}})
         self.summary.ok += 1
         self.summary.cached += 1
         self._emit()
