@@ -36,7 +36,6 @@ from ._transport_base import (
     connect_budget,
     connect_error,
     make_ssl_context,
-    pool_deadline,
     readable,
     timeout_error,
     within,
@@ -260,7 +259,9 @@ class AsyncTransport:
         loop = cast(asyncio.AbstractEventLoop, self._loop)
         fut: asyncio.Future[_Handoff] = loop.create_future()
         self._waiters.append((target.key, fut))
-        deadline = pool_deadline(timeouts)
+        # Only the call's deadline bounds the wait for a free connection: without one, calls
+        # queued beyond max_connections wait their turn (a normal use of a shared client).
+        deadline = timeouts.deadline
         timer = None
         if deadline is not None:
             timer = loop.call_later(deadline - monotonic(), _pool_timeout, fut)

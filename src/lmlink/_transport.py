@@ -34,7 +34,6 @@ from ._transport_base import (
     connect_error,
     io_error,
     make_ssl_context,
-    pool_deadline,
     readable,
     timeout_error,
     within,
@@ -245,7 +244,9 @@ class SyncTransport:
 
     def _acquire(self, target: Target, timeouts: Timeouts, start: float) -> _Conn:
         key = target.key
-        deadline = pool_deadline(timeouts)
+        # Only the call's deadline bounds the wait for a free connection: without one, calls
+        # queued beyond max_connections wait their turn (a normal use of a shared client).
+        deadline = timeouts.deadline
         with self._lock:
             while True:
                 if self._closed:

@@ -30,7 +30,6 @@ __all__ = [
     "connect_error",
     "io_error",
     "make_ssl_context",
-    "pool_deadline",
     "readable",
     "timeout_error",
     "too_large",
@@ -75,13 +74,6 @@ def readable(sock: Any) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
-
-
-def pool_deadline(timeouts: Timeouts) -> float | None:
-    """Until when a call may wait for a free connection: the call's deadline. Without one
-    it waits its turn however long the calls ahead of it generate (queueing more calls
-    than ``max_connections`` is a normal use of a shared client)."""
-    return timeouts.deadline
 
 
 def within(timeouts: Timeouts, seconds: float) -> Timeouts:

@@ -178,23 +178,22 @@ def _open_locked(path: Path) -> tuple[int, bool]:
 _TORN = b'{"'  # how every result line starts (a JSON object with string keys)
 
 
-def _record(line: bytes) -> dict[str, Any] | None:
-    """The result record in ``line``, or None if it is not one."""
+_NOT_JSON = object()
+
+
+def _value(data: bytes) -> Any:
+    """The JSON value in ``data``, or ``_NOT_JSON``."""
     try:
-        record = orjson.loads(line)
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return None
-    if isinstance(record, dict) and isinstance(record.get("id"), str):
-        return record
+        return _NOT_JSON
+
+
+def _record(value: Any) -> dict[str, Any] | None:
+    """``value`` if it is a result record, else None."""
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return value
     return None
-
-
-def _parses(data: bytes) -> bool:
-    try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return True
 
 
 def _foreign(path: Path, where: str) -> JournalError:
@@ -213,13 +212,14 @@ def _read(path: Path, fd: int) -> JournalState:
     records = []
     for n, line in enumerate(data[:end].split(b"\n")[:-1], 1):
         if line.strip():
-            record = _record(line)
+            record = _record(_value(line))
             if record is None:
                 raise _foreign(path, f"line {n}")
             records.append(record)
     tail = data[end:]
-    if tail.strip() and _parses(tail):
-        last = _record(tail)
+    value = _value(tail) if tail.strip() else _NOT_JSON
+    if value is not _NOT_JSON:
+        last = _record(value)
         if last is None:
             raise _foreign(path, "ends in a line that")
         records.append(last)  # killed between the record and its newline: it is whole
