@@ -14,6 +14,7 @@ from lmlink._config import RetryPolicy, Timeout
 from lmlink._errors import ConfigurationError
 
 from ._progress import BatchSummary, ProgressCallback
+from ._shard import parse_shard, take_shard
 from ._tasks import Task
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ async def arun_batch(
     retry_errors: bool = False,
     stream: bool | None = None,
     on_progress: ProgressCallback | None = None,
+    shard: tuple[int, int] | str | None = None,
     **params: Any,
 ) -> BatchSummary:
     """Send every item that has no line in ``output`` yet; append one line per result.
@@ -68,7 +70,8 @@ async def arun_batch(
     :meth:`Task.extract`). Other keywords (``temperature=``, ``max_tokens=``,
     ``response_format=``, ...) go into every request; a row's own ``max_tokens``,
     ``temperature``, ... win. ``on_progress`` gets a :class:`Progress` after each result
-    and about twice a second.
+    and about twice a second. ``shard=(K, N)`` runs only the ids of shard K of N (a stable
+    hash of the id; N runs with their own outputs cover every id once).
 
     Returns a :class:`BatchSummary`. A failure that every item would share (no server, a
     refused connection, a wrong API key, an unknown model) stops the run and is raised;
@@ -79,7 +82,8 @@ async def arun_batch(
     from ._runner import Runner, load_items
 
     task = task or Task()
-    loaded = load_items(items, task, template, system)
+    part = parse_shard(shard)
+    loaded = take_shard(load_items(items, task, template, system), part)
     if isinstance(items, (str, Path)) and str(items) != "-" and _same_file(items, output):
         raise ConfigurationError(f"the output {output} is the input file; pick another")
     runner = Runner(
@@ -120,6 +124,7 @@ def run_batch(
     retry_errors: bool = False,
     stream: bool | None = None,
     on_progress: ProgressCallback | None = None,
+    shard: tuple[int, int] | str | None = None,
     **params: Any,
 ) -> BatchSummary:
     """:func:`arun_batch` for code that is not async; same arguments, same result.
@@ -151,6 +156,7 @@ def run_batch(
             retry_errors=retry_errors,
             stream=stream,
             on_progress=on_progress,
+            shard=shard,
             **params,
         )
     )

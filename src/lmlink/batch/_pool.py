@@ -89,6 +89,14 @@ class Endpoint:
         """``"up"`` or ``"down"``."""
         return "up" if self.up else "down"
 
+    def try_start(self) -> Any:
+        """A limiter ticket, or None when this endpoint is at its limit."""
+        return self.limiter.try_start()
+
+    def finish(self, ticket: Any, outcome: Outcome) -> None:
+        """Give back the slot of ``ticket``."""
+        self.limiter.finish(ticket, outcome)
+
     def room(self) -> float:
         """The share of this endpoint's limit that is free (0 when it is out or full)."""
         if not self.up or self.limiter.in_flight >= self.limiter.limit:
@@ -138,22 +146,22 @@ class EndpointPool:
 
     # -- slots ---------------------------------------------------------------------------
 
-    async def acquire(self) -> tuple[Endpoint, int]:
+    async def acquire(self) -> tuple[Endpoint, Any]:
         """A live endpoint with room and its limiter ticket; raises once none is left."""
         while True:  # bounded: every release or change of state wakes the waiters
             if self._fatal is not None:
                 raise self._fatal
             best = max(self.endpoints, key=Endpoint.room)
             if best.room() > 0:
-                ticket = best.limiter.try_start()
+                ticket = best.try_start()
                 if ticket is not None:
                     return best, ticket
             self._wake.clear()
             await self._wake.wait()
 
-    def release(self, endpoint: Endpoint, ticket: int, outcome: Outcome) -> None:
+    def release(self, endpoint: Endpoint, ticket: Any, outcome: Outcome) -> None:
         """Give the slot back, telling its limiter how the request ended."""
-        endpoint.limiter.finish(ticket, outcome)
+        endpoint.finish(ticket, outcome)
         self._wake.set()
 
     # -- one item ------------------------------------------------------------------------

@@ -73,6 +73,12 @@ def batch_options(fn: F) -> F:
             help="Streamed or plain requests [default: streams, plain with a schema].",
         ),
         click.option(
+            "--shard",
+            default=None,
+            metavar="K/N",
+            help="Run only shard K of N: a stable split by a hash of the id, for N machines.",
+        ),
+        click.option(
             "--progress",
             type=click.Choice(["auto", "bar", "lines", "off"]),
             default="auto",
@@ -123,6 +129,7 @@ def run_batch_command(
     retry_errors: bool,
     stream: bool | None,
     progress: str,
+    shard: str | None = None,
     params: dict[str, Any] | None = None,
     announce: Callable[[], None] | None = None,
 ) -> int:
@@ -143,6 +150,7 @@ def run_batch_command(
             output,
             template=template,
             system=system,
+            shard=shard,
             endpoint=endpoint or None,
             model=model or None,
             api_key=api_key or None,
@@ -155,7 +163,7 @@ def run_batch_command(
         )
         if announce is not None:
             announce()
-        _announce(runner, input_path, output)
+        _announce(runner, input_path, output, shard)
     except KeyboardInterrupt:
         click.echo("lmlink: interrupted before anything was sent", err=True)
         return EXIT_INTERRUPTED
@@ -198,15 +206,21 @@ def _prepare(
     *,
     template: str | None,
     system: str | None,
+    shard: str | None = None,
     **options: Any,
 ) -> Runner:
     """Read and check the input, open the output: the runner, or exit 2 (1 if busy)."""
-    from lmlink import LMLinkError
+    from lmlink import ConfigurationError, LMLinkError
     from lmlink.batch import BatchInputError, JournalError
     from lmlink.batch._runner import Runner, load_items
+    from lmlink.batch._shard import parse_shard, take_shard
 
     try:
-        items = load_items(str(input_path), task, template, system)
+        part = parse_shard(shard)
+    except ConfigurationError as exc:
+        _exit(2, f"--shard: {exc}")
+    try:
+        items = take_shard(load_items(str(input_path), task, template, system), part)
     except BatchInputError as exc:
         _exit(2, exc.message)
     if str(input_path) != "-" and input_path.resolve() == output.resolve():
@@ -228,11 +242,12 @@ def _prepare(
     return runner
 
 
-def _announce(runner: Runner, input_path: Path, output: Path) -> None:
+def _announce(runner: Runner, input_path: Path, output: Path, shard: str | None) -> None:
     total = len(runner.items)
     pending = len(runner.pending)
     dropped = runner.summary.retried
-    line = f"lmlink: {total} {'item' if total == 1 else 'items'} from {input_path} → {output}"
+    where = f"{input_path} (shard {shard.strip()})" if shard else str(input_path)
+    line = f"lmlink: {total} {'item' if total == 1 else 'items'} from {where} → {output}"
     if total != pending:
         line += f" ({total - pending} already done, {pending} to run)"
     if dropped:
