@@ -13,6 +13,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,17 +90,24 @@ def test_import_lmlink_does_not_import_ray() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_map_chat_adds_the_answer_columns_to_each_row(ray_local: Any, srv: FakeServer) -> None:
-    """Every row keeps its columns and order and gets its own answer; a row the server
-    refuses or that has no prompt gets its error, the others go on."""
+def test_map_chat_adds_the_answer_columns_to_each_row(
+    ray_local: Any, srv: FakeServer, tmp_path: Path
+) -> None:
+    """Parquet in, Parquet out: every row keeps its columns and order and gets its own
+    answer; a row the server refuses or that has no prompt gets its error, the others go on."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     import lmlink.ray
 
     rows: list[dict[str, Any]] = [{"n": i, "prompt": f"row {i}"} for i in range(40)]
     rows[7]["prompt"] = "refuse me"
     rows[11]["prompt"] = None
-    ds = ray_local.data.from_items(rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    ds = ray_local.data.read_parquet(str(tmp_path / "in.parquet"))
     out = lmlink.ray.map_chat(ds, endpoint=srv.url, model="fake-model", max_tokens=9)
-    got = out.take_all()
+    out.write_parquet(str(tmp_path / "out"))
+    got = pq.read_table(tmp_path / "out").sort_by("n").to_pylist()
     assert [r["n"] for r in got] == list(range(40))
     for r in got:
         assert set(r) == {"n", "prompt", *lmlink.ray.COLUMNS}
