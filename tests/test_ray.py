@@ -181,3 +181,15 @@ def test_map_chat_checks_its_arguments_before_running(ray_local: Any) -> None:
             messages_column="messages",
             task=Task.summarize(),
         )
+
+
+def test_a_failure_every_row_shares_fails_the_job(ray_local: Any) -> None:
+    """No endpoint reachable: the job fails with the connection error instead of filling
+    every row's error column."""
+    import lmlink.ray
+
+    ds = ray_local.data.from_items([{"prompt": f"p{i}"} for i in range(4)])
+    out = lmlink.ray.map_chat(ds, endpoint=_dead_url(), model="m")
+    with pytest.raises(Exception, match="APIConnectionError") as caught:  # wrapped by Ray
+        out.take_all()
+    assert "refused" in str(caught.value)
