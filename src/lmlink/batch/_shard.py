@@ -1,7 +1,7 @@
 """Shards, pure: which ids one of N machines runs (``--shard K/N``).
 
-An id belongs to shard ``1 + h % N``, where ``h`` is the first 8 bytes (big-endian) of the
-BLAKE2b hash of its UTF-8 bytes: the same on every machine, Python version and run, and
+An id belongs to shard ``1 + h % N``, where ``h`` is the 8-byte BLAKE2b hash of its UTF-8
+bytes, read little-endian: the same on every machine, Python version and run, and
 independent of the line an id is on, so editing the input (adding, removing, reordering
 rows) never moves an id to another shard. N runs with ``--shard 1/N`` ... ``--shard N/N``,
 each with its own output, cover every id exactly once.
@@ -49,7 +49,7 @@ def parse_shard(value: Any) -> Shard | None:
 def shard_of(item_id: str, count: int) -> int:
     """The shard (1 to ``count``) that ``item_id`` belongs to."""
     digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return 1 + int.from_bytes(digest, "big") % count
+    return 1 + int.from_bytes(digest, "little") % count
 
 
 def take_shard(items: Iterable[T], shard: Shard | None, key: Any = None) -> list[T]:
