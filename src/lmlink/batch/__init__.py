@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ._api import arun_batch, run_batch, run_sync
 from ._input import BatchInputError, BatchItem, ItemFormat, Problem, read_items
-from ._journal import JournalError
+from ._journal import JournalError, SettingsChangedError
 from ._limiter import AIMDLimiter, Outcome
 from ._progress import BatchSummary, Progress, ProgressCallback
 from ._tasks import Task
@@ -33,6 +33,7 @@ __all__ = [
     "Problem",
     "Progress",
     "ProgressCallback",
+    "SettingsChangedError",
     "Task",
     "arun_batch",
     "read_items",
