@@ -333,7 +333,9 @@ class Runner:
         # Streams give a real TTFT; structured output is re-asked only on plain requests.
         stream = self._stream if self._stream is not None else "response_format" not in params
         while True:  # bounded: state.delay_for raises once the retry budget is spent
-            ticket = await self._acquire()
+            ticket = await self._acquire(deadline)
+            if ticket is None:  # the deadline passed while the item waited for a slot
+                return self._past_deadline()
             outcome = Outcome.NEUTRAL
             if deadline is None and self._total is not None:
                 deadline = time.monotonic() + self._total
@@ -378,14 +380,18 @@ class Runner:
         try:
             return await asyncio.wait_for(call, max(left, 0.0))
         except asyncio.TimeoutError:
-            raise APITimeoutError(
-                f"the item's total timeout of {self._total:g} s passed",
-                phase="total",
-                timeout=self._total,
-                reason="timeout",
-            ) from None
+            raise self._past_deadline() from None
 
-    async def _acquire(self) -> int:
+    def _past_deadline(self) -> APITimeoutError:
+        return APITimeoutError(
+            f"the item's total timeout of {self._total:g} s passed",
+            phase="total",
+            timeout=self._total,
+            reason="timeout",
+        )
+
+    async def _acquire(self, deadline: float | None = None) -> int | None:
+        """A limiter ticket; None if ``deadline`` passes first."""
         wake = self._wake
         assert wake is not None
         while True:  # bounded: every finished request wakes the waiters again
@@ -393,7 +399,13 @@ class Runner:
             if ticket is not None:
                 return ticket
             wake.clear()
-            await wake.wait()
+            if deadline is None:
+                await wake.wait()
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                return None
 
     def _release(self, ticket: int, outcome: Outcome) -> None:
         self.limiter.finish(ticket, outcome)
