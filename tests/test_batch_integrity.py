@@ -392,3 +392,17 @@ def test_a_torn_header_is_repaired_but_a_foreign_fragment_is_not(
     result = run_cli(["batch", str(src), "-o", str(other), *args])
     assert result.returncode == 2
     assert other.read_bytes() == b'{"id": "x", "prompt": "half a ro'
+
+
+def test_an_output_with_no_answer_yet_takes_the_new_settings(
+    smart: FakeServer, tmp_path: Path
+) -> None:
+    """A header and no result (a run killed before its first answer): nothing could be
+    mixed, so a run with other settings goes ahead and the header says what it used."""
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    out = write_output(tmp_path / "out.jsonl", [], params={"temperature": 0.1})
+    args = ["batch", str(src), "-o", str(out), "-e", smart.url, "-m", "fake-model"]
+    result = run_cli([*args, "--temperature", "0.9"])
+    assert result.returncode == 0, result.stderr
+    assert read_header(out)["settings"] == settings(params={"temperature": 0.9})
+    assert len(read_jsonl(out)) == 2

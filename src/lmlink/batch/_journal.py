@@ -150,10 +150,16 @@ class Journal:
 
     def write_header(self, settings: Mapping[str, Any]) -> None:
         """Put the header with ``settings`` first in a file that has none: appended to an
-        empty file, or the file rewritten with it in front (an adopted older output)."""
+        empty file, or the file rewritten with it in front (an adopted older output). A
+        file with a header but no result yet (a run that never got an answer) gets the new
+        settings: there is nothing they could be mixed with."""
         if self._fd is None:
             raise JournalError(f"{self.path} is closed")
         line = header_line(settings)
+        header = self.state.header
+        if header is not None and not self.state.done and header.get("settings") != settings:
+            os.ftruncate(self._fd, 0)  # a crash here leaves an empty file: a new output
+            self.state.header = None
         if self.state.legacy:
             new_fd = _rewrite(self.path, set(), header=line)
             os.close(self._fd)

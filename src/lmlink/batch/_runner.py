@@ -179,8 +179,8 @@ class Runner:
         assert self.journal is not None
         header = self.journal.state.header
         old = header.get("settings") if header is not None else None
-        if not isinstance(old, dict) or self._allow_changed:
-            return
+        if not isinstance(old, dict) or self._allow_changed or not self.journal.state.done:
+            return  # no settings recorded, changes allowed, or no answer to mix with
         new = self.settings(model)
         if not model_known:
             new["model"] = old.get("model")
