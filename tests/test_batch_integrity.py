@@ -406,3 +406,24 @@ def test_an_output_with_no_answer_yet_takes_the_new_settings(
     assert result.returncode == 0, result.stderr
     assert read_header(out)["settings"] == settings(params={"temperature": 0.9})
     assert len(read_jsonl(out)) == 2
+
+
+@pytest.mark.parametrize("model", ["-m", "server-default"])
+def test_a_refused_retry_leaves_its_error_lines(
+    smart: FakeServer, tmp_path: Path, model: str
+) -> None:
+    """``--retry-errors`` with other settings is refused before a line is removed, whether
+    the change is seen at once (-m) or once the server names its model."""
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    out = _with_an_error(tmp_path / "out.jsonl")
+    before = out.read_bytes()
+    args = ["batch", str(src), "-o", str(out), "-e", smart.url, "--retry-errors"]
+    if model == "-m":
+        args += ["-m", "other-model"]
+    else:
+        smart.models = ["other-model"]
+    result = run_cli(args)
+    assert result.returncode == 2, result.stderr
+    assert "model 'fake-model' -> 'other-model'" in result.stderr
+    assert out.read_bytes() == before
+    assert smart.stats.chat_requests == 0

@@ -27,7 +27,7 @@ import contextlib
 import os
 import stat
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,13 +112,19 @@ class Journal:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, retry_errors_for: Collection[str] = (), adopt: bool = False
+        cls,
+        path: str | Path,
+        *,
+        retry_errors_for: Collection[str] = (),
+        adopt: bool = False,
+        check: Callable[[JournalState], None] | None = None,
     ) -> Journal:
         """Open (or create) ``path``, lock it, cut off a torn last line, read the ids in it.
 
         The error lines of the ids in ``retry_errors_for`` are removed (the file is rewritten
         atomically), so those ids count as not done. A file without a header is refused,
         unless ``adopt`` is set and it holds only lmlink result lines (``state.legacy``).
+        ``check`` sees the state before any line is removed, and may refuse by raising.
         """
         path = Path(path)
         if path.is_dir():
@@ -131,22 +137,41 @@ class Journal:
             state.created = created
             if created:
                 _fsync_dir(path)
-            drop = {i for i in retry_errors_for if state.done.get(i)}
-            if drop:
-                # The old file stays locked until the new one, locked too, is in its place.
-                new_fd = _rewrite(path, drop)
-                os.close(fd)
-                fd = new_fd
-                for i in drop:
-                    del state.done[i]
-                state.dropped = len(drop)
+            if check is not None:
+                check(state)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.close(fd)
             if isinstance(exc, OSError):
                 raise JournalError(f"cannot use {path}: {exc.strerror or exc}") from exc
             raise
-        return cls(path, fd, state)
+        journal = cls(path, fd, state)
+        try:
+            journal.drop_errors(retry_errors_for)
+        except BaseException:
+            journal.close()
+            raise
+        return journal
+
+    def drop_errors(self, ids: Collection[str]) -> int:
+        """Remove the error lines of ``ids`` (the file is rewritten atomically), so those
+        ids count as not done; returns how many were removed."""
+        if self._fd is None:
+            raise JournalError(f"{self.path} is closed")
+        drop = {i for i in ids if self.state.done.get(i)}
+        if not drop:
+            return 0
+        try:
+            # The old file stays locked until the new one, locked too, is in its place.
+            new_fd = _rewrite(self.path, drop)
+        except OSError as exc:
+            raise JournalError(f"cannot use {self.path}: {exc.strerror or exc}") from exc
+        os.close(self._fd)
+        self._fd = new_fd
+        for i in drop:
+            del self.state.done[i]
+        self.state.dropped += len(drop)
+        return len(drop)
 
     def write_header(self, settings: Mapping[str, Any]) -> None:
         """Put the header with ``settings`` first in a file that has none: appended to an

@@ -125,6 +125,7 @@ class Runner:
         self.limiter = AIMDLimiter(concurrency)
         self.summary = BatchSummary(self.output, total=len(items), concurrency=concurrency)
         self.journal: Journal | None = None
+        self._redo: set[str] = set()  # ids whose error lines --retry-errors replaces
         self.pending: list[BatchItem] = []
         self._latencies: list[float] = []
         self._ttfts: list[float] = []
@@ -136,25 +137,27 @@ class Runner:
     def prepare(self) -> JournalState:
         """Open and lock the output, repair a torn last line, and find the pending items."""
         if self.journal is None:
-            retry = [i.id for i in self.items] if self._retry_errors else ()
+            # The model, when not given, is known once the server is asked; run() checks
+            # it then, before anything is sent.
+            given = self._model or (self._client.model if self._client else None)
             self.journal = Journal.open(
-                self.output, retry_errors_for=retry, adopt=self._allow_changed
+                self.output,
+                adopt=self._allow_changed,
+                check=lambda state: self._check_settings(
+                    given, model_known=given is not None, state=state
+                ),
             )
-            try:
-                # The model, when not given, is known once the server is asked; run()
-                # checks it then, before anything is sent.
-                given = self._model or (self._client.model if self._client else None)
-                self._check_settings(given, model_known=given is not None)
-            except BaseException:
-                self.journal.close()
-                self.journal = None
-                raise
             done = self.journal.state.done
-            self.pending = [i for i in self.items if i.id not in done]
+            # Error lines to redo go once the settings are known to match (in run()).
+            if self._retry_errors:
+                self._redo = {i.id for i in self.items if done.get(i.id)}
+            self.pending = [i for i in self.items if i.id not in done or i.id in self._redo]
             self.summary.skipped = len(self.items) - len(self.pending)
-            self.summary.retried = self.journal.state.dropped
+            self.summary.retried = len(self._redo)
             self.summary.repaired_bytes = self.journal.state.repaired_bytes
-            self.summary.earlier_errors = sum(done.get(i.id, False) for i in self.items)
+            self.summary.earlier_errors = sum(
+                done.get(i.id, False) and i.id not in self._redo for i in self.items
+            )
         return self.journal.state
 
     def close(self) -> None:
@@ -174,12 +177,16 @@ class Runner:
             params=self._params,
         )
 
-    def _check_settings(self, model: str | None, *, model_known: bool) -> None:
+    def _check_settings(
+        self, model: str | None, *, model_known: bool, state: JournalState | None = None
+    ) -> None:
         """Refuse to add to an output made with other settings, unless allowed."""
-        assert self.journal is not None
-        header = self.journal.state.header
+        if state is None:
+            assert self.journal is not None
+            state = self.journal.state
+        header = state.header
         old = header.get("settings") if header is not None else None
-        if not isinstance(old, dict) or self._allow_changed or not self.journal.state.done:
+        if not isinstance(old, dict) or self._allow_changed or not state.done:
             return  # no settings recorded, changes allowed, or no answer to mix with
         new = self.settings(model)
         if not model_known:
@@ -238,6 +245,7 @@ class Runner:
                 model = await self._resolve(client)
                 self._check_settings(model, model_known=True)
                 assert self.journal is not None
+                self.journal.drop_errors(self._redo)
                 self.journal.write_header(self.settings(model))
                 await self._drive(client, cache, model, retry_here=owned)
         except asyncio.CancelledError:
