@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -80,14 +81,7 @@ def say(message: str, **style: Any) -> None:
 
 
 def _silence_stderr() -> None:
-    """Point fd 2 at /dev/null so that flushing stderr at exit cannot fail either."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        os.dup2(null, 2)
-    except OSError:
-        pass
-    finally:
-        os.close(null)
+    """Send later stderr writes (ours, and Python's own at exit) to /dev/null. The file
+    descriptor is left alone: it may be the pipe that broke, never something else."""
+    with contextlib.suppress(OSError):
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives to the exit
