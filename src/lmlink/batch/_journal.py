@@ -60,6 +60,11 @@ class SettingsChangedError(JournalError):
     """The output holds answers made with other settings (another task, labels, template,
     model, sampling parameters...); ``changes`` names each difference. Nothing was sent or
     written. ``allow_changed_settings=True`` (``--allow-changed-settings``) adds to it anyway.
+
+    >>> try:
+    ...     lmlink.run_batch("in.jsonl", "out.jsonl", model="qwen3:8b", temperature=0.7)
+    ... except lmlink.batch.SettingsChangedError as exc:
+    ...     print(exc.changes)          # ["temperature none -> '0.7'"]
     """
 
     changes: list[str]
