@@ -427,3 +427,14 @@ def test_a_refused_retry_leaves_its_error_lines(
     assert "model 'fake-model' -> 'other-model'" in result.stderr
     assert out.read_bytes() == before
     assert smart.stats.chat_requests == 0
+
+
+def test_a_summary_length_change_is_named(smart: FakeServer, tmp_path: Path) -> None:
+    """``summarize --max-words`` lives in the task's instructions, and is checked too."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "a long story"}])
+    out = tmp_path / "out.jsonl"
+    args = ["summarize", str(src), "-o", str(out), "-e", smart.url, "-m", "fake-model"]
+    assert run_cli([*args, "--max-words", "40"]).returncode == 0
+    result = run_cli([*args, "--max-words", "10"])
+    assert result.returncode == 2
+    assert "(the task's instructions)" in result.stderr

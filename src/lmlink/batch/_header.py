@@ -145,8 +145,10 @@ def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
             for name in sorted(set(before) | set(after)):
                 if before.get(name) != after.get(name):
                     out.append(f"{name} {_show(before.get(name))} -> {_show(after.get(name))}")
-        elif key in ("schema", "instructions"):
-            out.append(key)
+        elif key == "schema":
+            out.append("the schema")
+        elif key == "instructions":
+            out.append("the task's instructions")
         else:
             out.append(f"{key} {_show(before)} -> {_show(after)}")
     return out
