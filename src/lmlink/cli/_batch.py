@@ -205,7 +205,7 @@ def run_batch_command(
         code, stopped = 1, f"stopped: {type(exc).__name__}: {for_cli(str(exc))}"
         if not (runner.summary.ok or runner.summary.failed):
             stopped = for_cli(str(exc)) + (
-                "; nothing was written" if created else f"; {output} is unchanged"
+                "; nothing was written" if created else f"; no line was added to {output}"
             )
     except OSError as exc:
         code, stopped = 1, f"stopped: cannot write {output}: {exc.strerror or exc}"
