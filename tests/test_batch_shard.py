@@ -139,3 +139,26 @@ def test_cli_shard_for_batch_and_presets(tmp_path: Path) -> None:
         assert "K/N" in bad.stderr
         assert len(srv.requests) == sent
         assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_the_shard_is_one_of_the_output_settings(tmp_path: Path) -> None:
+    """The header records the shard; adding another shard's answers to an output is refused
+    with a message naming the shard, and nothing is sent."""
+    from lmlink.batch import SettingsChangedError
+
+    rows = [{"id": f"t{i}", "prompt": f"p{i}"} for i in range(30)]
+    out = tmp_path / "out.jsonl"
+    with FakeServer(responder=_echo) as srv:
+        lmlink.run_batch(rows, out, endpoint=srv.url, model="m", shard=(1, 2))
+        header = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+        assert "id" not in header
+        assert header["settings"]["shard"] == "1/2"
+        sent = len(srv.requests)
+        with pytest.raises(SettingsChangedError, match=r"shard '1/2' -> '2/2'"):
+            lmlink.run_batch(rows, out, endpoint=srv.url, model="m", shard=(2, 2))
+        with pytest.raises(SettingsChangedError, match="shard '1/2' -> none"):
+            lmlink.run_batch(rows, out, endpoint=srv.url, model="m")
+        assert len(srv.requests) == sent
+        again = lmlink.run_batch(rows, out, endpoint=srv.url, model="m", shard="1/2")
+        assert again.complete
+        assert len(srv.requests) == sent
