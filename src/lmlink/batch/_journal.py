@@ -1,11 +1,15 @@
-"""The output file, written so that a crash at any moment loses at most the line being written.
+"""The output file, written so that a crash at any moment loses at most the lines being written.
 
-Each result is one JSON line, written with a single ``os.write`` on an ``O_APPEND`` file
-descriptor and then ``os.fsync``-ed, so the file only ever grows by whole lines, and a line
-that was reported written is on disk. A process killed in the middle of a write (or a machine
-that lost power) leaves at most one torn line at the end; :meth:`Journal.open` cuts it off
-before anything else is appended, and reports it. Re-running then finds every finished id
-and skips it.
+Results are JSON lines, written with a single ``os.write`` on an ``O_APPEND`` file descriptor
+(:meth:`Journal.write`, one line or a group of them) and then ``os.fsync``-ed
+(:meth:`Journal.sync`), so the file only ever grows by whole lines, and a line is counted as
+written only once the fsync that covers it has returned. The batch runner commits in groups:
+the lines finished while one fsync runs go out together in the next write and fsync. A
+process killed in the middle of a write (or a machine that lost power) leaves at most one
+torn line at the end; :meth:`Journal.open` cuts it off before anything else is appended,
+and reports it. Re-running then finds every finished id and skips it. Opening reads the file once, line by line, and keeps 8 bytes per id
+(:class:`~lmlink.batch._doneset.DoneSet`), whatever the size of the file. A first line that
+is a JSON object without an ``"id"`` is the file's header record, not a result.
 
 Only one run may write a file at a time: the file is locked with ``flock`` (the lock goes
 away with the process, however it dies). Rewriting the file (``--retry-errors``) writes a
@@ -18,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Collection, Mapping
+from array import array
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,8 @@ import orjson
 
 from lmlink._errors import ConfigurationError
 from lmlink._log import log
+
+from ._doneset import DigestSet, DoneSet, digest
 
 __all__ = ["Journal", "JournalError", "JournalState", "encode_record"]
 
@@ -49,12 +56,13 @@ def _rebuild(message: str, busy: bool) -> JournalError:
 class JournalState:
     """What an existing output file already holds.
 
-    ``done`` maps each id to True when its line is an error; ``repaired_bytes`` is the size of
-    the torn last line that was cut off (0 if none); ``dropped`` the error lines removed for
-    a retry.
+    ``done`` holds every id with a line (``id in done``; ``done.failed(id)`` when its only
+    lines are errors), 8 bytes per id; ``repaired_bytes`` is the size of the torn last line
+    that was cut off (0 if none); ``dropped`` the ids whose error lines were removed for a
+    retry.
     """
 
-    done: dict[str, bool] = field(default_factory=dict)
+    done: DoneSet = field(default_factory=DoneSet)
     repaired_bytes: int = 0
     dropped: int = 0
     created: bool = False
@@ -66,11 +74,13 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
 
 
 class Journal:
-    """An append-only JSONL file of results, one fsynced line per record.
+    """An append-only JSONL file of results: whole lines, fsynced in groups.
 
     >>> journal = Journal.open("out.jsonl")
-    >>> journal.state.done          # {"t1": False, "t2": True}: ids already there
-    >>> journal.append({"id": "t3", "content": "..."})
+    >>> "t1" in journal.state.done  # ids already there
+    >>> journal.append({"id": "t3", "content": "..."})        # one line, written and fsynced
+    >>> journal.write([encode_record(r) for r in records])    # many lines, one write
+    >>> journal.sync()                                        # now they are on disk
     >>> journal.close()
     """
 
@@ -84,7 +94,8 @@ class Journal:
     def open(cls, path: str | Path, *, retry_errors_for: Collection[str] = ()) -> Journal:
         """Open (or create) ``path``, lock it, cut off a torn last line, read the ids in it.
 
-        The error lines of the ids in ``retry_errors_for`` are removed (the file is rewritten
+        The error lines of the ids in ``retry_errors_for`` (id strings, or a
+        :class:`~lmlink.batch._doneset.DigestSet`) are removed (the file is rewritten
         atomically), so those ids count as not done.
         """
         path = Path(path)
@@ -98,14 +109,13 @@ class Journal:
             state.created = created
             if created:
                 _fsync_dir(path)
-            drop = {i for i in retry_errors_for if state.done.get(i)}
+            drop = _failed_among(state.done, retry_errors_for)
             if drop:
                 # The old file stays locked until the new one, locked too, is in its place.
                 new_fd = _rewrite_without(path, drop)
                 os.close(fd)
                 fd = new_fd
-                for i in drop:
-                    del state.done[i]
+                state.done = state.done.without_errors(drop)
                 state.dropped = len(drop)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -117,14 +127,27 @@ class Journal:
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one record as one line and wait until it is on disk."""
+        self.write([encode_record(record)])
+        self.sync()
+
+    def write(self, lines: list[bytes]) -> None:
+        """Append whole ``lines`` (each ending in a newline) in one write; they are on disk
+        once :meth:`sync` returns."""
         if self._fd is None:
             raise JournalError(f"{self.path} is closed")
-        data = memoryview(encode_record(record))
+        data = memoryview(lines[0] if len(lines) == 1 else b"".join(lines))
         while data:  # one write in practice; a short write only on a full disk or a signal
             written = os.write(self._fd, data)
             data = data[written:]
-        os.fsync(self._fd)
-        self.written += 1
+        self.written += len(lines)
+
+    def sync(self) -> None:
+        """Wait until everything written is on disk (safe to call from another thread
+        while the event loop goes on; :meth:`close` only after it returned)."""
+        fd = self._fd
+        if fd is None:
+            raise JournalError(f"{self.path} is closed")
+        os.fsync(fd)
 
     def close(self) -> None:
         """Release the lock and the file; idempotent."""
@@ -203,26 +226,61 @@ def _foreign(path: Path, where: str) -> JournalError:
     )
 
 
+def _lines(fd: int) -> Iterator[tuple[int, bytes, bool]]:
+    """``(offset, line, whole)`` for every line of the file, read in 1 MiB blocks: ``whole``
+    is False only for a last line without its newline."""
+    os.lseek(fd, 0, os.SEEK_SET)  # reads start here; O_APPEND still sends writes to the end
+    offset = 0
+    rest = b""
+    while block := os.read(fd, 1 << 20):
+        data = rest + block if rest else block
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            yield offset + start, data[start:end], True
+            start = end + 1
+        offset += start
+        rest = data[start:]
+    if rest:
+        yield offset, rest, False
+
+
+def _header(value: Any) -> bool:
+    """A first line that is an object without an "id": the file's header record."""
+    return isinstance(value, dict) and "id" not in value
+
+
 def _read(path: Path, fd: int) -> JournalState:
     """Every id in the file. Nothing is changed until the whole file is known to be lmlink
     output: then a torn last line is cut off, or a whole one missing its newline ended."""
     state = JournalState()
-    data = _read_all(fd)
-    end = data.rfind(b"\n") + 1
-    records = []
-    for n, line in enumerate(data[:end].split(b"\n")[:-1], 1):
-        if line.strip():
-            record = _record(_value(line))
-            if record is None:
-                raise _foreign(path, f"line {n}")
-            records.append(record)
-    tail = data[end:]
+    ok: array[int] = array("Q")
+    errors: array[int] = array("Q")
+    lines = 0
+    tail = b""
+    end = 0
+    for n, (offset, line, whole) in enumerate(_lines(fd), 1):
+        if not whole:
+            tail, end = line, offset
+            break
+        end = offset + len(line) + 1
+        if not line.strip():
+            continue
+        value = _value(line)
+        record = _record(value)
+        if record is None:
+            if n == 1 and _header(value):
+                continue
+            raise _foreign(path, f"line {n}")
+        (errors if "error" in record else ok).append(digest(record["id"]))
+        lines += 1
     value = _value(tail) if tail.strip() else _NOT_JSON
     if value is not _NOT_JSON:
         last = _record(value)
         if last is None:
             raise _foreign(path, "ends in a line that")
-        records.append(last)  # killed between the record and its newline: it is whole
+        # killed between the record and its newline: it is whole
+        (errors if "error" in last else ok).append(digest(last["id"]))
+        lines += 1
         os.write(fd, b"\n")
         os.fsync(fd)
     elif tail:
@@ -236,15 +294,8 @@ def _read(path: Path, fd: int) -> JournalState:
             path,
             state.repaired_bytes,
         )
-    done = state.done
-    repeated = 0
-    for record in records:
-        failed = "error" in record
-        before = done.get(record["id"])
-        if before is not None:
-            repeated += 1
-            failed = failed and before  # one answer is enough: the id is done
-        done[record["id"]] = failed
+    state.done = DoneSet.of(ok=ok, errors=errors)
+    repeated = lines - len(state.done)
     if repeated:
         log.warning(
             "lmlink: %s has %d lines for ids it already holds (files joined by hand?); "
@@ -255,28 +306,32 @@ def _read(path: Path, fd: int) -> JournalState:
     return state
 
 
-def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)  # reads start here; O_APPEND still sends writes to the end
-    chunks: list[bytes] = []
-    while chunk := os.read(fd, 1 << 24):
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _failed_among(done: DoneSet, ids: Collection[str] | DigestSet) -> DigestSet:
+    """The ids of ``ids`` whose only lines in the file are errors."""
+    if not ids or not len(done.errors):
+        return DigestSet()
+    wanted = ids if isinstance(ids, DigestSet) else DigestSet.of(digest(i) for i in ids)
+    return DigestSet.of(d for d in done.errors if d in wanted)
 
 
-def _rewrite_without(path: Path, drop: set[str]) -> int:
+def _rewrite_without(path: Path, drop: DigestSet) -> int:
     """Replace ``path`` by a copy without the error lines of ``drop``; return a locked
-    O_APPEND descriptor on the new file."""
-    with open(path, "rb") as src:
-        kept = [
-            line for line in src.read().split(b"\n") if line.strip() and not _is_dropped(line, drop)
-        ]
+    O_APPEND descriptor on the new file. Copied in blocks: memory does not grow with it."""
     tmp, fd = _create_temp(path)
     try:
         _lock(fd, tmp)
-        payload = b"".join(line + b"\n" for line in kept)
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
+        with open(path, "rb") as src:
+            block: list[bytes] = []
+            size = 0
+            for line in src:
+                if not line.strip() or _is_dropped(line, drop):
+                    continue
+                block.append(line if line.endswith(b"\n") else line + b"\n")
+                size += len(line)
+                if size >= 1 << 20:
+                    _write_all(fd, b"".join(block))
+                    block, size = [], 0
+            _write_all(fd, b"".join(block))
         os.fsync(fd)
         os.replace(tmp, path)
         _fsync_dir(path)
@@ -303,9 +358,15 @@ def _create_temp(path: Path) -> tuple[Path, int]:
     raise JournalError(f"cannot create a temporary file next to {path}")
 
 
-def _is_dropped(line: bytes, drop: set[str]) -> bool:
-    record = orjson.loads(line)
-    return record["id"] in drop and "error" in record
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _is_dropped(line: bytes, drop: DigestSet) -> bool:
+    record = _record(_value(line))
+    return record is not None and "error" in record and record["id"] in drop
 
 
 def _fsync_dir(path: Path) -> None:
