@@ -1,15 +1,17 @@
-"""The output file, written so that a crash at any moment loses at most the lines being written.
+"""The output file, written so that a crash at any moment loses at most the lines being
+written.
 
-Results are JSON lines, written with a single ``os.write`` on an ``O_APPEND`` file descriptor
-(:meth:`Journal.write`, one line or a group of them) and then ``os.fsync``-ed
+Results are JSON lines, written with a single ``os.write`` on an ``O_APPEND`` file
+descriptor (:meth:`Journal.write`, one line or a group of them) and then ``os.fsync``-ed
 (:meth:`Journal.sync`), so the file only ever grows by whole lines, and a line is counted as
 written only once the fsync that covers it has returned. The batch runner commits in groups:
 the lines finished while one fsync runs go out together in the next write and fsync. A
 process killed in the middle of a write (or a machine that lost power) leaves at most one
-torn line at the end; :meth:`Journal.open` cuts it off before anything else is appended,
-and reports it. Re-running then finds every finished id and skips it. Opening reads the file once, line by line, and keeps 8 bytes per id
-(:class:`~lmlink.batch._doneset.DoneSet`), whatever the size of the file. A first line that
-is a JSON object without an ``"id"`` is the file's header record, not a result.
+torn line at the end; :meth:`Journal.open` cuts it off before anything else is appended, and
+reports it. Re-running then finds every finished id and skips it. Opening reads the file
+once, line by line, and keeps 8 bytes per id (:class:`~lmlink.batch._doneset.DoneSet`),
+whatever the size of the file. A first line that is a JSON object without an ``"id"`` is the
+file's header record, not a result.
 
 Only one run may write a file at a time: the file is locked with ``flock`` (the lock goes
 away with the process, however it dies). Rewriting the file (``--retry-errors``) writes a
