@@ -93,7 +93,9 @@ class Journal:
         self.written = 0
 
     @classmethod
-    def open(cls, path: str | Path, *, retry_errors_for: Collection[str] = ()) -> Journal:
+    def open(
+        cls, path: str | Path, *, retry_errors_for: Collection[str] | DigestSet = ()
+    ) -> Journal:
         """Open (or create) ``path``, lock it, cut off a torn last line, read the ids in it.
 
         The error lines of the ids in ``retry_errors_for`` (id strings, or a

@@ -44,7 +44,7 @@ def progress_line(p: Progress) -> str:
     parts += [
         f"{p.rate:.1f} items/s",
         f"{p.tokens_per_s:,.0f} tok/s",
-        f"concurrency {p.concurrency}",
+        f"in flight {p.in_flight}/{p.concurrency}",
         f"elapsed {_eta(p.elapsed_s)}",
     ]
     if not p.final:
@@ -108,7 +108,7 @@ class RichView:
         failed = f"[red]{progress.failed} failed[/]" if progress.failed else "0 failed"
         stats = (
             f"{progress.rate:.1f}/s · {progress.tokens_per_s:,.0f} tok/s · {failed} · "
-            f"conc {progress.concurrency} · ETA {_eta(progress.eta_s)}"
+            f"limit {progress.concurrency} · ETA {_eta(progress.eta_s)}"
         )
         if progress.final:
             stats = f"{progress.rate:.1f}/s · {progress.tokens_per_s:,.0f} tok/s · {failed}"
