@@ -62,7 +62,8 @@ async def arun_batch(
     adapts to the server: it starts at 1, doubles while throughput grows, settles where more
     would only add latency, halves on 429, 503 and timeouts, and keeps probing so that it
     follows a server that changes (:class:`~lmlink.batch.AdaptiveLimiter`). An integer is
-    the most it may reach. ``cache`` is an SQLite file of answers
+    the most it may reach, and where it starts: it comes down only if the server does as
+    well with fewer. ``cache`` is an SQLite file of answers
     (keyed on endpoint, model, parameters and messages; a hit sends nothing).
     ``retry_errors`` sends the items whose line is an error again. ``stream`` picks
     streamed or plain requests (default: streams, which give a real time to first token,

@@ -158,6 +158,7 @@ class AdaptiveLimiter:
       changes (another client, a reloaded model) without being told.
     - *Overload* (429, 503, a timeout): the limit halves at once (multiplicative decrease),
       once per burst: only a request started after the last decrease can cause another.
+      Then it starts again from there, doubling up to one below the level that overloaded.
       A ``retry_after`` holds every new request back until it has passed (capped at 60 s).
 
     Scale-free: it compares ratios, so a slow model and a fast one give the same decisions
@@ -195,11 +196,12 @@ class AdaptiveLimiter:
         self.low = self.high = self.limit  # the range the limit took (probes included)
         self._min_samples = min_samples
         self._phase = "startup"  # "startup", "cruise", "up" or "down" (a probe)
+        self._top = ceiling  # startup doubles up to this
         self._next_probe = "down"
         self._cruised = 0  # windows at the cruising level since the last probe
         self._last: _Sample | None = None  # the last startup or cruise window
         self._window = 0
-        self._measuring: float | None = None
+        self._measuring: float | None = now  # nothing in flight yet: measure at once
         self._opened = now
         self._stamp = now  # when in_flight last changed
         self._area = 0.0  # integral of in_flight over the window
@@ -266,7 +268,9 @@ class AdaptiveLimiter:
         self.low = min(self.low, self.limit)
         self.high = max(self.high, self.limit)
         self._window += 1
-        self._measuring = None
+        # Requests from before the change bias a window until they are back; with none in
+        # flight there is nothing to wait for.
+        self._measuring = None if self.in_flight else now
         self._opened = self._stamp = now
         self._area = 0.0
         self._samples = 0
@@ -275,8 +279,12 @@ class AdaptiveLimiter:
     def _decrease(self, now: float) -> None:
         self.epoch += 1
         self.decreases += 1
-        self.cruise = max(self.floor, int(self.limit * _BETA))
-        self._phase = "cruise"
+        before = self.limit
+        self.cruise = max(self.floor, int(before * _BETA))
+        # Recover as from a start, but only up to just below where it overloaded: a
+        # passing 429 costs a few windows, a real limit is not hit again at once.
+        self._phase = "startup"
+        self._top = max(self.cruise, before - 1)
         self._next_probe = "up"
         self._cruised = 0
         self._last = None
@@ -313,10 +321,10 @@ class AdaptiveLimiter:
         e = None if last is None else _elasticity(last, sample)
         if last is None or (e is not None and e >= _GROW_E):
             self._last = sample
-            if self.limit >= self.ceiling:
+            if self.limit >= self._top:
                 self._settle(self.limit, sample, now)
             else:
-                self._set(self.limit * 2, now)
+                self._set(min(self._top, self.limit * 2), now)
             return
         if e is None:
             self._settle(self.limit, sample, now)
@@ -325,6 +333,7 @@ class AdaptiveLimiter:
 
     def _settle(self, level: int, sample: _Sample, now: float) -> None:
         self._phase = "cruise"
+        self._top = self.ceiling
         self.cruise = level
         self._last = sample
         self._cruised = 0

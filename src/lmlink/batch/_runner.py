@@ -137,7 +137,10 @@ class Runner:
         self._stream = stream
         self.on_progress = on_progress
         self._params = {**self.task.params, **(params or {})}
-        self.limiter = AdaptiveLimiter(ceiling)
+        # Auto starts low and ramps up; a limit given by hand is where it starts (it only
+        # comes down if the server does as well with fewer).
+        auto = concurrency is None or concurrency == "auto"
+        self.limiter = AdaptiveLimiter(ceiling, initial=1 if auto else ceiling)
         self.summary = BatchSummary(self.output, total=len(items), concurrency=ceiling)
         self.journal: Journal | None = None
         self.pending_count = 0
