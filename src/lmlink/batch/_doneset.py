@@ -4,7 +4,7 @@ A batch of ten million rows cannot keep ten million id strings (or Python ints: 
 bytes each in a ``set``) just to know which are done or repeated. An id is reduced to a
 64-bit BLAKE2b digest; a :class:`DigestSet` keeps its digests sorted in one ``array('Q')``
 (8 bytes each) and answers membership by binary search. It is built in one go from any
-number of digests: sorted in runs of 65,536, then merged, so building never holds more than
+number of digests: sorted in runs of 16,384, then merged, so building never holds more than
 the array, a copy of it and one run as Python objects.
 
 Two different ids share a digest with probability about n²/2⁶⁵: one in 370,000 for a
@@ -23,7 +23,7 @@ from hashlib import blake2b
 
 __all__ = ["DigestSet", "DoneSet", "digest", "repeated"]
 
-_RUN = 1 << 16
+_RUN = 1 << 14
 
 
 def digest(key: str) -> int:
@@ -36,32 +36,38 @@ def digest(key: str) -> int:
     return int.from_bytes(raw, "little")
 
 
-def _sorted(values: array[int]) -> Iterator[int]:
-    """``values`` in ascending order, sorted in runs and merged (bounded extra memory)."""
-    if len(values) <= _RUN:
-        yield from sorted(values)
-        return
+def _runs(values: array[int], *, consume: bool) -> list[array[int]]:
+    """``values`` cut in sorted runs; ``consume`` empties ``values`` once they are made, so
+    the two never coexist for long."""
     runs = [array("Q", sorted(values[i : i + _RUN])) for i in range(0, len(values), _RUN)]
-    yield from heapq.merge(*runs)
+    if consume:
+        del values[:]
+    return runs
 
 
-def _unique(ordered: Iterable[int]) -> Iterator[int]:
+def _build(values: array[int], *, consume: bool) -> tuple[array[int], array[int]]:
+    """The distinct values of ``values``, ascending, and those that occur more than once."""
+    runs = _runs(values, consume=consume)
+    size = sum(len(r) for r in runs)
+    out: array[int] = array("Q", [0]) * size  # filled in place: no regrowth
+    twice: array[int] = array("Q")
+    n = 0
     last = -1
-    for value in ordered:
-        if value != last:
-            yield value
-            last = value
+    for value in runs[0] if len(runs) == 1 else heapq.merge(*runs):
+        if n and value == last:
+            if not twice or twice[-1] != value:
+                twice.append(value)
+            continue
+        out[n] = value
+        n += 1
+        last = value
+    del out[n:]
+    return out, twice
 
 
 def repeated(values: array[int]) -> array[int]:
     """The digests that occur more than once in ``values``, each once, ascending."""
-    out: array[int] = array("Q")
-    last = -1
-    for value in _sorted(values):
-        if value == last and (not out or out[-1] != value):
-            out.append(value)
-        last = value
-    return out
+    return _build(values, consume=False)[1]
 
 
 class DigestSet:
@@ -81,7 +87,14 @@ class DigestSet:
     def of(cls, digests: Iterable[int]) -> DigestSet:
         """The set of ``digests`` (any order, repeats allowed)."""
         values = digests if isinstance(digests, array) else array("Q", digests)
-        return cls(array("Q", _unique(_sorted(values))))
+        return cls(_build(values, consume=False)[0])
+
+    @classmethod
+    def taking(cls, digests: array[int]) -> tuple[DigestSet, array[int]]:
+        """The set of ``digests`` and the ones repeated in it; ``digests`` is emptied on
+        the way (its memory is reused, not doubled)."""
+        keys, twice = _build(digests, consume=True)
+        return cls(keys), twice
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, str):

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import orjson
 
-from ._doneset import DigestSet, digest, repeated
+from ._doneset import DigestSet, digest
 from ._input import (
     BatchInputError,
     BatchItem,
@@ -159,7 +159,7 @@ def scan_items(source: str | Path, fmt: ItemFormat | None = None) -> ItemSource:
             problems.append(Problem(line, found))
         else:
             count += 1
-    twice = repeated(digests)
+    ids, twice = DigestSet.taking(digests)
     if len(twice):
         again = ItemSource(name, fmt, fields, 0, DigestSet(), path=path, spool=spool)
         problems = _with_duplicates(problems, _duplicates(again, DigestSet(twice)))
@@ -169,7 +169,6 @@ def scan_items(source: str | Path, fmt: ItemFormat | None = None) -> ItemSource:
         if spool is not None:
             spool.close()
         raise BatchInputError.of(name, problems)
-    ids = DigestSet.of(digests)
     return ItemSource(name, fmt, fields, count, ids, path=path, spool=spool)
 
 
