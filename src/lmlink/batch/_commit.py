@@ -8,8 +8,8 @@ receiving meanwhile; the lines that finish during that fsync make up the next gr
 when the fsync covering a line has returned are its marks handed to ``on_commit``: an id
 counts as done, for the summary and for progress, once it is on disk, never before.
 
-How many lines go together follows the disk: one per fsync when results are rare, hundreds
-when they come faster than the disk syncs. :meth:`finish` (at the end, after an error or a
+How many lines go together follows the load: one per fsync when results are rare; when
+they come fast, all that finish during one fsync, and at least 2 ms' worth, go in the next. :meth:`finish` (at the end, after an error or a
 cancellation) waits for the fsync in flight, writes and syncs what is left, and commits it:
 every result that was known is written, as before.
 """
@@ -26,6 +26,7 @@ from ._journal import Journal
 __all__ = ["GroupCommit"]
 
 _MAX_WAITING = 4096  # lines waiting before producers are asked to wait for the flusher
+_GATHER_S = 0.002  # how long a group gathers before its write; small beside any LLM call
 
 
 class GroupCommit:
@@ -77,6 +78,7 @@ class GroupCommit:
             ready.set()
         while True:  # cancelled by the runner when the run ends
             await ready.wait()
+            await asyncio.sleep(_GATHER_S)  # let a group form: one fsync for all of it
             ready.clear()
             if not self._lines:
                 continue

@@ -97,6 +97,7 @@ _BETA = 0.5  # multiplicative decrease on overload
 _MAX_PAUSE = 60.0  # a Retry-After longer than this is capped (seconds)
 _CHANGED = 1.25  # a cruise window this much faster or slower than the last: re-probe now
 _STARTUP_SAMPLES = 4  # doubling is a big step: a few latencies tell it apart
+_MIN_WINDOW_S = 0.1  # sub-millisecond answers (a cache, a tiny model) need more of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,8 @@ class AdaptiveLimiter:
 
     It measures in *windows*: after each change of the limit, once the first request started
     under the new limit is back (the old ones have cleared), the requests started from then
-    on are timed until ``max(min_samples, limit)`` of them have finished (4 in startup). By Little's
+    on are timed until ``max(min_samples, limit)`` of them have finished (4 in startup), and
+    for at least 0.1 s. By Little's
     law the throughput of a window is the mean number in flight over the mean latency, so
     only latencies are needed (errors that come back fast do not look like speed). Between
     two windows at concurrencies ``c1 < c2`` the *elasticity* ``ln(x2/x1) / ln(c2/c1)`` of
@@ -252,7 +254,7 @@ class AdaptiveLimiter:
         self._samples += 1
         self._latency_sum += max(0.0, now - ticket.started)
         least = _STARTUP_SAMPLES if self._phase == "startup" else self._min_samples
-        if self._samples >= max(least, self.limit):
+        if self._samples >= max(least, self.limit) and now - self._measuring >= _MIN_WINDOW_S:
             self._close_window(now)
 
     # -- windows ----------------------------------------------------------------------------

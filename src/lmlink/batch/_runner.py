@@ -6,9 +6,10 @@ committed to the output in groups (:mod:`lmlink.batch._commit`). How a failure i
 Memory depends on the concurrency, not on the input: the input is read one row at a time
 (:mod:`lmlink.batch._source`), the output's ids are 8 bytes each
 (:mod:`lmlink.batch._doneset`), latencies go into histograms (:mod:`lmlink.batch._stats`)
-and the cache is asked one item at a time. A dispatcher starts one task per item while
-fewer items are under way than the limit allows; an item keeps its task through its
-retries, so the items under way never outnumber the limit's highest value.
+and the cache is asked one item at a time. Workers, twice as many as the limit (plus
+two), each take the next item, wait for a slot per attempt, and write the result; so the
+items under way never outnumber twice the limit's highest value, and a freed slot is taken
+at once by a worker that is waiting with its item.
 
 When the runner made the client, 429 and 503 are retried here rather than inside the
 client, so that every one of them reaches the limiter; the retry budget and the waits are
@@ -149,8 +150,11 @@ class Runner:
         self._ttfts = Histogram()
         self._started = 0.0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._room: asyncio.Event | None = None
-        self._active = 0
+        self._workers: set[asyncio.Future[Any]] = set()
+        self._work: Iterator[BatchItem] = iter(())
+        self._job: tuple[AsyncClient, ResponseCache | None, str | None, bool] | None = None
+        self._exhausted = False
+        self._ended: asyncio.Event | None = None
         self._failure: BaseException | None = None
 
     # -- setup --------------------------------------------------------------------------
@@ -267,88 +271,84 @@ class Runner:
         retry_here: bool,
     ) -> None:
         assert self.journal is not None
-        loop = asyncio.get_running_loop()
         self._commit = commit = GroupCommit(self.journal, self._committed)
-        self._room = room = asyncio.Event()
-        tasks: set[asyncio.Future[Any]] = set()
-
-        def ended(task: asyncio.Future[Any]) -> None:
-            tasks.discard(task)
-            self._active -= 1
-            if not task.cancelled() and task.exception() is not None and self._failure is None:
-                self._failure = task.exception()
-            room.set()
-
-        def helper_ended(task: asyncio.Future[Any]) -> None:
-            if not task.cancelled() and task.exception() is not None and self._failure is None:
-                self._failure = task.exception()
-                room.set()
-
+        self._ended = ended = asyncio.Event()
+        self._work = self.pending()
+        self._job = (client, cache, model, retry_here)
         flusher = asyncio.ensure_future(commit.run())
-        flusher.add_done_callback(helper_ended)
+        flusher.add_done_callback(self._helper_ended)
         ticker = asyncio.ensure_future(self._tick())
         self._emit()
-        hits = 0
         try:
-            for item in self.pending():
-                item_model = item.options.get("model", model)
-                params = {**self._params, **{k: v for k, v in item.options.items() if k != "model"}}
-                key = None
-                if cache is not None and client.endpoint is not None and item_model is not None:
-                    key = cache_key(client.endpoint, item_model, item.messages, params)
-                    hit = None if key is None else cache.get(key)
-                    if hit is not None:
-                        self._record_cached(item, hit)
-                        hits += 1
-                        if hits % 64 == 0:
-                            await asyncio.sleep(0)  # a run of hits must not starve the loop
-                        await commit.room()
-                        continue
-                while self._active >= self.limiter.limit and self._failure is None:
-                    room.clear()
-                    await room.wait()
-                if self._failure is not None:
-                    break
-                self._active += 1
-                task = loop.create_task(
-                    self._one(item, client, cache, key, item_model, params, retry_here)
-                )
-                tasks.add(task)
-                task.add_done_callback(ended)
-            while tasks and self._failure is None:
-                room.clear()
-                await room.wait()
+            self._spawn()
+            await ended.wait()
             if self._failure is not None:
                 raise self._failure
         finally:
-            helpers: list[asyncio.Future[Any]] = [*tasks, ticker, flusher]
+            helpers: list[asyncio.Future[Any]] = [*self._workers, ticker, flusher]
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+
+    def _spawn(self) -> None:
+        """Enough workers for the limit: twice as many, so that a slot freed while its
+        worker writes the result is taken at once by one that is waiting."""
+        want = min(self.limiter.ceiling, 2 * self.limiter.limit + 2)
+        loop = asyncio.get_running_loop()
+        while len(self._workers) < want and not self._exhausted:
+            worker = loop.create_task(self._worker())
+            self._workers.add(worker)
+            worker.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, worker: asyncio.Future[Any]) -> None:
+        self._workers.discard(worker)
+        if not worker.cancelled() and worker.exception() is not None:
+            self._failure = self._failure or worker.exception()
+        if (self._failure is not None or not self._workers) and self._ended is not None:
+            self._ended.set()
+
+    def _helper_ended(self, helper: asyncio.Future[Any]) -> None:
+        if not helper.cancelled() and helper.exception() is not None:
+            self._failure = self._failure or helper.exception()
+            if self._ended is not None:
+                self._ended.set()
 
     async def _tick(self) -> None:
         while True:  # cancelled when the workers are done
             await asyncio.sleep(_TICK)
             self._emit()
 
-    async def _one(
-        self,
-        item: BatchItem,
-        client: AsyncClient,
-        cache: ResponseCache | None,
-        key: str | None,
-        model: str | None,
-        params: dict[str, Any],
-        retry_here: bool,
-    ) -> None:
-        result = await self._attempts(client, item, model, params, retry_here)
-        if isinstance(result, LMLinkError):
-            self._record_error(item, result)
-        else:
-            record = success_record(item.id, result, self.task, client.redact)
-            self._record_ok(record, result)
-            if cache is not None and key is not None:
-                cache.put(key, {k: v for k, v in record.items() if k != "id"})
+    async def _worker(self) -> None:
+        assert self._job is not None
+        assert self._commit is not None
+        client, cache, model, retry_here = self._job
+        hits = 0
+        while True:  # bounded: ends when the input does
+            item = next(self._work, None)
+            if item is None:
+                self._exhausted = True
+                return
+            item_model = item.options.get("model", model)
+            params = {**self._params, **{k: v for k, v in item.options.items() if k != "model"}}
+            key = None
+            if cache is not None and client.endpoint is not None and item_model is not None:
+                key = cache_key(client.endpoint, item_model, item.messages, params)
+                hit = None if key is None else cache.get(key)
+                if hit is not None:
+                    self._record_cached(item, hit)
+                    hits += 1
+                    if hits % 16 == 0:
+                        await asyncio.sleep(0)  # a run of hits must not starve the loop
+                    await self._commit.room()
+                    continue
+            result = await self._attempts(client, item, item_model, params, retry_here)
+            if isinstance(result, LMLinkError):
+                self._record_error(item, result)
+            else:
+                record = success_record(item.id, result, self.task, client.redact)
+                self._record_ok(record, result)
+                if cache is not None and key is not None:
+                    cache.put(key, {k: v for k, v in record.items() if k != "id"})
 
     async def _attempts(
         self,
@@ -428,8 +428,8 @@ class Runner:
             if not waiter.done():
                 waiter.set_result(None)
                 free -= 1
-        if self._room is not None:
-            self._room.set()
+        if len(self._workers) < 2 * self.limiter.limit + 2 and not self._exhausted:
+            self._spawn()  # the limit grew
 
     # -- bookkeeping: staged at once, counted once on disk ------------------------------
 
