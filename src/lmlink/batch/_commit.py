@@ -8,10 +8,11 @@ receiving meanwhile; the lines that finish during that fsync make up the next gr
 when the fsync covering a line has returned are its marks handed to ``on_commit``: an id
 counts as done, for the summary and for progress, once it is on disk, never before.
 
-How many lines go together follows the load: one per fsync when results are rare; when
-they come fast, all that finish during one fsync, and at least 2 ms' worth, go in the next. :meth:`finish` (at the end, after an error or a
-cancellation) waits for the fsync in flight, writes and syncs what is left, and commits it:
-every result that was known is written, as before.
+How many lines go together follows the load: one per fsync when results are rare; when they
+come fast, all that finish during one fsync, and at least 2 ms' worth, go in the next.
+:meth:`finish` (at the end, after an error or a cancellation) waits for the fsync in flight,
+writes and syncs what is left, and commits it: every result that was known is written, as
+before.
 """
 
 from __future__ import annotations
