@@ -90,6 +90,8 @@ class AIMDLimiter:
 AUTO_CEILING = 1024
 
 _GROW_E = 0.2  # elasticity of throughput to concurrency below which more is not worth it
+_CHEAP_S = 0.01  # below this latency, more in flight is worth it while throughput grows at all
+_CHEAP_E = 0.05
 _PROBE_GAIN = 1.5  # a probe runs one window at 1.5x (or 1/1.5x) the cruising limit
 _CRUISE_WINDOWS = 4  # windows at the cruising limit between two probes
 _BUSY = 0.75  # a window whose mean in-flight stayed below 75 % of its limit says nothing
@@ -124,6 +126,16 @@ class _Sample:
         return self.busy / self.latency if self.latency > 0 else math.inf
 
 
+def _worth(low: _Sample, high: _Sample) -> bool | None:
+    """Whether the higher concurrency served enough more to be worth its latency; None when
+    the windows cannot tell. Answers that take under 10 ms (a cache, a tiny model, a fast
+    fake server) cost nothing worth saving, so there any real gain counts."""
+    e = _elasticity(low, high)
+    if e is None:
+        return None
+    return e >= (_CHEAP_E if high.latency < _CHEAP_S else _GROW_E)
+
+
 def _elasticity(low: _Sample, high: _Sample) -> float | None:
     """How much throughput grew for the concurrency added, in logs: 1 when it grew in
     proportion (a server with idle slots), 0 when it did not grow (requests only queue).
@@ -151,7 +163,8 @@ class AdaptiveLimiter:
 
     - *Startup*: from ``initial`` the limit doubles every window while the elasticity stays
       above 0.2 (slow start, as in TCP and BBR); at the first window where doubling bought
-      less than that, it settles on the previous level.
+      less than that, it settles on the previous level. Where answers take under 10 ms,
+      latency is not worth saving and 0.05 is enough.
     - *Cruise and probe*: it holds that level for four windows, then probes one window at
       1.5 times it, or at a third less, alternately (BBR's gain cycling, with the
       latency-gradient test of Vegas and Netflix's Gradient limiter in elasticity form). A
@@ -320,15 +333,15 @@ class AdaptiveLimiter:
 
     def _startup(self, sample: _Sample, now: float) -> None:
         last = self._last
-        e = None if last is None else _elasticity(last, sample)
-        if last is None or (e is not None and e >= _GROW_E):
+        worth = None if last is None else _worth(last, sample)
+        if last is None or worth:
             self._last = sample
             if self.limit >= self._top:
                 self._settle(self.limit, sample, now)
             else:
                 self._set(min(self._top, self.limit * 2), now)
             return
-        if e is None:
+        if worth is None:
             self._settle(self.limit, sample, now)
         else:
             self._settle(last.level, last, now)
@@ -363,9 +376,8 @@ class AdaptiveLimiter:
         if last is None:
             self._settle(self.cruise, sample, now)
             return
-        e = _elasticity(last, sample) if up else _elasticity(sample, last)
-        keep = e is not None and e >= _GROW_E
-        if (up and keep) or (not up and e is not None and not keep):
+        worth = _worth(last, sample) if up else _worth(sample, last)
+        if (up and worth) or (not up and worth is False):
             self.cruise = sample.level
             self._last = sample
             self._probe("up" if up else "down", now)  # it moved: look further the same way
