@@ -108,7 +108,7 @@ def _batch(
 
 
 def _p50(out: Path) -> float:
-    values = []
+    values: list[float] = []
     with out.open("rb") as f:
         for line in f:
             record = json.loads(line)
@@ -146,7 +146,7 @@ def _shape_run(
 
 
 def shapes(quick: bool, tmp: Path) -> dict[str, Any]:
-    seconds, default_seconds = (4.0, 12.0) if quick else (8.0, 30.0)
+    seconds, default_seconds = (4.0, 12.0) if quick else (8.0, 45.0)
     out: dict[str, Any] = {}
     for name, shape in SHAPES.items():
         fixed = {n: _shape_run(shape, n, seconds, tmp) for n in HAND_PICKED[name]}
@@ -180,7 +180,7 @@ def speed(quick: bool, tmp: Path) -> dict[str, Any]:
     server_cpus, client_cpus = split_cpus(True)
     inp = _write_input(tmp / f"speed-{items}.jsonl", items)
     rows: list[dict[str, Any]] = []
-    with running_server(cpu_set=server_cpus) as (port, pid):
+    with running_server(cpu_set=server_cpus) as (port, _):
         url = f"http://127.0.0.1:{port}/v1"
         plan = {
             "levels": [64],
@@ -272,64 +272,82 @@ def _ok(flag: bool) -> str:
     return "PASS" if flag else "FAIL"
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _shapes_md(shapes: dict[str, Any]) -> list[str]:
+    lines = [
+        "**Adaptive concurrency on three server shapes** (16 decode steps per request on "
+        "average; `lmlink batch --no-stream`; default runs include their ramp-up)",
+        "",
+        "| server shape | default: items/s, p50 | its limit: range, settled | best hand-picked "
+        "| smallest reaching 90 %: p50 | default vs best | p50 vs that |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in shapes.values():
+        a, best, small = r["auto"], r["fixed"][r["best"]], r["fixed"][r["smallest_90"]]
+        low, high, settled = a["limits"] or (0, 0, 0)
+        thr, lat = r["throughput_ratio"], r["p50_ratio"]
+        lines.append(
+            f"| {r['shape']} | {a['rate']:.0f}/s, {_ms(a['p50'])} | {low}-{high}, {settled} "
+            f"| {best['rate']:.0f}/s at {r['best']} | {r['smallest_90']}: {_ms(small['p50'])} "
+            f"| {thr * 100:.0f} % {_ok(thr >= 0.9)} | {lat:.2f}x {_ok(lat <= 2.5)} |"
+        )
+    lines += ["", "Every hand-picked run (fixed concurrency: items/s, p50):", ""]
+    for key, r in shapes.items():
+        runs = r["fixed"].items()
+        lines.append(
+            f"- {key}: " + ", ".join(f"{n}: {v['rate']:.0f}/s {_ms(v['p50'])}" for n, v in runs)
+        )
+    return [*lines, ""]
+
+
+def _speed_md(s: dict[str, Any]) -> list[str]:
+    auto, c64 = s["ratio_auto"], s["ratio_c64"]
+    return [
+        "**Runner vs client** (fast fake server; `AsyncClient` at 64 in flight vs "
+        f"`lmlink batch --no-stream`, {s['items']:,} items; medians of {len(s['rounds'])} rounds)",
+        "",
+        "| | items or requests/s | vs client |",
+        "|---|---:|---:|",
+        f"| AsyncClient, 64 in flight | {s['client_rps']:,.0f} | 1.00x |",
+        f"| lmlink batch, default | {s['auto']:,.0f} | {auto:.2f}x {_ok(auto >= 0.4)} |",
+        f"| lmlink batch -c 64 | {s['c64']:,.0f} | {c64:.2f}x {_ok(c64 >= 0.4)} |",
+        "",
+    ]
+
+
+def _memory_md(m: dict[str, Any]) -> list[str]:
+    a, b, big = m["20000"], m["200000"], m["big"]
+    run, resume = m["run_bytes_per_item"], m["resume_bytes_per_item"]
+    return [
+        "**Peak RSS of `lmlink batch --no-stream -c 64`** (fast fake server)",
+        "",
+        "| items | peak RSS, run | peak RSS, resuming the finished output |",
+        "|---|---:|---:|",
+        f"| 20,000 | {a['run_mb']:.1f} MB | {a['resume_mb']:.1f} MB |",
+        f"| 200,000 | {b['run_mb']:.1f} MB | {b['resume_mb']:.1f} MB |",
+        f"| growth per item | {run:.0f} bytes {_ok(run <= 100)} "
+        f"| {resume:.0f} bytes {_ok(resume <= 100)} |",
+        f"| {big['items']:,} | {big['run_mb']:.1f} MB ({big['run_s']:.0f} s) "
+        f"| {big['resume_mb']:.1f} MB ({big['resume_s']:.0f} s) |",
+        "",
+    ]
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Batch benchmark, {res['when']}, {res['mode']} run, {res['seconds']:.0f} s; "
-        f"load average before: {res['load_before']:.1f}.",
+        f"1-minute load average before: {res['load_before']:.1f}.",
         "",
     ]
     if "shapes" in res:
-        lines += [
-            "**Adaptive concurrency on three server shapes** (16 decode steps per request on "
-            "average; `lmlink batch --no-stream`)",
-            "",
-            "| server shape | default: items/s, p50 | limit: range, settled | best hand-picked | smallest reaching 90 %: p50 | default vs best | p50 vs that |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, r in res["shapes"].items():
-            a, best, small = r["auto"], r["fixed"][r["best"]], r["fixed"][r["smallest_90"]]
-            low, high, settled = a["limits"] or (0, 0, 0)
-            lines.append(
-                f"| {r['shape']} | {a['rate']:.0f}/s, {a['p50'] * 1000:.0f} ms | {low}-{high}, {settled} | "
-                f"{best['rate']:.0f}/s at {r['best']} | {r['smallest_90']}: {small['p50'] * 1000:.0f} ms | "
-                f"{r['throughput_ratio'] * 100:.0f} % {_ok(r['throughput_ratio'] >= 0.9)} | "
-                f"{r['p50_ratio']:.2f}x {_ok(r['p50_ratio'] <= 2.5)} |"
-            )
-        lines += ["", "Every hand-picked run (fixed concurrency: items/s, p50):", ""]
-        for name, r in res["shapes"].items():
-            cells = ", ".join(
-                f"{n}: {v['rate']:.0f}/s {v['p50'] * 1000:.0f} ms" for n, v in r["fixed"].items()
-            )
-            lines.append(f"- {name}: {cells}")
-        lines.append("")
+        lines += _shapes_md(res["shapes"])
     if "speed" in res:
-        s = res["speed"]
-        lines += [
-            "**Runner vs client** (fast fake server; `AsyncClient` at 64 in flight vs `lmlink batch --no-stream`, "
-            f"{s['items']:,} items; medians of {len(s['rounds'])} rounds)",
-            "",
-            "| | items or requests/s | vs client |",
-            "|---|---:|---:|",
-            f"| AsyncClient, 64 in flight | {s['client_rps']:,.0f} | 1.00x |",
-            f"| lmlink batch, default concurrency | {s['auto']:,.0f} | {s['ratio_auto']:.2f}x {_ok(s['ratio_auto'] >= 0.4)} |",
-            f"| lmlink batch -c 64 | {s['c64']:,.0f} | {s['ratio_c64']:.2f}x {_ok(s['ratio_c64'] >= 0.4)} |",
-            "",
-        ]
+        lines += _speed_md(res["speed"])
     if "memory" in res:
-        m = res["memory"]
-        a, b, big = m["20000"], m["200000"], m["big"]
-        lines += [
-            "**Peak RSS of `lmlink batch --no-stream -c 64`** (fast fake server)",
-            "",
-            "| items | peak RSS, run | peak RSS, resuming the finished output |",
-            "|---|---:|---:|",
-            f"| 20,000 | {a['run_mb']:.1f} MB | {a['resume_mb']:.1f} MB |",
-            f"| 200,000 | {b['run_mb']:.1f} MB | {b['resume_mb']:.1f} MB |",
-            f"| growth per item | {m['run_bytes_per_item']:.0f} bytes {_ok(m['run_bytes_per_item'] <= 100)} | "
-            f"{m['resume_bytes_per_item']:.0f} bytes {_ok(m['resume_bytes_per_item'] <= 100)} |",
-            f"| {big['items']:,} | {big['run_mb']:.1f} MB ({big['run_s']:.0f} s) | {big['resume_mb']:.1f} MB ({big['resume_s']:.0f} s) |",
-            "",
-        ]
+        lines += _memory_md(res["memory"])
     return "\n".join(lines)
 
 
@@ -337,7 +355,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("parts", nargs="*", default=["shapes", "speed", "memory"])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="redo batch.md from batch.json")
     args = parser.parse_args()
+    if args.report_only:
+        text = markdown(json.loads((RESULTS / "batch.json").read_text()))
+        (RESULTS / "batch.md").write_text(text + "\n")
+        print(text)
+        return
     started = time.time()
     res: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
