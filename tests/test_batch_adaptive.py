@@ -203,3 +203,41 @@ def test_the_model_matches_its_formula() -> None:
     assert result.rate == pytest.approx(shape.rate(8), rel=0.02)
     assert result.latency_p(50) == pytest.approx(shape.latency(8), rel=0.02)
     assert shape.capacity == pytest.approx(50.0)
+
+
+def test_the_shape_server_answers_on_its_schedule_and_refuses_past_its_queue() -> None:
+    """Over HTTP: one slot and no queue, three requests at once: one is answered after its
+    steps, the others get 503 at once."""
+    import threading
+
+    import lmlink
+    from lmlink.testing import ShapeServer
+
+    shape = ServerShape("one slot", slots=1, step_s=0.05, steps=10, queue_limit=0, spread=0.0)
+    with ShapeServer(shape) as srv:
+        results: list[str] = []
+
+        def ask() -> None:
+            with lmlink.Client(endpoint=srv.url, model="fake-model", max_retries=0) as client:
+                try:
+                    results.append(client.chat("hi").content)
+                except lmlink.OverloadedError:
+                    results.append("503")
+
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == ["503", "503", "ok " * 10]
+        assert (srv.served, srv.rejected) == (1, 2)
+
+
+def test_where_answers_are_fast_it_grows_while_throughput_grows_at_all() -> None:
+    """Sub-millisecond answers (a cache, a tiny model): latency is not worth saving, so the
+    limit climbs until more in flight stops adding throughput, not at the first flattening."""
+    fast = ServerShape("fast", slots=4096, step_s=0.0002, per_seq_s=0.00005, steps=1, spread=0.0)
+    lim = AdaptiveLimiter()
+    result = _run(fast, lim, 10)
+    assert lim.cruise >= 64
+    assert result.rate >= 0.9 * fast.capacity

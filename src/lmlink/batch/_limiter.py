@@ -90,6 +90,7 @@ class AIMDLimiter:
 AUTO_CEILING = 1024
 
 _GROW_E = 0.2  # elasticity of throughput to concurrency below which more is not worth it
+_START_E = 0.1  # the same for a doubling at startup (a bigger step: less noise)
 _CHEAP_S = 0.01  # below this latency, more in flight is worth it while throughput grows at all
 _CHEAP_E = 0.05
 _PROBE_GAIN = 1.5  # a probe runs one window at 1.5x (or 1/1.5x) the cruising limit
@@ -126,14 +127,20 @@ class _Sample:
         return self.busy / self.latency if self.latency > 0 else math.inf
 
 
-def _worth(low: _Sample, high: _Sample) -> bool | None:
-    """Whether the higher concurrency served enough more to be worth its latency; None when
-    the windows cannot tell. Answers that take under 10 ms (a cache, a tiny model, a fast
-    fake server) cost nothing worth saving, so there any real gain counts."""
+def _verdict(low: _Sample, high: _Sample, least: float = _GROW_E) -> str:
+    """Which of two windows' concurrencies is better: ``"up"`` when the higher one served
+    enough more to be worth its latency (elasticity at least ``least``), ``"down"`` when
+    it did not, ``"same"`` when the windows cannot tell.
+
+    Answers that take under 10 ms (a cache, a tiny model, a fast server) cost no latency
+    worth saving: there a gain of 0.05 is worth going up for, and only a loss (below -0.05)
+    is a reason to come down."""
     e = _elasticity(low, high)
     if e is None:
-        return None
-    return e >= (_CHEAP_E if high.latency < _CHEAP_S else _GROW_E)
+        return "same"
+    if high.latency < _CHEAP_S:
+        return "up" if e >= _CHEAP_E else "down" if e < -_CHEAP_E else "same"
+    return "up" if e >= least else "down"
 
 
 def _elasticity(low: _Sample, high: _Sample) -> float | None:
@@ -163,8 +170,9 @@ class AdaptiveLimiter:
 
     - *Startup*: from ``initial`` the limit doubles every window while the elasticity stays
       above 0.2 (slow start, as in TCP and BBR); at the first window where doubling bought
-      less than that, it settles on the previous level. Where answers take under 10 ms,
-      latency is not worth saving and 0.05 is enough.
+      less than 0.1, it settles on the previous level. Where answers take under 10 ms,
+      latency is not worth saving: 0.05 is enough to go up, and only a loss brings the
+      limit down.
     - *Cruise and probe*: it holds that level for four windows, then probes one window at
       1.5 times it, or at a third less, alternately (BBR's gain cycling, with the
       latency-gradient test of Vegas and Netflix's Gradient limiter in elasticity form). A
@@ -333,15 +341,15 @@ class AdaptiveLimiter:
 
     def _startup(self, sample: _Sample, now: float) -> None:
         last = self._last
-        worth = None if last is None else _worth(last, sample)
-        if last is None or worth:
+        verdict = "up" if last is None else _verdict(last, sample, _START_E)
+        if verdict == "up":
             self._last = sample
             if self.limit >= self._top:
                 self._settle(self.limit, sample, now)
             else:
                 self._set(min(self._top, self.limit * 2), now)
             return
-        if worth is None:
+        if verdict == "same" or last is None:
             self._settle(self.limit, sample, now)
         else:
             self._settle(last.level, last, now)
@@ -376,8 +384,8 @@ class AdaptiveLimiter:
         if last is None:
             self._settle(self.cruise, sample, now)
             return
-        worth = _worth(last, sample) if up else _worth(sample, last)
-        if (up and worth) or (not up and worth is False):
+        verdict = _verdict(last, sample) if up else _verdict(sample, last)
+        if verdict == ("up" if up else "down"):
             self.cruise = sample.level
             self._last = sample
             self._probe("up" if up else "down", now)  # it moved: look further the same way
