@@ -15,9 +15,10 @@ import pytest
 
 import lmlink
 from batch_helpers import read_jsonl, run_cli, write_jsonl
-from lmlink.batch import BatchInputError, Progress, run_batch
+from lmlink.batch import BatchInputError, Progress, Task, run_batch
 from lmlink.batch._commit import GroupCommit
 from lmlink.batch._doneset import DigestSet, DoneSet, digest, repeated
+from lmlink.batch._header import header_line, make_settings
 from lmlink.batch._journal import Journal, encode_record
 from lmlink.batch._source import scan_items
 from lmlink.batch._stats import Histogram
@@ -120,8 +121,19 @@ def test_stdin_is_read_twice_through_a_copy(tmp_path: Path) -> None:
 
 
 def _journal_file(path: Path, n: int, every_error: int = 7) -> None:
+    """An output of ``n`` results (every ``every_error``-th an error) after the header a
+    plain run on "fake-model" writes."""
+    task = Task()
+    settings = make_settings(
+        task=task.name,
+        instructions=task.instructions,
+        template=None,
+        system=None,
+        model="fake-model",
+        params=task.params,
+    )
     with path.open("wb") as f:
-        f.write(b'{"lmlink": "batch-output", "format": 1, "settings": {}}\n')
+        f.write(header_line(settings))
         for i in range(n):
             if i % every_error == 0:
                 rec: dict[str, Any] = {"id": f"row-{i:07d}", "error": {"type": "X"}}
@@ -188,7 +200,7 @@ def test_progress_never_counts_a_line_that_is_not_in_the_file(tmp_path: Path) ->
     checks: list[tuple[int, int]] = []
 
     def check(p: Progress) -> None:
-        lines = out.read_bytes().count(b"\n") if out.exists() else 0
+        lines = out.read_bytes().count(b'{"id":') if out.exists() else 0  # not the header
         checks.append((p.done, lines))
 
     with FakeServer() as server:

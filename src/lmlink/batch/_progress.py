@@ -85,12 +85,14 @@ class BatchSummary:
     finished in this run (``cached`` of the ok ones came from the cache); ``errors`` counts
     the failures by error type, ``error_examples`` has one id and message per type.
     Latency and TTFT percentiles are over the answers of this run (cached ones excluded).
-    ``complete`` is True when every input id has a line. ``cache_error`` says why the cache
-    was turned off during the run (a full disk, say), if it was. ``concurrency`` is the most
-    requests in flight allowed, ``concurrency_range`` the lowest and highest the adaptive
-    limit took, ``concurrency_settled`` where it settled (None when nothing was sent).
-    Percentiles come from a histogram and are within 1 % (see ``lmlink.batch._stats``);
-    counts and tokens are exact.
+    ``complete`` is True when every input id has a line, ``succeeded`` when every one has an
+    answer; ``earlier_errors`` are the skipped ids whose line is an error (from an earlier
+    run). ``cache_error`` says why the cache was turned off during the run (a full disk,
+    say), if it was. ``concurrency`` is the most requests in flight allowed,
+    ``concurrency_range`` the lowest and highest the adaptive limit took,
+    ``concurrency_settled`` where it settled (None when nothing was sent). Percentiles come
+    from a histogram and are within 1 % (see ``lmlink.batch._stats``); counts and tokens are
+    exact.
 
     >>> summary = lmlink.run_batch("in.jsonl", "out.jsonl", model="qwen3:8b")
     >>> summary.ok, summary.failed, summary.errors, summary.latency_p95
@@ -122,6 +124,7 @@ class BatchSummary:
     cache_error: str | None = None
     concurrency_range: tuple[int, int] | None = None
     concurrency_settled: int | None = None
+    earlier_errors: int = 0
 
     @property
     def remaining(self) -> int:
@@ -132,6 +135,11 @@ class BatchSummary:
     def complete(self) -> bool:
         """True when every input id has a result line."""
         return self.remaining == 0
+
+    @property
+    def succeeded(self) -> bool:
+        """True when every input id has an answer line (none only an error)."""
+        return self.complete and self.failed == 0 and self.earlier_errors == 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -147,7 +155,8 @@ class BatchSummary:
         if self.cached:
             counts.append(f"{self.cached} from the cache")
         if self.skipped:
-            counts.append(f"{self.skipped} already done")
+            earlier = f" ({self.earlier_errors} as errors)" if self.earlier_errors else ""
+            counts.append(f"{self.skipped} already done{earlier}")
         if self.remaining:
             counts.append(f"{self.remaining} not done")
         noun = "item" if self.total == 1 else "items"
@@ -170,7 +179,9 @@ class BatchSummary:
                 f"concurrency {low}-{high}, settled at {self.concurrency_settled}"
                 f" (at most {self.concurrency:,})"
             )
-        if self.ok:
+        if self.ok and self.ok == self.cached:
+            lines.append(f"every answer from the cache, in {self.elapsed_s:.1f} s")
+        elif self.ok:
             lines.append(
                 f"{self.output_tokens:,} output tokens in {self.elapsed_s:.1f} s: "
                 f"{self.tokens_per_s:,.0f} tok/s" + (f" · model {self.model}" if self.model else "")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from lmlink import _retry as retry_module
 from lmlink._config import RetryPolicy, Timeout
 from lmlink._errors import (
     APIStatusError,
+    APITimeoutError,
     ConfigurationError,
     LMLinkError,
     ModelLoadingError,
@@ -46,8 +47,9 @@ from lmlink._retry import RetryState
 from ._cache import ResponseCache, cache_key
 from ._commit import GroupCommit
 from ._doneset import DigestSet, digest
+from ._header import describe_changes, make_settings
 from ._input import BatchInputError, BatchItem, Problem, items_from_rows
-from ._journal import Journal, JournalState, encode_record
+from ._journal import Journal, JournalState, SettingsChangedError, encode_record
 from ._limiter import AUTO_CEILING, AdaptiveLimiter, Outcome, Ticket
 from ._outcome import error_record, is_fatal, is_overload, success_record
 from ._progress import BatchSummary, Progress, ProgressCallback
@@ -117,6 +119,9 @@ class Runner:
         stream: bool | None = None,
         on_progress: ProgressCallback | None = None,
         params: Mapping[str, Any] | None = None,
+        template: str | None = None,
+        system: str | None = None,
+        allow_changed_settings: bool = False,
     ) -> None:
         ceiling = ceiling_of(concurrency)
         if client is not None and not isinstance(client, AsyncClient):
@@ -138,12 +143,18 @@ class Runner:
         self._stream = stream
         self.on_progress = on_progress
         self._params = {**self.task.params, **(params or {})}
+        self._template = template
+        self._system = system
+        self._allow_changed = allow_changed_settings
+        given = client.timeout if client is not None else Timeout.coerce(timeout)
+        self._total = given.total  # every item's deadline, the runner's own waits included
         # Auto starts low and ramps up; a limit given by hand is where it starts (it only
         # comes down if the server does as well with fewer).
         auto = concurrency is None or concurrency == "auto"
         self.limiter = AdaptiveLimiter(ceiling, initial=1 if auto else ceiling)
         self.summary = BatchSummary(self.output, total=len(items), concurrency=ceiling)
         self.journal: Journal | None = None
+        self._redo = DigestSet()  # ids whose error lines --retry-errors replaces
         self.pending_count = 0
         self._commit: GroupCommit | None = None
         self._latencies = Histogram()
@@ -168,34 +179,85 @@ class Runner:
     def prepare(self) -> JournalState:
         """Open and lock the output, repair a torn last line, and count the pending items."""
         if self.journal is None:
-            ids = self._ids()
-            retry = ids if self._retry_errors else ()
-            self.journal = Journal.open(self.output, retry_errors_for=retry)
+            # The model, when not given, is known once the server is asked; run() checks
+            # it then, before anything is sent.
+            given = self._model or (self._client.model if self._client else None)
+            self.journal = Journal.open(
+                self.output,
+                adopt=self._allow_changed,
+                check=lambda state: self._check_settings(
+                    given, model_known=given is not None, state=state
+                ),
+            )
             done = self.journal.state.done
+            ids = self._ids()
             skipped = sum(1 for d in ids if d in done) if len(done) else 0
-            self.pending_count = len(self.items) - skipped
-            self.summary.skipped = skipped
-            self.summary.retried = self.journal.state.dropped
+            failed = DigestSet.of(d for d in done.errors if d in ids)
+            # Error lines to redo go once the settings are known to match (in run()).
+            if self._retry_errors:
+                self._redo = failed
+            self.pending_count = len(self.items) - skipped + len(self._redo)
+            self.summary.skipped = skipped - len(self._redo)
+            self.summary.retried = len(self._redo)
             self.summary.repaired_bytes = self.journal.state.repaired_bytes
+            self.summary.earlier_errors = len(failed) - len(self._redo)
         return self.journal.state
 
     def pending(self) -> Iterator[BatchItem]:
-        """The items that have no line in the output, read as they are needed."""
+        """The items that have no line in the output (or only an error line, with
+        ``retry_errors``), read as they are needed."""
         assert self.journal is not None
         done = self.journal.state.done
+        redo = self._redo
         if not len(done):
             yield from self.items
             return
         for item in self.items:
-            if item.id not in done:
+            key = digest(item.id)
+            if key not in done or (len(redo) and key in redo):
                 yield item
 
     def close(self) -> None:
-        """Release the output file (after a run, or instead of one)."""
+        """Release the output file (after a run, or instead of one). A file this run
+        created and wrote no result to is removed: a failed start leaves nothing behind."""
         if self.journal is not None:
-            self.journal.close()
+            self.journal.discard()
         if isinstance(self.items, ItemSource):
             self.items.close()
+
+    def settings(self, model: str | None) -> dict[str, Any]:
+        """The settings record of this run (see :mod:`lmlink.batch._header`)."""
+        return make_settings(
+            task=self.task.name,
+            instructions=self.task.instructions,
+            template=self._template,
+            system=self._system,
+            model=model,
+            params=self._params,
+        )
+
+    def _check_settings(
+        self, model: str | None, *, model_known: bool, state: JournalState | None = None
+    ) -> None:
+        """Refuse to add to an output made with other settings, unless allowed."""
+        if state is None:
+            assert self.journal is not None
+            state = self.journal.state
+        header = state.header
+        old = header.get("settings") if header is not None else None
+        if not isinstance(old, dict) or self._allow_changed or not len(state.done):
+            return  # no settings recorded, changes allowed, or no answer to mix with
+        new = self.settings(model)
+        if not model_known:
+            new["model"] = old.get("model")
+        changes = describe_changes(old, new)
+        if changes:
+            raise SettingsChangedError(
+                f"{self.output} holds answers made with other settings ({'; '.join(changes)}); "
+                "give another output, or --allow-changed-settings (allow_changed_settings="
+                "True) to add to it anyway",
+                changes=changes,
+            )
 
     def _make_client(self) -> AsyncClient:
         # 429 and 503 are retried by the runner, so the limiter hears of every one.
@@ -240,6 +302,10 @@ class Runner:
                 self._redact = client.redact
                 cache = ResponseCache(self._cache_path) if self._cache_path is not None else None
                 model = await self._resolve(client)
+                self._check_settings(model, model_known=True)
+                assert self.journal is not None
+                self.journal.drop_errors(self._redo)
+                self.journal.write_header(self.settings(model))
                 await self._drive(client, cache, model, retry_here=owned)
         except asyncio.CancelledError:
             self.summary.interrupted = True
@@ -285,6 +351,7 @@ class Runner:
             if self._failure is not None:
                 raise self._failure
         finally:
+            self._exhausted = True  # no new workers from here on
             helpers: list[asyncio.Future[Any]] = [*self._workers, ticker, flusher]
             for helper in helpers:
                 helper.cancel()
@@ -295,7 +362,7 @@ class Runner:
         worker writes the result is taken at once by one that is waiting."""
         want = min(self.limiter.ceiling, 2 * self.limiter.limit + 2)
         loop = asyncio.get_running_loop()
-        while len(self._workers) < want and not self._exhausted:
+        while len(self._workers) < want and not self._exhausted and self._failure is None:
             worker = loop.create_task(self._worker())
             self._workers.add(worker)
             worker.add_done_callback(self._worker_ended)
@@ -358,19 +425,26 @@ class Runner:
         params: dict[str, Any],
         retry_here: bool,
     ) -> ChatResponse | LMLinkError:
-        """The answer for ``item``, or its per-item error; raises a fatal one."""
+        """The answer for ``item``, or its per-item error; raises a fatal one. With a total
+        timeout, the item's attempts and the waits between them end by one deadline."""
         state: RetryState | None = None
+        deadline: float | None = None
         # Streams give a real TTFT; structured output is re-asked only on plain requests.
         stream = self._stream if self._stream is not None else "response_format" not in params
         while True:  # bounded: state.delay_for raises once the retry budget is spent
-            ticket = await self._acquire()
+            ticket = await self._acquire(deadline)
+            if ticket is None:  # the deadline passed while the item waited for a slot
+                return self._past_deadline()
             outcome = Outcome.NEUTRAL
             error: LMLinkError | None = None
+            if deadline is None and self._total is not None:
+                deadline = time.monotonic() + self._total
             try:
                 if stream:
-                    resp = await client.chat_stream(item.messages, model=model, **params)
+                    call = client.chat_stream(item.messages, model=model, **params)
                 else:
-                    resp = await client.chat(item.messages, model=model, **params)
+                    call = client.chat(item.messages, model=model, **params)
+                resp = await self._within(call, deadline)
                 outcome = Outcome.OK
                 return resp
             except LMLinkError as exc:
@@ -384,9 +458,9 @@ class Runner:
             own = isinstance(error, APIStatusError) and error.status_code in _OWN_RETRY
             if not (retry_here and own and not isinstance(error, ModelLoadingError)):
                 return error
-            state = state or RetryState(self._retry, None)
+            state = state or RetryState(self._retry, deadline)
             try:
-                delay = state.delay_for(error)
+                delay = state.delay_for(error)  # raises if the wait would pass the deadline
             except LMLinkError:
                 return error
             log.info(
@@ -397,21 +471,49 @@ class Runner:
             )
             await asyncio.sleep(delay)
 
-    async def _acquire(self) -> Ticket:
+    async def _within(self, call: Awaitable[ChatResponse], deadline: float | None) -> ChatResponse:
+        """``await call``, cut off at ``deadline``: the client's own deadline starts with
+        each call, the item's with its first attempt."""
+        if deadline is None:
+            return await call
+        left = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(call, max(left, 0.0))
+        except asyncio.TimeoutError:
+            raise self._past_deadline() from None
+
+    def _past_deadline(self) -> APITimeoutError:
+        return APITimeoutError(
+            f"the item's total timeout of {self._total:g} s passed",
+            phase="total",
+            timeout=self._total,
+            reason="timeout",
+        )
+
+    async def _acquire(self, deadline: float | None = None) -> Ticket | None:
+        """A limiter ticket; None if ``deadline`` passes first."""
         loop = asyncio.get_running_loop()
         while True:  # bounded: every finished request wakes a waiter, pauses end
             now = time.monotonic()
             ticket = self.limiter.try_start(now)
             if ticket is not None:
                 return ticket
+            left = None if deadline is None else deadline - now
+            if left is not None and left <= 0:
+                return None
             pause = self.limiter.wait_s(now)
             if pause > 0:
-                await asyncio.sleep(pause)
+                await asyncio.sleep(pause if left is None else min(pause, left))
                 continue
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
+                if left is None:
+                    await waiter
+                else:
+                    await asyncio.wait_for(asyncio.shield(waiter), left)
+            except asyncio.TimeoutError:
+                return None
             finally:
                 if not waiter.done():
                     waiter.cancel()
@@ -420,6 +522,10 @@ class Runner:
         after = getattr(error, "retry_after", None)
         if retry_module._instant:  # test suites skip every wait, this one too
             after = None
+        elif after is not None:
+            # Every new request holds back as long as a retry of this one would wait, and
+            # never longer than an item may take in all.
+            after = min(after, self._retry.retry_after_max, self._total or after)
         self.limiter.finish(ticket, outcome, time.monotonic(), retry_after=after)
         free = self.limiter.limit - self.limiter.in_flight
         waiters = self._waiters
