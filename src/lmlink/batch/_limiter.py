@@ -89,7 +89,7 @@ class AIMDLimiter:
 #: The most requests in flight the adaptive limiter ever allows when no ceiling is given.
 AUTO_CEILING = 1024
 
-_GROW_E = 0.2  # elasticity of throughput to concurrency below which more is not worth it
+_GROW_E = 0.15  # elasticity of throughput to concurrency below which more is not worth it
 _START_E = 0.1  # the same for a doubling at startup (a bigger step: less noise)
 _CHEAP_S = 0.01  # below this latency, more in flight is worth it while throughput grows at all
 _CHEAP_E = 0.05
@@ -169,12 +169,13 @@ class AdaptiveLimiter:
     idle capacity) or only queued (near 0).
 
     - *Startup*: from ``initial`` the limit doubles every window while the elasticity stays
-      above 0.2 (slow start, as in TCP and BBR); at the first window where doubling bought
-      less than 0.1, it settles on the previous level. Where answers take under 10 ms,
+      at 0.1 or more (slow start, as in TCP and BBR); at the first window where doubling
+      bought less, it settles on the previous level. Where answers take under 10 ms,
       latency is not worth saving: 0.05 is enough to go up, and only a loss brings the
       limit down.
     - *Cruise and probe*: it holds that level for four windows, then probes one window at
-      1.5 times it, or at a third less, alternately (BBR's gain cycling, with the
+      1.5 times it, or at a third less, alternately; a step is worth it at an elasticity of
+      0.15 (BBR's gain cycling, with the
       latency-gradient test of Vegas and Netflix's Gradient limiter in elasticity form). A
       probe up that served the extra requests, or a probe down that lost nothing, moves the
       limit and probes again the same way at once; so the limit follows a server that
