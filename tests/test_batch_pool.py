@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,17 +95,37 @@ def test_repeated_5xx_takes_an_endpoint_out(two: tuple[FakeServer, FakeServer]) 
     assert pool.endpoints[0].ok == 40
 
 
+def _server_process(port: int = 0) -> tuple[subprocess.Popen[str], str]:
+    """The fake server in a process of its own (SIGKILL is a real crash); its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmlink.testing", "--port", str(port), "--delay", "0.005"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().split()[3]
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def test_a_server_killed_mid_run_loses_nothing_and_rejoins(
     two: tuple[FakeServer, FakeServer],
 ) -> None:
-    """Kill one server while requests are in flight: every item gets exactly one answer;
-    the server is probed, rejoins after it restarts, and takes work again."""
-    a, b = two
-    slow = lambda req: Reply(content=_echo(req), delay=0.02)  # noqa: E731
-    a.responder = b.responder = slow
+    """SIGKILL one server while requests are in flight: every item gets exactly one answer;
+    the server is probed, rejoins once it runs again (same port), and takes work again."""
+    a, _ = two
+    a.responder = lambda req: Reply(content=_echo(req), delay=0.02)
+    proc, url = _server_process()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    procs = [proc]
 
     async def scenario() -> tuple[list[Any], list[str], int]:
-        pool = _pool(a.url, b.url, ceiling=4)
+        pool = _pool(a.url, url, ceiling=4)
         states: list[str] = []
         pool._on_change = lambda e: states.append(f"{e.url}:{e.state}")
         try:
@@ -113,27 +135,33 @@ def test_a_server_killed_mid_run_loses_nothing_and_rejoins(
                     for i in range(80)
                 )
             )
-            await asyncio.sleep(0.1)
-            await asyncio.to_thread(b.stop)
+            while pool.endpoints[1].ok < 5:
+                await asyncio.sleep(0.005)
+            assert pool.endpoints[1].limiter.in_flight > 0
+            proc.kill()
             results = list(await first)
-            await asyncio.to_thread(b.start)
+            procs.append(await asyncio.to_thread(lambda: _server_process(port)[0]))
             for _ in range(100):  # the probe waits 1 s, then 2 s
                 if pool.endpoints[1].up:
                     break
                 await asyncio.sleep(0.1)
-            before = len(b.requests)
+            before = pool.endpoints[1].ok
             more = await asyncio.gather(
                 *(pool.ask(MESSAGES, model=None, params={}) for _ in range(40))
             )
-            return [*results, *more], states, len(b.requests) - before
+            return [*results, *more], states, pool.endpoints[1].ok - before
         finally:
             await pool.aclose()
 
-    results, states, b_after = asyncio.run(scenario())
-    assert [r.content for r in results[:80]] == [f"Q{i}" for i in range(80)]
+    try:
+        results, states, back_ok = asyncio.run(scenario())
+    finally:
+        for p in procs:
+            _end(p)
     assert all(isinstance(r, ChatResponse) for r in results)
-    assert states == [f"{b.url}:down", f"{b.url}:up"]
-    assert b_after > 0
+    assert len(results) == 120
+    assert states == [f"{url}:down", f"{url}:up"]
+    assert back_ok > 0
 
 
 def test_every_endpoint_gone_raises(two: tuple[FakeServer, FakeServer]) -> None:

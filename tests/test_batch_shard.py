@@ -101,6 +101,10 @@ def test_n_runs_cover_every_id_once_even_after_editing_the_input(tmp_path: Path)
         assert len(srv.requests) - sent_before == 12
     seen = [_ids(out) for out in outs]
     every = [i for ids in seen for i in ids]
+    for out in outs:  # the join the README shows: every line after the header is a result
+        first, *rest = out.read_text(encoding="utf-8").splitlines()
+        assert "id" not in json.loads(first)
+        assert all("id" in json.loads(line) for line in rest)
     assert len(every) == len(set(every))
     assert set(every) >= {r["id"] for r in edited}
     for k, ids in enumerate(seen, 1):

@@ -8,8 +8,8 @@ machine (``pip install 'lmlink[ray]'``).
 >>> out.write_parquet("s3://bucket/answers/")
 
 The rows go through a pool of Ray actors; each holds one :class:`~lmlink.AsyncClient` per
-endpoint with its own limit on requests in flight and sends a whole batch of rows at once
-(:mod:`lmlink.batch._pool`). ``import lmlink`` never imports this module, nor Ray.
+endpoint with its own adaptive limit on requests in flight and sends a whole batch of rows
+at once (:mod:`lmlink.batch._pool`). ``import lmlink`` never imports this module, nor Ray.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import orjson
 from lmlink._config import Timeout
 from lmlink._errors import ConfigurationError, LMLinkError
 from lmlink.batch._input import BatchInputError, BatchItem, items_from_rows
+from lmlink.batch._limiter import AUTO_CEILING
 from lmlink.batch._outcome import error_record, is_fatal, success_record
-from lmlink.batch._pool import EndpointPool, endpoint_list
+from lmlink.batch._pool import OWN_RETRY, EndpointPool, endpoint_list
 from lmlink.batch._tasks import Task
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ COLUMNS = (
 )
 _INTS = frozenset({"prompt_tokens", "output_tokens"})
 _BATCH_ROWS_PER_SLOT = 4
+_AUTO_SLOTS = 256
 _MAX_BATCH = 4096
 
 
@@ -72,8 +74,9 @@ def map_chat(
     given, that column's chat messages (a list of ``{"role", "content"}``). ``task`` is a
     preset of :class:`lmlink.batch.Task` (classify, summarize, extract; they read
     ``prompt_column``). ``endpoint`` is one URL, a comma-separated list or a list of URLs;
-    ``concurrency`` is the most requests in flight to each endpoint (default 8), shared by
-    the actors (one per endpoint). Other keywords (``max_tokens=``, ``temperature=``,
+    ``concurrency`` caps the requests in flight to each endpoint, shared by the actors (one
+    per endpoint); by default each actor finds the limit by itself (the adaptive limiter of
+    ``lmlink batch``). Other keywords (``max_tokens=``, ``temperature=``,
     ``response_format=``...) go into every request.
 
     The added columns: ``content``, ``reasoning``, ``finish_reason`` (strings or null),
@@ -105,7 +108,7 @@ def map_chat(
             f"the {task.name} task reads text: give prompt_column=, not messages_column="
         )
     actors = len(urls)
-    ceiling = math.ceil((concurrency or 8) / actors)
+    ceiling = None if concurrency is None else math.ceil(concurrency / actors)
     config = _Config(
         endpoints=[u for u in urls if u is not None],
         model=model,
@@ -117,7 +120,9 @@ def map_chat(
         task=task,
         params=dict(params),
     )
-    batch_size = min(_MAX_BATCH, _BATCH_ROWS_PER_SLOT * ceiling * len(urls))
+    # Rows in flight per actor are at most a batch: enough for the limit to find the knee.
+    slots = _AUTO_SLOTS if ceiling is None else _BATCH_ROWS_PER_SLOT * ceiling
+    batch_size = min(_MAX_BATCH, slots * len(urls))
     return ds.map_batches(
         _ChatActor,
         fn_constructor_kwargs={"config": config},
@@ -135,7 +140,7 @@ class _Config:
     model: str | None
     api_key: str | None
     timeout: float | Timeout
-    ceiling: int
+    ceiling: int | None
     prompt_column: str
     messages_column: str | None
     task: Task
@@ -185,16 +190,19 @@ class _ChatActor:
         return list(await asyncio.gather(*(self._one(pool, v) for v in values)))
 
     def _make_pool(self) -> EndpointPool:
-        from lmlink import AsyncClient
+        from lmlink import AsyncClient, RetryPolicy
 
         c = self.config
+        default = RetryPolicy()
+        retry = default.replace(statuses=default.statuses - OWN_RETRY)
         clients = [
             AsyncClient(
                 endpoint=url,
                 model=c.model,
                 api_key=c.api_key,
                 timeout=c.timeout,
-                max_connections=max(c.ceiling, 1),
+                max_connections=c.ceiling or AUTO_CEILING,
+                retry=retry,
             )
             for url in c.endpoints
         ]

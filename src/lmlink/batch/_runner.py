@@ -1,69 +1,92 @@
-"""The batch engine: every pending item through one :class:`~lmlink.AsyncClient`, at most
-``concurrency`` at a time (fewer while the server pushes back), each result appended to the
-output as soon as it is known. How a failure is treated (per item, overload, fatal) is in
-:mod:`lmlink.batch._outcome`.
+"""The batch engine: every pending item through one :class:`~lmlink.AsyncClient`, as many
+at a time as the :class:`~lmlink.batch._limiter.AdaptiveLimiter` allows, each result
+committed to the output in groups (:mod:`lmlink.batch._commit`). How a failure is treated
+(per item, overload, fatal) is in :mod:`lmlink.batch._outcome`.
+
+Memory depends on the concurrency, not on the input: the input is read one row at a time
+(:mod:`lmlink.batch._source`), the output's ids are 8 bytes each
+(:mod:`lmlink.batch._doneset`), latencies go into histograms (:mod:`lmlink.batch._stats`)
+and the cache is asked one item at a time. Workers, twice as many as the limit (plus
+two), each take the next item, wait for a slot per attempt, and write the result; so the
+items under way never outnumber twice the limit's highest value, and a freed slot is taken
+at once by a worker that is waiting with its item.
 
 When the runner made the client, 429 and 503 are retried here rather than inside the
-client, so that every one of them reaches the :class:`~lmlink.batch._limiter.AIMDLimiter`;
-the retry budget and the waits are the same policy's. A fatal failure stops the run: no line
-is written for it, the in-flight requests are cancelled, and the error is raised.
+client, so that every one of them reaches the limiter; the retry budget and the waits are
+the same policy's. A fatal failure stops the run: no line is written for it, the in-flight
+requests are cancelled, and the error is raised.
 
-Cancellation (Ctrl-C) stops the in-flight requests; a result line is written in one
-synchronous step between two awaits, so it is never half written.
+Cancellation (Ctrl-C) stops the in-flight requests; every result already known is written
+and fsynced before the run returns, and the file only ever grows by whole lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lmlink import AsyncClient
 from lmlink._config import RetryPolicy, Timeout
 from lmlink._errors import (
-    APIStatusError,
-    APITimeoutError,
+    APIConnectionError,
     ConfigurationError,
     LMLinkError,
-    ModelLoadingError,
     clip,
 )
-from lmlink._log import log
 from lmlink._models import ChatResponse
-from lmlink._retry import RetryState
 
 from ._cache import ResponseCache, cache_key
+from ._commit import GroupCommit
+from ._doneset import DigestSet, digest
 from ._header import describe_changes, make_settings
-from ._input import BatchInputError, BatchItem, Problem, items_from_rows, read_items
-from ._journal import Journal, JournalState, SettingsChangedError
-from ._limiter import AIMDLimiter, Outcome
-from ._outcome import error_record, is_fatal, is_overload, success_record
-from ._progress import BatchSummary, Progress, ProgressCallback, percentile
-from ._shard import Shard
+from ._input import BatchInputError, BatchItem, Problem, items_from_rows
+from ._journal import Journal, JournalState, SettingsChangedError, encode_record
+from ._limiter import AUTO_CEILING
+from ._outcome import error_record, is_fatal, success_record
+from ._pool import EndpointPool, endpoint_list, unreachable
+from ._progress import BatchSummary, Progress, ProgressCallback
+from ._shard import Shard, in_shard
+from ._source import ItemSource, scan_items
+from ._stats import Histogram
 from ._tasks import Task
 
-__all__ = ["Items", "Runner", "load_items"]
+__all__ = ["Concurrency", "Items", "Runner", "ceiling_of", "load_items"]
 
 
 _TICK = 0.5
 _OWN_RETRY = frozenset({429, 503})
 
 Items = str | Path | Iterable[Mapping[str, Any] | BatchItem]
+Concurrency = int | str | None
 
 
 def load_items(
     items: Items, task: Task, template: str | None, system: str | None
-) -> list[BatchItem]:
-    """The validated items of a file path or an iterable of dicts / :class:`BatchItem`."""
+) -> ItemSource | list[BatchItem]:
+    """The validated items of a file path (read again, row by row, when iterated) or of an
+    iterable of dicts / :class:`BatchItem` (a list)."""
     fmt = task.item_format(template, system)
     if isinstance(items, (str, Path)):
-        return read_items(items, fmt)
+        return scan_items(items, fmt)
     if isinstance(items, (bytes, Mapping)):
         raise BatchInputError.of("items", [Problem(0, "items must be a path or a list of dicts")])
     return items_from_rows(enumerate(items, 1), fmt, source="items", unit="item")
+
+
+def ceiling_of(concurrency: Concurrency) -> int:
+    """The most requests in flight: ``None`` or ``"auto"`` for the adaptive limiter's own
+    ceiling, else a positive integer (the adaptive limit never goes above it)."""
+    if concurrency is None or concurrency == "auto":
+        return AUTO_CEILING
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigurationError(
+            f'concurrency must be a positive integer or "auto", not {concurrency!r}'
+        )
+    return concurrency
 
 
 class Runner:
@@ -77,14 +100,14 @@ class Runner:
 
     def __init__(
         self,
-        items: list[BatchItem],
+        items: ItemSource | list[BatchItem],
         output: str | Path,
         *,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         model: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
-        concurrency: int = 8,
+        concurrency: Concurrency = None,
         timeout: float | Timeout = 120.0,
         retry: RetryPolicy | None = None,
         task: Task | None = None,
@@ -98,19 +121,19 @@ class Runner:
         allow_changed_settings: bool = False,
         shard: Shard | None = None,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be a positive integer, not {concurrency!r}")
+        ceiling = ceiling_of(concurrency)
         if client is not None and not isinstance(client, AsyncClient):
             raise ConfigurationError("client= must be an lmlink.AsyncClient")
         if client is not None and (endpoint is not None or api_key is not None):
             raise ConfigurationError("give client= or endpoint=/api_key=, not both")
         self.items = items
+        self.shard = shard
         self.output = Path(output)
-        self._endpoint = endpoint
+        self._urls = endpoint_list(endpoint if endpoint is not None else _listed_in_env())
         self._model = model
         self._api_key = api_key
         self._client = client
-        self._redact: Callable[[str], str] = str  # the client's, once there is one
+        self._redact: Any = str  # the client's, once there is one
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self.task = task or Task()
@@ -122,23 +145,43 @@ class Runner:
         self._template = template
         self._system = system
         self._allow_changed = allow_changed_settings
-        self.shard = shard  # the items are already this shard's; it is one of the settings
         given = client.timeout if client is not None else Timeout.coerce(timeout)
         self._total = given.total  # every item's deadline, the runner's own waits included
-        self.limiter = AIMDLimiter(concurrency)
-        self.summary = BatchSummary(self.output, total=len(items), concurrency=concurrency)
+        # Auto starts low and ramps up; a limit given by hand is where it starts (it only
+        # comes down if the server does as well with fewer).
+        auto = concurrency is None or concurrency == "auto"
+        self._per_endpoint = None if auto else ceiling
+        self._ceiling = ceiling
+        self.pool: EndpointPool | None = None  # one client and limit per endpoint, by run()
+        self.summary = BatchSummary(self.output, total=len(items), concurrency=ceiling)
         self.journal: Journal | None = None
-        self._redo: set[str] = set()  # ids whose error lines --retry-errors replaces
-        self.pending: list[BatchItem] = []
-        self._latencies: list[float] = []
-        self._ttfts: list[float] = []
+        self._redo = DigestSet()  # ids whose error lines --retry-errors replaces
+        self.pending_count = 0
+        self._commit: GroupCommit | None = None
+        self._latencies = Histogram()
+        self._ttfts = Histogram()
         self._started = 0.0
-        self._wake: asyncio.Event | None = None
+        self._workers: set[asyncio.Future[Any]] = set()
+        self._work: Iterator[BatchItem] = iter(())
+        self._job: tuple[EndpointPool, ResponseCache | None, str | None, str | None] | None = None
+        self._exhausted = False
+        self._ended: asyncio.Event | None = None
+        self._failure: BaseException | None = None
 
     # -- setup --------------------------------------------------------------------------
 
+    def _ids(self) -> DigestSet:
+        items = self.items
+        if isinstance(items, ItemSource):
+            ids = items.ids
+        else:
+            ids = DigestSet.of(digest(i.id) for i in items)
+        if self.shard is None:
+            return ids
+        return DigestSet.of(d for d in ids if in_shard(d, self.shard))
+
     def prepare(self) -> JournalState:
-        """Open and lock the output, repair a torn last line, and find the pending items."""
+        """Open and lock the output, repair a torn last line, and count the pending items."""
         if self.journal is None:
             # The model, when not given, is known once the server is asked; run() checks
             # it then, before anything is sent.
@@ -151,23 +194,44 @@ class Runner:
                 ),
             )
             done = self.journal.state.done
+            ids = self._ids()
+            skipped = sum(1 for d in ids if d in done) if len(done) else 0
+            failed = DigestSet.of(d for d in done.errors if d in ids)
             # Error lines to redo go once the settings are known to match (in run()).
             if self._retry_errors:
-                self._redo = {i.id for i in self.items if done.get(i.id)}
-            self.pending = [i for i in self.items if i.id not in done or i.id in self._redo]
-            self.summary.skipped = len(self.items) - len(self.pending)
+                self._redo = failed
+            self.summary.total = len(ids)
+            self.pending_count = len(ids) - skipped + len(self._redo)
+            self.summary.skipped = skipped - len(self._redo)
             self.summary.retried = len(self._redo)
             self.summary.repaired_bytes = self.journal.state.repaired_bytes
-            self.summary.earlier_errors = sum(
-                done.get(i.id, False) and i.id not in self._redo for i in self.items
-            )
+            self.summary.earlier_errors = len(failed) - len(self._redo)
         return self.journal.state
+
+    def pending(self) -> Iterator[BatchItem]:
+        """The items that have no line in the output (or only an error line, with
+        ``retry_errors``), read as they are needed."""
+        assert self.journal is not None
+        done = self.journal.state.done
+        redo = self._redo
+        shard = self.shard
+        if not len(done) and shard is None:
+            yield from self.items
+            return
+        for item in self.items:
+            key = digest(item.id)
+            if shard is not None and not in_shard(key, shard):
+                continue
+            if key not in done or (len(redo) and key in redo):
+                yield item
 
     def close(self) -> None:
         """Release the output file (after a run, or instead of one). A file this run
         created and wrote no result to is removed: a failed start leaves nothing behind."""
         if self.journal is not None:
             self.journal.discard()
+        if isinstance(self.items, ItemSource):
+            self.items.close()
 
     def settings(self, model: str | None) -> dict[str, Any]:
         """The settings record of this run (see :mod:`lmlink.batch._header`); a sharded
@@ -193,7 +257,7 @@ class Runner:
             state = self.journal.state
         header = state.header
         old = header.get("settings") if header is not None else None
-        if not isinstance(old, dict) or self._allow_changed or not state.done:
+        if not isinstance(old, dict) or self._allow_changed or not len(state.done):
             return  # no settings recorded, changes allowed, or no answer to mix with
         new = self.settings(model)
         if not model_known:
@@ -207,31 +271,39 @@ class Runner:
                 changes=changes,
             )
 
-    def _make_client(self) -> AsyncClient:
+    def _make_client(self, url: str | None) -> AsyncClient:
         # 429 and 503 are retried by the runner, so the limiter hears of every one.
         policy = self._retry.replace(statuses=self._retry.statuses - _OWN_RETRY)
         return AsyncClient(
-            endpoint=self._endpoint,
+            endpoint=url,
             model=self._model,
             api_key=self._api_key,
             timeout=self._timeout,
             retry=policy,
-            max_connections=max(self.limiter.ceiling, 1),
+            max_connections=max(self._ceiling, 1),
         )
 
-    async def _resolve(self, client: AsyncClient) -> str | None:
-        """The run's model; asks the server (which also finds a local one, if discovery is
-        on) when no endpoint or no model is set."""
-        model = self._model or client.model
-        needs_model = model is None and any("model" not in i.options for i in self.pending)
-        if client.endpoint is None or needs_model:
-            found = await client.models()
+    async def _resolve(self, clients: Sequence[AsyncClient]) -> str | None:
+        """The run's model; asks a server (which also finds a local one, if discovery is
+        on) when no endpoint or no model is set: the first one that can be reached."""
+        first = clients[0]
+        model = self._model or first.model
+        needs_model = model is None and any("model" not in i.options for i in self.pending())
+        if first.endpoint is None or needs_model:
+            found = None
+            for n, client in enumerate(clients):
+                try:
+                    found = await client.models()
+                    break
+                except APIConnectionError as exc:
+                    if n == len(clients) - 1 or not unreachable(exc):
+                        raise
             if model is None and needs_model:
                 if not found:
                     raise ConfigurationError("no model given and the server lists none")
                 model = found[0].id
         self.summary.model = model
-        self.summary.endpoint = client.endpoint
+        self.summary.endpoint = ", ".join(c.endpoint for c in clients if c.endpoint) or None
         return model
 
     # -- the run ------------------------------------------------------------------------
@@ -242,19 +314,30 @@ class Runner:
         self.prepare()
         self._started = time.monotonic()
         owned = self._client is None
-        client: AsyncClient | None = None
+        pool: EndpointPool | None = None
         cache: ResponseCache | None = None
         try:
-            if self.pending:
-                client = self._client or self._make_client()
-                self._redact = client.redact
+            if self.pending_count:
+                if self._client is not None:
+                    clients = [self._client]
+                else:
+                    clients = [self._make_client(url) for url in self._urls]
+                self.pool = pool = EndpointPool(
+                    clients,
+                    ceiling=self._per_endpoint,
+                    retry=self._retry,
+                    retry_here=owned,
+                    total=self._total,
+                    on_release=self._more_workers,
+                )
+                self._redact = clients[0].redact
                 cache = ResponseCache(self._cache_path) if self._cache_path is not None else None
-                model = await self._resolve(client)
+                model = await self._resolve(clients)
                 self._check_settings(model, model_known=True)
                 assert self.journal is not None
                 self.journal.drop_errors(self._redo)
                 self.journal.write_header(self.settings(model))
-                await self._drive(client, cache, model, retry_here=owned)
+                await self._drive(pool, cache, model)
         except asyncio.CancelledError:
             self.summary.interrupted = True
             raise
@@ -262,231 +345,214 @@ class Runner:
             self.summary.stopped_by = self._redact(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            self._finish_summary()
-            self.close()
-            if cache is not None:
-                self.summary.cache_error = cache.error
-                cache.close()
-            if client is not None and owned:
-                await client.aclose()
-            self._emit(final=True)
+            try:
+                if self._commit is not None:
+                    self._commit.finish()
+            finally:
+                self._finish_summary()
+                self.close()
+                if cache is not None:
+                    self.summary.cache_error = cache.error
+                    cache.close()
+                if pool is not None:
+                    await pool.aclose(clients=owned)
+                self._emit(final=True)
         return self.summary
 
     async def _drive(
-        self,
-        client: AsyncClient,
-        cache: ResponseCache | None,
-        model: str | None,
-        *,
-        retry_here: bool,
+        self, pool: EndpointPool, cache: ResponseCache | None, model: str | None
     ) -> None:
-        queue = deque(self.pending)
-        self._wake = asyncio.Event()
-        workers = [
-            asyncio.ensure_future(self._worker(queue, client, cache, model, retry_here))
-            for _ in range(min(self.limiter.ceiling, len(queue)))
-        ]
+        assert self.journal is not None
+        urls = [e.client.endpoint for e in pool.endpoints]
+        # The cache key names the servers: one URL, or all of them when they share the work.
+        where = ",".join(sorted(u for u in urls if u)) if all(urls) else None
+        self._commit = commit = GroupCommit(self.journal, self._committed)
+        self._ended = ended = asyncio.Event()
+        self._work = self.pending()
+        self._job = (pool, cache, model, where)
+        flusher = asyncio.ensure_future(commit.run())
+        flusher.add_done_callback(self._helper_ended)
         ticker = asyncio.ensure_future(self._tick())
         self._emit()
         try:
-            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                failure = None if task.cancelled() else task.exception()
-                if failure is not None:
-                    raise failure
+            self._spawn()
+            await ended.wait()
+            if self._failure is not None:
+                raise self._failure
         finally:
-            for task in [*workers, ticker]:
-                task.cancel()
-            await asyncio.gather(*workers, ticker, return_exceptions=True)
+            self._exhausted = True  # no new workers from here on
+            helpers: list[asyncio.Future[Any]] = [*self._workers, ticker, flusher]
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    def _spawn(self) -> None:
+        """Enough workers for the limit: twice as many, so that a slot freed while its
+        worker writes the result is taken at once by one that is waiting."""
+        assert self.pool is not None
+        want = min(self.pool.ceiling, 2 * self.pool.limit + 2)
+        loop = asyncio.get_running_loop()
+        while len(self._workers) < want and not self._exhausted and self._failure is None:
+            worker = loop.create_task(self._worker())
+            self._workers.add(worker)
+            worker.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, worker: asyncio.Future[Any]) -> None:
+        self._workers.discard(worker)
+        if not worker.cancelled() and worker.exception() is not None:
+            self._failure = self._failure or worker.exception()
+        if (self._failure is not None or not self._workers) and self._ended is not None:
+            self._ended.set()
+
+    def _helper_ended(self, helper: asyncio.Future[Any]) -> None:
+        if not helper.cancelled() and helper.exception() is not None:
+            self._failure = self._failure or helper.exception()
+            if self._ended is not None:
+                self._ended.set()
 
     async def _tick(self) -> None:
         while True:  # cancelled when the workers are done
             await asyncio.sleep(_TICK)
             self._emit()
 
-    async def _worker(
-        self,
-        queue: deque[BatchItem],
-        client: AsyncClient,
-        cache: ResponseCache | None,
-        model: str | None,
-        retry_here: bool,
-    ) -> None:
-        while queue:
-            item = queue.popleft()
+    async def _worker(self) -> None:
+        assert self._job is not None
+        assert self._commit is not None
+        pool, cache, model, where = self._job
+        hits = 0
+        while True:  # bounded: ends when the input does
+            item = next(self._work, None)
+            if item is None:
+                self._exhausted = True
+                return
             item_model = item.options.get("model", model)
             params = {**self._params, **{k: v for k, v in item.options.items() if k != "model"}}
             key = None
-            if cache is not None and client.endpoint is not None and item_model is not None:
-                key = cache_key(client.endpoint, item_model, item.messages, params)
+            if cache is not None and where is not None and item_model is not None:
+                key = cache_key(where, item_model, item.messages, params)
                 hit = None if key is None else cache.get(key)
                 if hit is not None:
                     self._record_cached(item, hit)
-                    await asyncio.sleep(0)  # a run of hits must not starve the loop (Ctrl-C)
+                    hits += 1
+                    if hits % 16 == 0:
+                        await asyncio.sleep(0)  # a run of hits must not starve the loop
+                    await self._commit.room()
                     continue
-            result = await self._attempts(client, item, item_model, params, retry_here)
+            # Streams give a real TTFT; structured output is re-asked only on plain requests.
+            stream = self._stream if self._stream is not None else "response_format" not in params
+            result = await pool.ask(
+                item.messages,
+                model=item_model,
+                params=params,
+                stream=stream,
+                fatal=_fatal_for(item),
+                label=item.id,
+            )
             if isinstance(result, LMLinkError):
                 self._record_error(item, result)
             else:
-                record = success_record(item.id, result, self.task, client.redact)
+                record = success_record(item.id, result, self.task, self._redact)
                 self._record_ok(record, result)
                 if cache is not None and key is not None:
                     cache.put(key, {k: v for k, v in record.items() if k != "id"})
 
-    async def _attempts(
-        self,
-        client: AsyncClient,
-        item: BatchItem,
-        model: str | None,
-        params: dict[str, Any],
-        retry_here: bool,
-    ) -> ChatResponse | LMLinkError:
-        """The answer for ``item``, or its per-item error; raises a fatal one. With a total
-        timeout, the item's attempts and the waits between them end by one deadline."""
-        state: RetryState | None = None
-        deadline: float | None = None
-        # Streams give a real TTFT; structured output is re-asked only on plain requests.
-        stream = self._stream if self._stream is not None else "response_format" not in params
-        while True:  # bounded: state.delay_for raises once the retry budget is spent
-            ticket = await self._acquire(deadline)
-            if ticket is None:  # the deadline passed while the item waited for a slot
-                return self._past_deadline()
-            outcome = Outcome.NEUTRAL
-            if deadline is None and self._total is not None:
-                deadline = time.monotonic() + self._total
-            try:
-                if stream:
-                    call = client.chat_stream(item.messages, model=model, **params)
-                else:
-                    call = client.chat(item.messages, model=model, **params)
-                resp = await self._within(call, deadline)
-                outcome = Outcome.OK
-                return resp
-            except LMLinkError as exc:
-                if is_fatal(exc, item):
-                    raise
-                if is_overload(exc):
-                    outcome = Outcome.OVERLOAD
-                error = exc
-            finally:
-                self._release(ticket, outcome)
-            own = isinstance(error, APIStatusError) and error.status_code in _OWN_RETRY
-            if not (retry_here and own and not isinstance(error, ModelLoadingError)):
-                return error
-            state = state or RetryState(self._retry, deadline)
-            try:
-                delay = state.delay_for(error)  # raises if the wait would pass the deadline
-            except LMLinkError:
-                return error
-            log.info(
-                "lmlink: batch item %s: retry in %.2f s after: %s",
-                item.id,
-                delay,
-                self._redact(str(error)),
-            )
-            await asyncio.sleep(delay)
+    def _more_workers(self) -> None:
+        """After a request ends: more workers if the limit grew."""
+        pool = self.pool
+        if pool is not None and len(self._workers) < 2 * pool.limit + 2 and not self._exhausted:
+            self._spawn()
 
-    async def _within(self, call: Awaitable[ChatResponse], deadline: float | None) -> ChatResponse:
-        """``await call``, cut off at ``deadline``: the client's own deadline starts with
-        each call, the item's with its first attempt."""
-        if deadline is None:
-            return await call
-        left = deadline - time.monotonic()
-        try:
-            return await asyncio.wait_for(call, max(left, 0.0))
-        except asyncio.TimeoutError:
-            raise self._past_deadline() from None
+    # -- bookkeeping: staged at once, counted once on disk ------------------------------
 
-    def _past_deadline(self) -> APITimeoutError:
-        return APITimeoutError(
-            f"the item's total timeout of {self._total:g} s passed",
-            phase="total",
-            timeout=self._total,
-            reason="timeout",
-        )
-
-    async def _acquire(self, deadline: float | None = None) -> int | None:
-        """A limiter ticket; None if ``deadline`` passes first."""
-        wake = self._wake
-        assert wake is not None
-        while True:  # bounded: every finished request wakes the waiters again
-            ticket = self.limiter.try_start()
-            if ticket is not None:
-                return ticket
-            wake.clear()
-            if deadline is None:
-                await wake.wait()
-                continue
-            try:
-                await asyncio.wait_for(wake.wait(), max(deadline - time.monotonic(), 0.0))
-            except asyncio.TimeoutError:
-                return None
-
-    def _release(self, ticket: int, outcome: Outcome) -> None:
-        self.limiter.finish(ticket, outcome)
-        if self._wake is not None:
-            self._wake.set()
-
-    # -- bookkeeping (each result: one synchronous step, never interrupted) -------------
-
-    def _write(self, record: Mapping[str, Any]) -> None:
-        assert self.journal is not None
-        self.journal.append(record)
+    def _stage(self, record: Mapping[str, Any], mark: tuple[Any, ...]) -> None:
+        assert self._commit is not None
+        self._commit.add(encode_record(record), mark)
 
     def _record_ok(self, record: dict[str, Any], resp: ChatResponse) -> None:
-        self._write(record)
-        s = self.summary
-        s.ok += 1
-        s.prompt_tokens += resp.prompt_tokens or 0
-        s.output_tokens += resp.output_tokens or 0
-        if resp.latency_s is not None:
-            self._latencies.append(resp.latency_s)
-        if resp.ttft_s is not None:
-            self._ttfts.append(resp.ttft_s)
-        self._emit()
+        mark = ("ok", resp.prompt_tokens, resp.output_tokens, resp.latency_s, resp.ttft_s)
+        self._stage(record, mark)
 
     def _record_cached(self, item: BatchItem, stored: dict[str, Any]) -> None:
-        self._write({"id": item.id, **{k: v for k, v in stored.items() if k != "id"}})
-        self.summary.ok += 1
-        self.summary.cached += 1
-        self._emit()
+        self._stage({"id": item.id, **{k: v for k, v in stored.items() if k != "id"}}, ("hit",))
 
     def _record_error(self, item: BatchItem, exc: LMLinkError) -> None:
         record = error_record(item.id, exc, self._redact)
-        self._write(record)
+        example = f"{item.id}: {clip(record['error']['message'], 160)}"
+        self._stage(record, ("error", type(exc).__name__, example))
+
+    def _committed(self, marks: list[tuple[Any, ...]]) -> None:
+        """Count the results whose lines the last fsync covered."""
         s = self.summary
-        s.failed += 1
-        name = type(exc).__name__
-        s.errors[name] = s.errors.get(name, 0) + 1
-        if name not in s.error_examples:
-            s.error_examples[name] = f"{item.id}: {clip(record['error']['message'], 160)}"
+        latencies, ttfts = self._latencies, self._ttfts
+        for mark in marks:
+            kind = mark[0]
+            if kind == "ok":
+                _, prompt_tokens, output_tokens, latency, ttft = mark
+                s.ok += 1
+                s.prompt_tokens += prompt_tokens or 0
+                s.output_tokens += output_tokens or 0
+                if latency is not None:
+                    latencies.add(latency)
+                if ttft is not None:
+                    ttfts.add(ttft)
+            elif kind == "hit":
+                s.ok += 1
+                s.cached += 1
+            else:
+                _, name, example = mark
+                s.failed += 1
+                s.errors[name] = s.errors.get(name, 0) + 1
+                s.error_examples.setdefault(name, example)
         self._emit()
 
     def _finish_summary(self) -> None:
         s = self.summary
         s.elapsed_s = time.monotonic() - self._started if self._started else 0.0
-        s.latency_p50 = percentile(self._latencies, 50)
-        s.latency_p95 = percentile(self._latencies, 95)
-        s.ttft_p50 = percentile(self._ttfts, 50)
-        s.ttft_p95 = percentile(self._ttfts, 95)
+        s.latency_p50 = self._latencies.percentile(50)
+        s.latency_p95 = self._latencies.percentile(95)
+        s.ttft_p50 = self._ttfts.percentile(50)
+        s.ttft_p95 = self._ttfts.percentile(95)
+        pool = self.pool
+        if self._commit is not None and pool is not None:
+            limiters = [e.limiter for e in pool.endpoints]
+            s.concurrency_range = (sum(x.low for x in limiters), sum(x.high for x in limiters))
+            s.concurrency_settled = sum(x.cruise for x in limiters)
+            s.concurrency = pool.ceiling
+            if len(limiters) > 1:
+                s.endpoints = pool.shares()
 
     def progress(self, *, final: bool = False) -> Progress:
         """A snapshot of the run so far."""
         s = self.summary
+        pool = self.pool
         elapsed = time.monotonic() - self._started if self._started else 0.0
         return Progress(
-            total=len(self.pending),
+            total=self.pending_count,
             done=s.ok + s.failed,
             ok=s.ok,
             failed=s.failed,
             cached=s.cached,
-            in_flight=self.limiter.in_flight,
-            concurrency=self.limiter.limit,
+            in_flight=pool.in_flight if pool is not None else 0,
+            concurrency=pool.limit if pool is not None else 0,
             output_tokens=s.output_tokens,
             elapsed_s=elapsed,
             final=final,
+            ceiling=pool.ceiling if pool is not None else self._ceiling,
+            endpoints=pool.shares() if pool is not None and len(pool.endpoints) > 1 else (),
         )
 
     def _emit(self, *, final: bool = False) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress(final=final))
+
+
+def _fatal_for(item: BatchItem) -> Callable[[LMLinkError], bool]:
+    """Whether an error of ``item`` is one every item would share (see :mod:`._outcome`)."""
+    return lambda exc: is_fatal(exc, item)
+
+
+def _listed_in_env() -> str | None:
+    """``LMLINK_ENDPOINT`` when it lists several URLs (comma-separated); one URL is left to
+    the client, which reads it (and ``OPENAI_BASE_URL``) itself."""
+    value = os.environ.get("LMLINK_ENDPOINT", "")
+    return value if "," in value else None

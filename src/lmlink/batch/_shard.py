@@ -9,13 +9,14 @@ each with its own output, cover every id exactly once.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from lmlink._errors import ConfigurationError
 
-__all__ = ["Shard", "parse_shard", "shard_of", "take_shard"]
+from ._doneset import digest
+
+__all__ = ["Shard", "in_shard", "parse_shard", "shard_of", "take_shard"]
 
 Shard = tuple[int, int]  # (K, N), 1 <= K <= N
 T = TypeVar("T")
@@ -48,8 +49,13 @@ def parse_shard(value: Any) -> Shard | None:
 
 def shard_of(item_id: str, count: int) -> int:
     """The shard (1 to ``count``) that ``item_id`` belongs to."""
-    digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return 1 + int.from_bytes(digest, "little") % count
+    return 1 + digest(item_id) % count
+
+
+def in_shard(id_digest: int, shard: Shard) -> bool:
+    """Whether the id whose :func:`~lmlink.batch._doneset.digest` is ``id_digest`` is in
+    ``shard`` (the digest is the same hash, so no id string is needed)."""
+    return id_digest % shard[1] == shard[0] - 1
 
 
 def take_shard(items: Iterable[T], shard: Shard | None, key: Any = None) -> list[T]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -38,6 +38,26 @@ EXIT_ERROR_LINES = 3
 ANNOUNCE_AFTER = 5.0
 
 
+class _Concurrency(click.ParamType[Any, Any]):
+    """``auto`` or an integer from 1 to 4096."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not 1 <= number <= 4096:
+            self.fail(f"{value!r} is not 'auto' or an integer from 1 to 4096", param, ctx)
+        return number
+
+
+_CONCURRENCY = _Concurrency()
+
+
 def batch_options(fn: F) -> F:
     """INPUT, -o, the server options and everything a batch run takes."""
     options = [
@@ -56,10 +76,10 @@ def batch_options(fn: F) -> F:
         click.option(
             "-c",
             "--concurrency",
-            type=click.IntRange(1, 4096),
-            default=8,
-            show_default=True,
-            help="Most requests in flight (halved on 429/503/timeouts, then grown back).",
+            type=_CONCURRENCY,
+            default=None,
+            help="Most requests in flight, or 'auto' [default: auto, finds what the server "
+            "does best; halved on 429/503/timeouts].",
         ),
         click.option("--template", default=None, help="Render each row: 'Summarise: {text}'."),
         click.option("--system", default=None, help="A system message for every item."),
@@ -99,7 +119,7 @@ def batch_options(fn: F) -> F:
             help="A bar on a terminal, else a line every 2 s.",
         ),
     ]
-    fn = server_options(fn)
+    fn = server_options(fn, many_endpoints=True)
     for option in reversed(options):
         fn = option(fn)
     return fn
@@ -129,11 +149,11 @@ def run_batch_command(
     *,
     input_path: Path,
     output: Path,
-    endpoint: str | None,
+    endpoint: str | Sequence[str] | None,
     model: str | None,
     api_key: str | None,
     timeout: float,
-    concurrency: int,
+    concurrency: int | str | None,
     template: str | None,
     system: str | None,
     temperature: float | None,
@@ -166,7 +186,7 @@ def run_batch_command(
             template=template,
             system=system,
             shard=shard,
-            endpoint=endpoint or None,
+            endpoint=_endpoints(endpoint),
             model=model or None,
             api_key=api_key or None,
             concurrency=concurrency,
@@ -245,6 +265,13 @@ def run_batch_command(
     return code
 
 
+def _endpoints(given: str | Sequence[str] | None) -> str | list[str] | None:
+    """One URL, or the list of every -e (each may list several, comma-separated)."""
+    values = [given] if isinstance(given, str) else list(given or ())
+    urls = [u.strip() for v in values for u in v.split(",") if u.strip()]
+    return urls if len(urls) > 1 else (urls[0] if urls else None)
+
+
 def _prepare(
     task: Task,
     input_path: Path,
@@ -260,14 +287,14 @@ def _prepare(
     from lmlink.batch import BatchInputError, JournalError
     from lmlink.batch._api import check_paths
     from lmlink.batch._runner import Runner, load_items
-    from lmlink.batch._shard import parse_shard, take_shard
+    from lmlink.batch._shard import parse_shard
 
     try:
         part = parse_shard(shard)
     except ConfigurationError as exc:
         _exit(2, f"--shard: {exc}")
     try:
-        items = take_shard(load_items(str(input_path), task, template, system), part)
+        items = load_items(str(input_path), task, template, system)
     except BatchInputError as exc:
         _exit(2, exc.message)
     try:
@@ -290,8 +317,8 @@ def _prepare(
 
 
 def _announce(runner: Runner, input_path: Path, output: Path, shard: str | None) -> None:
-    total = len(runner.items)
-    pending = len(runner.pending)
+    total = runner.summary.total
+    pending = runner.pending_count
     dropped = runner.summary.retried
     where = f"{input_path} (shard {shard.strip()})" if shard else str(input_path)
     line = f"lmlink: {total} {'item' if total == 1 else 'items'} from {where} → {output}"
