@@ -211,6 +211,27 @@ def test_every_readme_batch_command_works_against_the_offline_server(
     assert isinstance(fields["parsed"]["vendor"], str)
 
 
+def test_chat_and_models_work_against_the_offline_server(offline: str, tmp_path: Path) -> None:
+    """``lmlink chat``, ``chat --json``, ``chat --schema`` and ``lmlink models`` against
+    ``python -m lmlink.testing``: answers of the asked shape, exit 0."""
+    from lmlink.testing import CANNED_REPLY
+
+    chat = run_cli(["chat", "Say hi", "-e", offline])
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() == CANNED_REPLY
+    as_json = run_cli(["chat", "Say hi", "--json", "-e", offline])
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {"answer": CANNED_REPLY}
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}))
+    shaped = run_cli(["chat", "I have 7 cats", "--schema", str(schema), "-e", offline])
+    assert shaped.returncode == 0, shaped.stderr
+    assert json.loads(shaped.stdout) == {"n": 7}
+    listed = run_cli(["models", "-e", offline])
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["fake-model"]
+
+
 def test_the_readme_tells_how_to_run_the_offline_server() -> None:
     """README shows the shell command for the test server and the exit codes."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
