@@ -155,10 +155,12 @@ def test_lmlink_help_documents_exit_codes_and_the_test_server() -> None:
 
 
 @pytest.fixture
-def offline() -> Iterator[str]:
-    """``python -m lmlink.testing --port 0`` as a user would start it; yields its URL."""
+def offline(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``python -m lmlink.testing --port 0`` as a user would start it (in the dialect of
+    an indirect parameter); yields its URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    cmd = [sys.executable, "-m", "lmlink.testing", "--port", "0"]
+    dialect = getattr(request, "param", "openai")
+    cmd = [sys.executable, "-m", "lmlink.testing", "--port", "0", "--dialect", dialect]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
         try:
             assert proc.stdout is not None
@@ -211,6 +213,7 @@ def test_every_readme_batch_command_works_against_the_offline_server(
     assert isinstance(fields["parsed"]["vendor"], str)
 
 
+@pytest.mark.parametrize("offline", ["openai", "ollama", "tgi"], indirect=True)
 def test_chat_and_models_work_against_the_offline_server(offline: str, tmp_path: Path) -> None:
     """``lmlink chat``, ``chat --json``, ``chat --schema`` and ``lmlink models`` against
     ``python -m lmlink.testing``: answers of the asked shape, exit 0."""
