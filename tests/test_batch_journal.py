@@ -243,7 +243,8 @@ def test_a_nul_tail_is_cut_like_a_torn_line(tmp_path: Path, tail: bytes) -> None
     out.write_bytes(good + tail)
     with Journal.open(out) as journal:
         assert journal.state.repaired_bytes == len(tail)
-        assert set(journal.state.done) == {"a"}
+        assert "a" in journal.state.done
+        assert len(journal.state.done) == 1
     assert out.read_bytes() == good
 
 
@@ -277,5 +278,5 @@ def test_the_check_sees_the_file_before_any_error_line_goes(tmp_path: Path) -> N
     assert out.read_bytes() == before
     with Journal.open(out) as journal:
         assert journal.drop_errors({"a"}) == 1
-        assert journal.state.done == {}
+        assert len(journal.state.done) == 0
     assert out.read_text() == HEAD
