@@ -6,7 +6,7 @@ The engine (:mod:`._runner`, which needs asyncio) is imported when a batch runs,
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,7 +31,7 @@ async def arun_batch(
     items: Items,
     output: str | Path,
     *,
-    endpoint: str | None = None,
+    endpoint: str | Sequence[str] | None = None,
     model: str | None = None,
     api_key: str | None = None,
     client: AsyncClient | None = None,
@@ -80,7 +80,14 @@ async def arun_batch(
     ``response_format=``, ...) go into every request; a row's own ``max_tokens``,
     ``temperature``, ... win. ``on_progress`` gets a :class:`Progress` after each result
     and about twice a second. ``shard=(K, N)`` runs only the ids of shard K of N (a stable
-    hash of the id; N runs with their own outputs cover every id once).
+    hash of the id; N runs with their own outputs cover every id once; the shard is one of
+    the output's settings).
+
+    ``endpoint`` may be a list of URLs (or ``LMLINK_ENDPOINT`` a comma-separated list):
+    the servers share the run, each with its own client and adaptive limit (with an
+    integer ``concurrency``, the most for each); a server that stops answering is taken
+    out, its items finish on the others, and it rejoins once it answers again. The
+    summary's ``endpoints`` gives each server's share, rate and state.
 
     Returns a :class:`BatchSummary`. A failure that every item would share (no server, a
     refused connection, a wrong API key, an unknown model) stops the run and is raised;
@@ -124,7 +131,7 @@ def run_batch(
     items: Items,
     output: str | Path,
     *,
-    endpoint: str | None = None,
+    endpoint: str | Sequence[str] | None = None,
     model: str | None = None,
     api_key: str | None = None,
     client: AsyncClient | None = None,

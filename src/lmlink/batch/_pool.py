@@ -193,8 +193,11 @@ class EndpointPool:
         while True:  # bounded: releases and changes of state wake the waiters, pauses end
             if self._fatal is not None:
                 raise self._fatal
-            best = max(self.endpoints, key=Endpoint.room)
-            if best.room() > 0:
+            endpoints = self.endpoints
+            # One endpoint (the common case): its limiter alone decides, and says no when
+            # it is full or paused.
+            best = endpoints[0] if len(endpoints) == 1 else max(endpoints, key=Endpoint.room)
+            if best.up:
                 ticket = best.try_start()
                 if ticket is not None:
                     return best, ticket
@@ -229,7 +232,8 @@ class EndpointPool:
         elif after is not None:
             after = min(after, self._retry.retry_after_max, self._total or after)
         endpoint.limiter.finish(ticket, outcome, time.monotonic(), retry_after=after)
-        self._wake(sum(max(0, e.limiter.limit - e.limiter.in_flight) for e in self.endpoints))
+        if self._waiters:
+            self._wake(sum(max(0, e.limiter.limit - e.limiter.in_flight) for e in self.endpoints))
         if self.on_release is not None:
             self.on_release()
 

@@ -116,7 +116,9 @@ class BatchSummary:
     run). ``cache_error`` says why the cache was turned off during the run (a full disk,
     say), if it was. ``concurrency`` is the most requests in flight allowed,
     ``concurrency_range`` the lowest and highest the adaptive limit took,
-    ``concurrency_settled`` where it settled (None when nothing was sent). Percentiles come
+    ``concurrency_settled`` where it settled (None when nothing was sent); with several
+    servers these add up the servers' limits, and ``endpoints`` holds each server's
+    :class:`EndpointShare` (share, rate, state). Percentiles come
     from a histogram and are within 1 % (see ``lmlink.batch._stats``); counts and tokens are
     exact.
 
