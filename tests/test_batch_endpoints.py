@@ -150,6 +150,11 @@ def test_cli_repeated_endpoint_and_comma_list_in_env(
     assert "2 endpoints:" in done.stderr
     assert f"{a.url} up: " in done.stderr
     assert f"{b.url} up: " in done.stderr
+    host = a.url.split("//")[1].split("/")[0]
+    progress = [line for line in done.stderr.splitlines() if line.startswith("lmlink: 60/60")]
+    assert progress  # the last progress line gives each server's share, rate and state
+    assert f"{host} " in progress[-1]
+    assert "/s up" in progress[-1]
     assert len(_lines(out1)) == 60
     before = len(a.requests) + len(b.requests)
     out2 = tmp_path / "two.jsonl"
