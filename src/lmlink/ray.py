@@ -76,7 +76,8 @@ def map_chat(
     ``prompt_column``). ``endpoint`` is one URL, a comma-separated list or a list of URLs;
     ``concurrency`` caps the requests in flight to each endpoint, shared by the actors (one
     per endpoint); by default each actor finds the limit by itself (the adaptive limiter of
-    ``lmlink batch``). Other keywords (``max_tokens=``, ``temperature=``,
+    ``lmlink batch``). ``api_key`` and ``timeout`` are the clients' (as for
+    :class:`~lmlink.AsyncClient`). Other keywords (``max_tokens=``, ``temperature=``,
     ``response_format=``...) go into every request.
 
     The added columns: ``content``, ``reasoning``, ``finish_reason`` (strings or null),
