@@ -143,7 +143,9 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates_a_result(tmp_path: 
     elapsed = time.monotonic() - started
     # The kills landed mid-run: the output grew across them, but not in one go.
     assert kills >= 10
-    assert 0 < progress[0] < ITEMS
+    # (On a loaded machine the first kill can land before the first answer: not asked.)
+    assert progress[0] < ITEMS
+    assert any(0 < lines < ITEMS for lines in progress)
     assert len(set(progress)) >= 4
     assert sum(faults_seen.values()) > 0
     assert elapsed < 60
