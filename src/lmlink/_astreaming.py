@@ -5,17 +5,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ._atransport import AsyncResponse
+from ._core import Attempts
 from ._errors import LMLinkError
 from ._models import ChatResponse
-from ._plan import ChatPlan
-from ._retry import RetryState
-from ._streaming import AFTER_DONE, Delta, StreamCore, broken
+from ._streaming import AFTER_DONE, Delta, Planned, StreamCore
 
 if TYPE_CHECKING:
     from ._aclient import AsyncClient
@@ -34,53 +32,38 @@ class AsyncChatStream(StreamCore):
     def __init__(
         self,
         client: AsyncClient,
-        plan: ChatPlan,
+        planned: Planned,
         on_delta: Delta | None = None,
         on_reasoning: Delta | None = None,
     ) -> None:
-        super().__init__(client, plan, on_delta, on_reasoning)
+        super().__init__(client, planned, on_delta, on_reasoning)
         self._owner = client
-        self._transport = client._transport
         self._resp: AsyncResponse | None = None
         self._chunks: AsyncIterator[bytes] | None = None
 
     async def __aenter__(self) -> AsyncChatStream:
         await self._owner._ensure_endpoint()
-        self._call = self._client._call(self._plan, self._started)
-        deadline = self._client._deadline(self._started)
-        state: RetryState | None = None
-        while True:  # bounded: by the retry budget and the plan's fallbacks
+        run = self._begin()
+        while True:  # bounded: by the attempt loop (retry budget, the plan's fallbacks)
             try:
-                await self._open(deadline)
+                await self._open(run)
                 return self
             except LMLinkError as exc:
                 await self._close_response()
-                delay, state = self._after_failure(exc, state)
-                if delay:
-                    await asyncio.sleep(delay)
+                await asyncio.sleep(self._failed(exc))
             except BaseException:
                 await self._close_response()
                 raise
 
-    async def _open(self, deadline: float | None) -> None:
-        call = self._call
-        assert call is not None
-        timeouts = self._client._timeouts(deadline)
-        resp = await self._transport.request(
-            call.method, call.url, call.headers, call.body, timeouts
+    async def _open(self, run: Attempts) -> None:
+        call = run.call
+        resp = await self._owner._transport.request(
+            call.method, call.url, call.headers, call.body, call.timeouts()
         )
+        self._owner._answered = True
         self._resp = resp
-        if resp.status >= 300:
-            body = await resp.read(self._client._max_body)
-            raise self._client._status_error(resp.status, resp.headers, body)
-        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-            # The server answered with one JSON body (it ignored "stream": true).
-            body = await resp.read(self._client._max_body)
-            self._response = self._client._finish_chat(call, body, time.monotonic() - call.started)
-            self._plan.accept(self._response)
-            self._ended = True
-            if self._response.content:
-                self._buffer.append(self._response.content)
+        if not self._is_stream(resp.status, resp.headers):
+            self._whole(resp.status, resp.headers, await resp.read(self._client._max_body))
             return
         self._chunks = resp.aiter_bytes()
         # Read up to the first piece of output, so that failures before it can be retried.
@@ -89,6 +72,7 @@ class AsyncChatStream(StreamCore):
 
     async def _pull(self) -> None:
         assert self._chunks is not None
+        self._raise_failure()
         if self._acc.done:  # [DONE] came with deltas; they are handed out now
             await self._drain()
             return
@@ -99,7 +83,7 @@ class AsyncChatStream(StreamCore):
             self._finish()
             return
         except LMLinkError as exc:
-            raise broken(exc, self._acc) from exc
+            raise self._broken(exc) from exc
         self._buffer.extend(self._feed(data))
         if self._acc.done and not self._buffer:
             await self._drain()
@@ -124,7 +108,7 @@ class AsyncChatStream(StreamCore):
                 if on_delta is not None:
                     on_delta(text)
                 yield text
-            elif self._ended:
+            elif self._ended and self._failure is None:
                 return
             else:
                 await self._pull()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from time import monotonic
@@ -35,13 +36,14 @@ from ._transport_base import (
     Timeouts,
     connect_budget,
     connect_error,
+    forget_after_fork,
     make_ssl_context,
     readable,
     timeout_error,
     within,
 )
 
-__all__ = ["AsyncResponse", "AsyncTransport"]
+__all__ = ["AsyncResponse", "AsyncTransport", "LoopPools"]
 
 _READ_BUFFER = 64 * 1024
 _CLOSED = object()  # a pool waiter's result when the transport is closed under it
@@ -181,7 +183,13 @@ class AsyncTransport:
                     await conn.wait(timeouts, start, writing=True)
                 while not parser.head_done:
                     await conn.wait(timeouts, start)
-            except APIConnectionError as exc:
+            except LMLinkError as exc:
+                if parser.head_done:  # the head, some body, then a broken frame: the
+                    conn.used += 1  # body is handed out first, then conn.exc is raised
+                    return AsyncResponse(self, conn, parser, timeouts, start)
+                if not isinstance(exc, APIConnectionError):
+                    self._discard(conn)
+                    raise
                 if conn.used and not parser.received and exc.reason in ("closed", "reset"):
                     # A kept-alive connection the server had already closed: nothing of
                     # this request was processed, so send it again on a fresh one.
@@ -200,6 +208,10 @@ class AsyncTransport:
 
     async def aclose(self) -> None:
         """Close every pooled connection; responses still open close theirs when done."""
+        self.close_now()
+
+    def close_now(self) -> None:
+        """:meth:`aclose`, callable from the event loop's own callbacks."""
         self._closed = True
         for idle in self._idle.values():
             for conn in idle:
@@ -210,7 +222,7 @@ class AsyncTransport:
         self._idle.clear()
         while self._waiters:
             _, fut = self._waiters.popleft()
-            if not fut.done():
+            if not fut.done() and not fut.get_loop().is_closed():
                 fut.set_result(_CLOSED)
 
     async def __aenter__(self) -> AsyncTransport:
@@ -386,6 +398,63 @@ class AsyncTransport:
             conn.idle = False
             self._idle[conn.key].remove(conn)
             self._discard(conn)
+
+
+class LoopPools:
+    """One :class:`AsyncTransport` (pool) per event loop, for a client that several loops
+    use: connections belong to the loop that opened them, so two loops (in two threads, or
+    one after another) never share one, and never read each other's answers. A pool whose
+    loop has closed is dropped when another loop first calls; after ``fork()`` the child
+    starts with none.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._pools: dict[asyncio.AbstractEventLoop, AsyncTransport] = {}
+        # The last (loop, pool) pair, one tuple so that a thread never reads half of it.
+        self._last: tuple[asyncio.AbstractEventLoop, AsyncTransport] | None = None
+        self._closed = False
+        forget_after_fork(self)
+
+    def current(self) -> AsyncTransport:
+        """The running loop's pool (made on first use)."""
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError("this transport (client) is closed")
+            pool = self._pools.get(loop)
+            if pool is None:
+                for old, stale in list(self._pools.items()):
+                    if old.is_closed():  # its sockets can only be shut down now
+                        del self._pools[old]
+                        stale.close_now()
+                pool = self._pools[loop] = AsyncTransport(**self._settings)
+            self._last = (loop, pool)
+        return pool
+
+    async def aclose(self) -> None:
+        """Close every loop's pooled connections (each on its own loop)."""
+        here = asyncio.get_running_loop()
+        with self._lock:
+            self._closed = True
+            pools, self._pools, self._last = self._pools, {}, None
+        for loop, pool in pools.items():
+            if loop is here or loop.is_closed():
+                pool.close_now()
+            else:
+                try:
+                    loop.call_soon_threadsafe(pool.close_now)
+                except RuntimeError:  # closed in the meantime
+                    pool.close_now()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._pools = {}
+        self._last = None
 
 
 def _pool_timeout(fut: asyncio.Future[_Handoff]) -> None:

@@ -10,26 +10,59 @@ catch those.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-__all__ = ["as_str", "dumps", "loads", "sorted_dumps", "text"]
+# 19 digits in a row can be past 2**63: where orjson's integers become floats.
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+__all__ = ["as_str", "dumps", "loads", "loads_exact", "sorted_dumps", "text"]
 
 
 def _bind() -> Any:
     import orjson
 
-    globals().update(loads=orjson.loads, dumps=orjson.dumps)
+    def dumps(obj: Any, _dumps: Any = orjson.dumps) -> bytes:
+        try:
+            return _dumps(obj)  # type: ignore[no-any-return]
+        except TypeError as exc:
+            return _exact(obj, exc)
+
+    globals().update(loads=orjson.loads, dumps=dumps)
     return orjson
 
 
+def _exact(obj: Any, exc: TypeError) -> bytes:
+    """orjson writes no integer past 64 bits; the standard library does (exactly)."""
+    if "64-bit" not in str(exc):
+        raise exc
+    import json
+
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON (raises ValueError)."""
+    """Parse JSON (raises ValueError). Integers past 64 bits come back as floats: use
+    :func:`loads_exact` where they must stay exact."""
     return _bind().loads(data)
 
 
+def loads_exact(data: str) -> Any:
+    """Parse JSON keeping every integer exact (raises ValueError): orjson first, the
+    standard library when the text holds an integer too long for 64 bits."""
+    value = loads(data)
+    if _LONG_DIGITS.search(data) is None:
+        return value
+    import json
+
+    return json.loads(data)
+
+
 def dumps(obj: Any) -> bytes:
-    """Serialise to compact JSON bytes (raises TypeError)."""
-    return _bind().dumps(obj)  # type: ignore[no-any-return]
+    """Serialise to compact JSON bytes (raises TypeError); integers past 64 bits are
+    written exactly."""
+    _bind()
+    return dumps(obj)
 
 
 def text(obj: Any) -> str:

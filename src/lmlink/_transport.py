@@ -32,6 +32,7 @@ from ._transport_base import (
     budget,
     connect_budget,
     connect_error,
+    forget_after_fork,
     io_error,
     make_ssl_context,
     readable,
@@ -100,6 +101,8 @@ class Response(ResponseBase["_Conn"]):
                     _receive(self._live(), parser, self._timeouts, self._start)
                 except BaseException:
                     self._close()
+                    if parser.body:  # what arrived before the failure, then the failure
+                        yield parser.take()
                     raise
 
     def discard_rest(self, grace: float) -> None:
@@ -161,6 +164,18 @@ def _send(conn: _Conn, data: bytes, where: str, timeouts: Timeouts, start: float
         raise io_error(exc, where, False, False) from exc
 
 
+def _answered_early(conn: _Conn, parser: ResponseParser, timeouts: Timeouts, start: float) -> bool:
+    """After a failed send: whether the server answered before it stopped reading (a
+    proxy's 413 for a body too large, a 401 before the body). Its answer is read into
+    ``parser`` and is the outcome of the request, rather than the broken pipe."""
+    try:
+        while not parser.head_done:
+            _receive(conn, parser, within(timeouts, 1.0), start)
+    except LMLinkError:
+        return False
+    return True
+
+
 class SyncTransport:
     """Blocking HTTP/1.1 client with a keep-alive pool; safe to share between threads."""
 
@@ -184,6 +199,19 @@ class SyncTransport:
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._total = 0  # open sockets, busy or idle, plus connects under way
         self._closed = False
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: start with an empty pool. The inherited sockets are closed
+        in this process only (the parent's connections stay open), and the lock is new (a
+        thread of the parent may have held it at the fork)."""
+        conns = [c for idle in self._idle.values() for c in idle]
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._idle = {}
+        self._total = 0
+        for conn in conns:
+            conn.sock.close()  # this process's descriptor only: no shutdown, no TLS goodbye
 
     def request(
         self,
@@ -201,10 +229,22 @@ class SyncTransport:
         while True:
             parser = ResponseParser(target.where, method == "HEAD", self._max_body, self._redact)
             try:
-                _send(conn, data, target.where, timeouts, start)
+                try:
+                    _send(conn, data, target.where, timeouts, start)
+                except APIConnectionError:
+                    if not _answered_early(conn, parser, timeouts, start):
+                        raise
                 while not parser.head_done:
                     _receive(conn, parser, timeouts, start)
-            except APIConnectionError as exc:
+            except LMLinkError as exc:
+                if parser.head_done:  # the head, some body, then a broken frame
+                    resp = Response(self, conn, parser, timeouts, start)
+                    resp._error = exc
+                    conn.used += 1
+                    return resp
+                if not isinstance(exc, APIConnectionError):
+                    self._discard(conn)
+                    raise
                 if conn.used and not parser.received and exc.reason in ("closed", "reset"):
                     # A kept-alive connection the server had already closed: nothing of
                     # this request was processed, so send it again on a fresh one.

@@ -9,9 +9,11 @@ same way. The shells themselves are :mod:`lmlink._transport` and :mod:`lmlink._a
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import sys
+import weakref
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -28,6 +30,7 @@ __all__ = [
     "budget",
     "connect_budget",
     "connect_error",
+    "forget_after_fork",
     "io_error",
     "make_ssl_context",
     "readable",
@@ -49,6 +52,29 @@ class Timeouts(NamedTuple):
     connect: float | None  # TCP connect + TLS handshake
     idle: float | None  # longest wait for any byte (each read wait; also each write wait)
     deadline: float | None  # absolute time.monotonic() value; no wait goes past it
+
+
+class _ForkAware(Protocol):
+    def _after_fork(self) -> None: ...
+
+
+_FORK_AWARE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_FORK_AWARE):
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forget_after_fork(pool: _ForkAware) -> None:
+    """Have ``pool._after_fork()`` called in every child process forked from now on: a
+    child must never read or write the parent's pooled sockets (they are the same
+    connections, so the two would read each other's answers)."""
+    _FORK_AWARE.add(pool)
 
 
 def make_ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
@@ -118,6 +144,7 @@ class ResponseBase(Generic[_C]):
 
     __slots__ = (
         "_conn",
+        "_error",
         "_parser",
         "_pool",
         "_start",
@@ -140,6 +167,9 @@ class ResponseBase(Generic[_C]):
         self._parser = parser
         self._timeouts = timeouts
         self._start = start
+        # A failure that came in the same read as the head (a broken frame after the first
+        # body bytes): raised once the body that preceded it has been handed out.
+        self._error: Exception | None = None
         if parser.done:
             self._close()
 
@@ -150,6 +180,8 @@ class ResponseBase(Generic[_C]):
             raise too_large(parser.where, limit)
 
     def _live(self) -> _C:
+        if self._error is not None:
+            raise self._error
         conn = self._conn
         if conn is None:
             raise APIConnectionError(

@@ -1,5 +1,14 @@
-"""What the sync and async clients share: settings, request preparation, the response
-side of a call. Everything here is pure; the two shells in ``_client.py`` only do I/O.
+"""What the sync and async clients share: settings, request preparation, the attempt loop's
+decisions and the response side of a call. Everything here is pure; the two shells
+(``_client.py``, ``_aclient.py``) and their streams only send, read and sleep.
+
+A call goes: keywords → :class:`~lmlink._options.CallOptions` and a
+:class:`~lmlink._adapt.ChatPlan` (at the boundary, once) → a :class:`Call` (the request to
+send, with its own timeout and deadline) → :class:`Attempts`, which after each failure says
+whether to send a changed request at once (a refusal the plan adapts to), wait and send it
+again (the retry policy), or give up; and after each answer whether to ask again (a
+structured answer that did not validate). Errors leave the client through
+:meth:`Attempts.failed` or :meth:`ClientCore.scrub`, where the secrets are blanked out once.
 """
 
 from __future__ import annotations
@@ -10,6 +19,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._adapt import CapabilityStore, ChatPlan, ChatSpec
+from ._answer import AnswerDecoder, decode_answer
 from ._config import (
     RetryPolicy,
     Timeout,
@@ -19,23 +30,18 @@ from ._config import (
 )
 from ._discovery import ServerInfo
 from ._errmap import error_from_response
-from ._errors import APITimeoutError, ConfigurationError, LMLinkError
+from ._errors import APIStatusError, APITimeoutError, ConfigurationError, LMLinkError
 from ._log import log
 from ._models import ChatResponse
-from ._plan import CapabilityStore, ChatPlan, ChatSpec
-from ._retry import RetryState
-from ._stream import StreamAccumulator
+from ._options import NO_OPTIONS, CallOptions, split_options
+from ._redact import Redactor
+from ._retry import RetryState, reached_caller
 from ._structured import OutputSpec
 from ._transport_base import Timeouts
 from ._version import __version__
-from ._wire import (
-    MessagesInput,
-    normalize_messages,
-    parse_chat_response,
-    response_format_payload,
-)
+from ._wire import MessagesInput, normalize_messages, response_format_payload
 
-__all__ = ["BaseClient", "Call"]
+__all__ = ["Attempts", "Call", "ClientCore"]
 
 if TYPE_CHECKING:
     import ssl
@@ -47,9 +53,10 @@ _USER_AGENT = f"lmlink/{__version__}"
 
 class Call:
     """One request to send. ``started`` is when the whole call began (retries, fallbacks
-    and re-asks included): timings and the total deadline count from it."""
+    and re-asks included): timings and the total deadline count from it; ``timeout`` is the
+    call's own (the client's unless the call gave one)."""
 
-    __slots__ = ("body", "headers", "method", "started", "url")
+    __slots__ = ("body", "headers", "method", "started", "timeout", "url")
 
     def __init__(
         self,
@@ -57,13 +64,25 @@ class Call:
         url: str,
         headers: Sequence[tuple[str, str]],
         body: bytes | None,
+        timeout: Timeout,
         started: float | None = None,
     ) -> None:
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
+        self.timeout = timeout
         self.started = time.monotonic() if started is None else started
+
+    @property
+    def deadline(self) -> float | None:
+        total = self.timeout.total
+        return None if total is None else self.started + total
+
+    def timeouts(self) -> Timeouts:
+        """The transport's limits for the next attempt of this call."""
+        t = self.timeout
+        return Timeouts(t.connect, t.idle, self.deadline)
 
 
 def _count(name: str, value: object, least: int) -> int:
@@ -78,7 +97,15 @@ def _count(name: str, value: object, least: int) -> int:
     return value
 
 
-class BaseClient:
+def _with_headers(
+    base: tuple[tuple[str, str], ...], extra: Sequence[tuple[str, str]]
+) -> tuple[tuple[str, str], ...]:
+    """``base`` with the headers of ``extra`` replacing those of the same name."""
+    names = {name.lower() for name, _ in extra}
+    return (*(h for h in base if h[0].lower() not in names), *extra)
+
+
+class ClientCore:
     """Settings and pure request/response logic shared by Client and AsyncClient."""
 
     def __init__(
@@ -98,9 +125,9 @@ class BaseClient:
     ) -> None:
         env = os.environ
         self._endpoint = resolve_endpoint(endpoint, env)
-        basic = password = None
+        basic = secret = None
         if self._endpoint is not None:  # user:password@ becomes Basic auth, never text
-            self._endpoint, basic, password = split_credentials(self._endpoint)
+            self._endpoint, basic, secret = split_credentials(self._endpoint)
         self._model = resolve_setting(model, env, "LMLINK_MODEL")
         self._api_key = resolve_setting(api_key, env, "LMLINK_API_KEY", "OPENAI_API_KEY")
         self.timeout = Timeout.coerce(timeout)
@@ -117,24 +144,29 @@ class BaseClient:
         self._max_body = max_response_bytes
         self.structured_retries = structured_retries
         self._caps = CapabilityStore()
+        # Whether the server has answered this client: then a refused connection is a
+        # restart worth waiting for, not a server that is not running.
+        self._answered = False
         base: list[tuple[str, str]] = [("User-Agent", _USER_AGENT)]
         if self._api_key:
             base.append(("Authorization", f"Bearer {self._api_key}"))
         elif basic is not None:
             base.append(("Authorization", f"Basic {basic}"))
-        # What redact() blanks out: the key, and the password and Basic value of the URL.
-        self._secrets = tuple(
-            s for s in (self._api_key, password, basic) if s is not None and len(s) >= 4
-        )
+        # What is blanked out of errors: the key, and the credentials of the URL.
+        self._redactor = Redactor((self._api_key, secret, basic))
         for name, value in (headers or {}).items():
             base = [(k, v) for k, v in base if k.lower() != name.lower()]
             base.append((name, value))
-        self._get_headers = tuple([*base, ("Accept", "application/json")])
-        self._json_headers = tuple(
-            [*base, ("Content-Type", "application/json"), ("Accept", "application/json")]
+        self._get_headers = (*base, ("Accept", "application/json"))
+        self._json_headers = (
+            *base,
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
         )
-        self._sse_headers = tuple(
-            [*base, ("Content-Type", "application/json"), ("Accept", "text/event-stream")]
+        self._sse_headers = (
+            *base,
+            ("Content-Type", "application/json"),
+            ("Accept", "text/event-stream"),
         )
         self._setup()
 
@@ -159,21 +191,14 @@ class BaseClient:
         return f"{type(self).__name__}(endpoint={self._endpoint!r}, model={self._model!r}{key})"
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key (and a password given in the endpoint URL) blanked out:
+        """``text`` with the API key (and the credentials of the endpoint URL) blanked out:
         servers sometimes echo them."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+        return self._redactor(text)
 
-    def _scrub(self, exc: LMLinkError) -> LMLinkError:
-        """``exc`` with the API key blanked out of its message: transport errors quote the
-        server's bytes (a malformed status or header line)."""
-        message = self.redact(exc.message)
-        if message is not exc.message:
-            exc.message = message
-            exc.args = (message,)
-        return exc
+    def scrub(self, exc: LMLinkError) -> LMLinkError:
+        """``exc`` with the secrets blanked out of everything it carries: every error
+        passes here on its way out of the client."""
+        return self._redactor.error(exc)
 
     def _url(self, path: str) -> str:
         if self._endpoint is None:
@@ -183,16 +208,6 @@ class BaseClient:
         return self._endpoint + path
 
     # -- calls ------------------------------------------------------------------------
-
-    def _deadline(self, started: float) -> float | None:
-        total = self.timeout.total
-        return None if total is None else started + total
-
-    def _timeouts(self, deadline: float | None) -> Timeouts:
-        return Timeouts(self.timeout.connect, self.timeout.idle, deadline)
-
-    def _retry_state(self, deadline: float | None) -> RetryState:
-        return RetryState(self.retry, deadline)
 
     def _plan(
         self,
@@ -206,9 +221,11 @@ class BaseClient:
         tools: Sequence[Any] | None = None,
         tool_choice: Any = None,
         reasoning: Any = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> ChatPlan:
-        endpoint = self._endpoint or ""
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[ChatPlan, CallOptions]:
+        """The plan of one chat call and its options; everything checked here, once."""
+        options, fields = split_options(extra or {})
+        endpoint = self._url("")  # "no endpoint" comes before "no model"
         name = model or self._model
         if not name:
             raise ConfigurationError(
@@ -231,20 +248,27 @@ class BaseClient:
             tools=toolset,
             tool_choice=tool_choice,
             reasoning=reasoning,
-            extra=extra or {},
+            extra=fields,
         )
         caps = self._caps.get(endpoint, name)
-        return ChatPlan(
+        plan = ChatPlan(
             spec, caps, stream=stream, reasks=self.structured_retries, redact=self.redact
         )
+        return plan, options
 
-    def _call(self, plan: ChatPlan, started: float | None = None) -> Call:
-        """The next request of ``plan``."""
+    def _chat_call(self, plan: ChatPlan, options: CallOptions = NO_OPTIONS) -> Call:
+        """The first request of ``plan``."""
         headers = self._sse_headers if plan.stream else self._json_headers
-        return Call("POST", self._url("/chat/completions"), headers, plan.body(), started)
+        if options.headers:
+            headers = _with_headers(headers, options.headers)
+        timeout = options.timeout or self.timeout
+        return Call("POST", self._url("/chat/completions"), headers, plan.body(), timeout)
 
-    def _prepare_get(self, path: str) -> Call:
-        return Call("GET", self._url(path), self._get_headers, None)
+    def _get_call(self, path: str) -> Call:
+        return Call("GET", self._url(path), self._get_headers, None, self.timeout)
+
+    def _attempts(self, call: Call, plan: ChatPlan | None = None) -> Attempts:
+        return Attempts(self, call, plan)
 
     def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> LMLinkError:
         return error_from_response(status, headers, body, redact=self.redact)
@@ -260,7 +284,10 @@ class BaseClient:
         info.capabilities = self._caps.for_endpoint(info.endpoint)
         return info
 
-    def _use_discovered(self, info: ServerInfo) -> None:
+    def _use_discovered(self, found: list[ServerInfo]) -> None:
+        if not found:
+            return
+        info = found[0]
         self._endpoint = info.endpoint
         if not self._model and info.models:
             self._model = info.models[0]
@@ -279,10 +306,68 @@ class BaseClient:
         )
 
     def _finish_chat(self, call: Call, body: bytes, ttft: float) -> ChatResponse:
-        out = parse_chat_response(body, redact=self.redact)
+        """The answer of a plain (non-streamed) body: ``ttft_s`` is the time to its head,
+        and its tokens per second count over the whole call."""
+        out = decode_answer(body, redact=self.redact)
         out.ttft_s = ttft
         out.latency_s = time.monotonic() - call.started
         return out
 
-    def _accumulator(self) -> StreamAccumulator:
-        return StreamAccumulator(self.redact)
+    def _decoder(self) -> AnswerDecoder:
+        return AnswerDecoder(self.redact)
+
+
+class Attempts:
+    """The attempts of one call, pure: after each failure, whether to send a changed
+    request at once (a refusal the plan adapts to), wait and send it again (the retry
+    policy), or give up (the error is raised, its secrets blanked out).
+
+    >>> run = core._attempts(call, plan)
+    >>> while True:
+    ...     try:
+    ...         answer = send(run.call)
+    ...     except LMLinkError as exc:
+    ...         sleep(run.failed(exc))   # raises when the call is over
+    ...         continue
+    ...     if run.accept(answer):
+    ...         return answer
+    """
+
+    __slots__ = ("_core", "_plan", "_state", "call")
+
+    def __init__(self, core: ClientCore, call: Call, plan: ChatPlan | None = None) -> None:
+        self._core = core
+        self._plan = plan
+        self._state: RetryState | None = None
+        self.call = call
+
+    def failed(self, exc: LMLinkError) -> float:
+        """Seconds to wait before sending ``self.call`` again (0: at once, changed);
+        raises ``exc`` when there is no next attempt."""
+        core = self._core
+        core.scrub(exc)
+        plan = self._plan
+        if (
+            plan is not None
+            and isinstance(exc, APIStatusError)
+            and not reached_caller(exc)
+            and plan.adapt(exc)
+        ):
+            self.call.body = plan.body()
+            return 0.0
+        state = self._state
+        if state is None:
+            state = RetryState(core.retry, self.call.deadline, answered=core._answered)
+            self._state = state
+        delay = state.delay_for(exc)
+        log.info("lmlink: retry %d in %.2f s after: %s", state.retries, delay, exc)
+        return delay
+
+    def accept(self, resp: ChatResponse) -> bool:
+        """Validate a structured answer; False means: send ``self.call`` again (it now asks
+        for a corrected answer)."""
+        plan = self._plan
+        if plan is None or plan.accept(resp):
+            return True
+        self.call.body = plan.body()
+        return False

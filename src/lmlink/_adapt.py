@@ -243,11 +243,12 @@ class ChatPlan:
         self._learn = True  # whether the form that works may be remembered for later calls
         self._params = {**reasoning_params(spec.reasoning, caps.kind), **spec.extra}
         rf = spec.response_format
+        output = spec.output
         if rf is None:
             self._forms: tuple[str, ...] = ()
-        elif spec.output is not None:
+        elif output is not None and not output.any_json:
             self._forms = SCHEMA_FORMS
-        elif rf == "json" or (isinstance(rf, Mapping) and rf.get("type") == "json_object"):
+        elif output is not None:  # any JSON value: "json", {"type": "json_object"}
             self._forms = JSON_FORMS
         else:
             self._forms = ("as_given",)
@@ -299,7 +300,9 @@ class ChatPlan:
 
     def _schema(self) -> Any:
         output = self.spec.output
-        return output.wire_schema() if output is not None else {"type": "object"}
+        if output is None or output.any_json:
+            return {"type": "object"}
+        return output.wire_schema()
 
     def _wire_format(self, form: str | None) -> Any:
         if form is None or form == "prompt":
@@ -322,7 +325,7 @@ class ChatPlan:
 
     def _schema_instruction(self) -> dict[str, Any]:
         text = "Reply with JSON only, no prose and no code fences."
-        if self.spec.output is not None:
+        if self.spec.output is not None and not self.spec.output.any_json:
             schema = _json.dumps(self._schema()).decode()
             text = (
                 f"Reply with one JSON value matching this JSON schema, and nothing else: {schema}"

@@ -1,9 +1,15 @@
-"""Streamed chat chunks folded into one response, pure.
+"""The one answer decoder, pure: stream chunks and plain bodies folded into a ChatResponse.
 
-:class:`StreamAccumulator` takes SSE events one at a time and returns the content each adds.
-It keeps reasoning (three dialects), tool-call fragments (by index, or by id when a server
-leaves the index out), usage, model and finish reason, and decides at the end whether the
-stream finished or was cut off.
+A streamed answer arrives as many chunks (``choices[0].delta``); a plain one as one body
+(``choices[0].message``). :class:`AnswerDecoder` folds both with the same code: a plain body
+is one chunk whose message is the only delta. So every rule exists once: reasoning fields
+(``reasoning_content``, ``reasoning``, Ollama's ``thinking``) and inline ``<think>`` tags,
+in-band errors (``{"error": ...}`` and vLLM's ``{"object": "error"}``), usage, tool-call
+fragments (by index, by id, or by position in a whole message), finish reasons, and invalid
+UTF-8 (kept as U+FFFD rather than dropped).
+
+The per-choice state lives in :class:`ChoiceState`, so more choices (``n > 1``) or
+log-probabilities are more of the same state, not another rule set.
 """
 
 from __future__ import annotations
@@ -13,17 +19,29 @@ from typing import Any
 
 from . import _json
 from ._errmap import error_from_payload
-from ._errors import APIStatusError, StreamError, clip, stream_variant
+from ._errors import APIStatusError, DecodeError, StreamError, clip, stream_variant
 from ._log import log
 from ._models import ChatResponse, ToolCall
 from ._sse import SSEEvent
 from ._think import ThinkSplitter
 from ._wire import finish_word, text_of
 
-__all__ = ["StreamAccumulator"]
+__all__ = ["AnswerDecoder", "ChoiceState", "decode_answer", "loads_lenient"]
 
 
 _DONE = b"[DONE]"
+
+
+def loads_lenient(data: bytes) -> Any:
+    """JSON from ``data``; invalid UTF-8 inside it is read as U+FFFD (as a plain answer's
+    text always was) instead of failing the whole object. Raises ValueError otherwise."""
+    try:
+        return _json.loads(data)
+    except ValueError:
+        text = data.decode("utf-8", "replace")
+        if "\ufffd" not in text:
+            raise
+        return _json.loads(text)
 
 
 class _ToolFragments:
@@ -38,6 +56,9 @@ class _ToolFragments:
     def add(self, item: dict[str, Any]) -> None:
         if self.id is None and item.get("id"):
             self.id = _json.as_str(item["id"])
+        kind = item.get("type")
+        if isinstance(kind, str) and kind:
+            self.type = kind
         fn = item.get("function")
         if isinstance(fn, dict):
             if self.name is None and fn.get("name"):
@@ -69,19 +90,68 @@ class _ToolFragments:
         return True
 
 
-class StreamAccumulator:
-    """Feed SSE events; read the aggregate with :meth:`response`.
+class ChoiceState:
+    """What one choice has said so far: content (through the ``<think>`` splitter),
+    reasoning, tool-call fragments and the finish reason."""
+
+    __slots__ = ("finish_raw", "reasoning", "think", "tools")
+
+    def __init__(self) -> None:
+        self.think = ThinkSplitter()
+        self.reasoning: list[str] = []
+        self.tools: list[_ToolFragments] = []
+        self.finish_raw: str | None = None
+
+    def take_tools(self, calls: list[Any], whole: bool) -> None:
+        tools = self.tools
+        for position, item in enumerate(calls):
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index")
+            if whole or (position and not isinstance(index, int)):
+                # A complete message, or a later entry of one delta's list: each entry of
+                # a list is a call of its own.
+                index = len(tools)
+            elif not isinstance(index, int) or index < 0 or index > 1024:
+                index = self._index_without(item)
+            while len(tools) <= index:
+                tools.append(_ToolFragments())
+            tools[index].add(item)
+
+    def _index_without(self, item: dict[str, Any]) -> int:
+        """Where a fragment with no index belongs: its id's call, a new call for a new id,
+        else the latest call (openai-python#2806 crashes here)."""
+        ident = item.get("id")
+        if ident:
+            for i, frag in enumerate(self.tools):
+                if frag.id == ident:
+                    return i
+            fn = item.get("function")
+            fresh = isinstance(fn, dict) and fn.get("name")
+            if fresh or not self.tools or self.tools[-1].id is not None:
+                return len(self.tools)
+        return max(0, len(self.tools) - 1)
+
+    @property
+    def finished(self) -> bool:
+        """A finish reason arrived, or complete tool calls did."""
+        if self.finish_raw is not None:
+            return True
+        return bool(self.tools) and all(t.complete() for t in self.tools)
+
+
+class AnswerDecoder:
+    """Feed SSE events (:meth:`feed`) or one plain body (:func:`decode_answer`); read the
+    aggregate with :meth:`response`.
 
     ``done`` is set by ``[DONE]``; ``reasoning_delta`` is the reasoning the last event added.
-    In-band errors raise a :func:`stream_variant` of their class with ``partial`` set.
+    In-band errors raise (in a stream, a :func:`stream_variant` of their class with
+    ``partial`` set).
     """
 
     __slots__ = (
-        "_reasoning",
-        "_think",
-        "_tools",
+        "_choice",
         "done",
-        "finish_raw",
         "malformed",
         "model",
         "output_seen",
@@ -93,11 +163,8 @@ class StreamAccumulator:
 
     def __init__(self, redact: Callable[[str], str] = str) -> None:
         self.redact = redact
-        self._think = ThinkSplitter()
-        self._reasoning: list[str] = []
-        self._tools: list[_ToolFragments] = []
+        self._choice = ChoiceState()
         self.done = False
-        self.finish_raw: str | None = None
         self.malformed = 0
         self.model: str | None = None
         self.output_seen = False
@@ -105,8 +172,10 @@ class StreamAccumulator:
         self.output_tokens: int | None = None
         self.reasoning_delta = ""
 
+    # -- input ------------------------------------------------------------------------------
+
     def feed(self, event: SSEEvent) -> str:
-        """Fold one event in; return the content it adds (often ``""``)."""
+        """Fold one stream event in; return the content it adds (often ``""``)."""
         self.reasoning_delta = ""
         data = event.data
         if self.done:
@@ -118,17 +187,17 @@ class StreamAccumulator:
         if data == _DONE or (len(data) < 16 and data.strip() == _DONE):
             self.done = True
             return ""
-        try:
-            chunk = _json.loads(data)
-        except ValueError:
-            self._skip(data, "not valid JSON")
-            return ""
+        chunk = self._loads(data)
         if type(chunk) is not dict:
             if chunk is not None:
                 self._skip(data, "not a JSON object")
             return ""
-        if chunk.get("error"):
+        if chunk.get("error") or chunk.get("object") == "error":
             self._raise_in_band(chunk)
+        return self.fold(chunk, whole=False)
+
+    def fold(self, chunk: dict[str, Any], *, whole: bool) -> str:
+        """Fold one decoded chunk (``whole``: a plain body's, its message complete)."""
         if self.model is None:
             model = chunk.get("model")
             if model and isinstance(model, str):
@@ -142,23 +211,24 @@ class StreamAccumulator:
         choice = choices[0]
         if not isinstance(choice, dict):
             return ""
+        state = self._choice
         finish = choice.get("finish_reason")
         if finish and isinstance(finish, str):
-            self.finish_raw = finish
-        delta = choice.get("delta")
+            state.finish_raw = finish
+        delta = choice.get("message") if whole else choice.get("delta")
         if not isinstance(delta, dict):
-            delta = choice.get("message")
+            delta = choice.get("delta" if whole else "message")
             if not isinstance(delta, dict):
                 return ""
         # Most deltas are {"content": "..."} alone: skip the rarer fields then.
         if len(delta) > 1 or "content" not in delta:
-            self._take_extras(delta)
+            self._take_extras(delta, state, whole)
         content = delta.get("content")
         if not content:
             return ""
         if not isinstance(content, str):
             content = text_of(content)
-        out, inline = self._think.feed(content)
+        out, inline = state.think.feed(content)
         if inline:
             self.reasoning_delta += inline
         if out or inline:
@@ -168,26 +238,27 @@ class StreamAccumulator:
     def flush(self) -> str:
         """At the end of the stream: the content held back as a possible tag (reasoning held
         back goes to ``reasoning_delta``)."""
-        out, self.reasoning_delta = self._think.flush()
+        out, self.reasoning_delta = self._choice.think.flush()
         return out
 
-    def _take_extras(self, delta: dict[str, Any]) -> None:
+    def _take_extras(self, delta: dict[str, Any], state: ChoiceState, whole: bool) -> None:
         reasoning = (
             delta.get("reasoning_content") or delta.get("reasoning") or delta.get("thinking")
         )
         if reasoning:
             text = reasoning if isinstance(reasoning, str) else text_of(reasoning)
-            self._reasoning.append(text)
+            state.reasoning.append(text)
             self.reasoning_delta = text
-            self._think.separate()
+            state.think.separate()
             self.output_seen = True
         calls = delta.get("tool_calls")
         if calls and isinstance(calls, list):
-            self._take_tools(calls)
+            state.take_tools(calls, whole)
+            self.output_seen = True
 
     def _loads(self, data: bytes, *, quiet: bool = False) -> Any:
         try:
-            return _json.loads(data)
+            return loads_lenient(data)
         except ValueError:
             if not quiet:
                 self._skip(data, "not valid JSON")
@@ -206,33 +277,6 @@ class StreamAccumulator:
         if isinstance(output, int):
             self.output_tokens = output
 
-    def _take_tools(self, calls: list[Any]) -> None:
-        tools = self._tools
-        for item in calls:
-            if not isinstance(item, dict):
-                continue
-            index = item.get("index")
-            if not isinstance(index, int) or index < 0 or index > 1024:
-                index = self._index_without(item)
-            while len(tools) <= index:
-                tools.append(_ToolFragments())
-            tools[index].add(item)
-            self.output_seen = True
-
-    def _index_without(self, item: dict[str, Any]) -> int:
-        """Where a fragment with no index belongs: its id's call, a new call for a new id,
-        else the latest call (openai-python#2806 crashes here)."""
-        ident = item.get("id")
-        if ident:
-            for i, frag in enumerate(self._tools):
-                if frag.id == ident:
-                    return i
-            fn = item.get("function")
-            fresh = isinstance(fn, dict) and fn.get("name")
-            if fresh or not self._tools or self._tools[-1].id is not None:
-                return len(self._tools)
-        return max(0, len(self._tools) - 1)
-
     def _raise_in_band(self, payload: Any) -> None:
         err = error_from_payload(payload, redact=self.redact)
         if err is None:
@@ -242,23 +286,28 @@ class StreamAccumulator:
         attrs = {k: v for k, v in err.__dict__.items() if k != "message"}
         raise cls(err.message, partial=self.partial(), **attrs)
 
+    # -- output -----------------------------------------------------------------------------
+
+    @property
+    def finish_raw(self) -> str | None:
+        return self._choice.finish_raw
+
     @property
     def finished(self) -> bool:
         """A finish reason arrived, or the stream delivered complete tool calls."""
-        if self.finish_raw is not None:
-            return True
-        return bool(self._tools) and all(t.complete() for t in self._tools)
+        return self._choice.finished
 
     def response(self) -> ChatResponse:
         """The aggregate so far (the final one once the stream ended)."""
-        content, inline = self._think.finish()
-        reasoning = "".join(self._reasoning)
+        state = self._choice
+        content, inline = state.think.finish()
+        reasoning = "".join(state.reasoning)
         if inline:
             reasoning += inline
         if reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
             reasoning = ""
-        finish_raw = self.finish_raw
-        if finish_raw is None and self._tools and self.finished:
+        finish_raw = state.finish_raw
+        if finish_raw is None and state.tools and state.finished:
             finish_raw = "tool_calls"
         return ChatResponse(
             content=content,
@@ -267,8 +316,8 @@ class StreamAccumulator:
             output_tokens=self.output_tokens,
             model=self.model,
             finish_reason=finish_word(finish_raw),
-            tool_calls=[t.build(i) for i, t in enumerate(self._tools)],
-            finish_reason_raw=self.finish_raw,
+            tool_calls=[t.build(i) for i, t in enumerate(state.tools)],
+            finish_reason_raw=state.finish_raw,
         )
 
     def partial(self) -> ChatResponse:
@@ -296,3 +345,29 @@ class StreamAccumulator:
             "arrived, kept in .partial)",
             partial=partial,
         )
+
+
+def decode_answer(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:
+    """The ChatResponse of a plain (non-streamed) 200 body, folded as one chunk; raises the
+    error an in-band error body reports, or DecodeError for a body that is no answer."""
+    try:
+        payload = loads_lenient(body)
+    except ValueError as exc:
+        snippet = clip(redact(body.decode("utf-8", "replace")), 200)
+        raise DecodeError(f"the response body is not valid JSON ({exc}): {snippet!r}") from exc
+    if not isinstance(payload, dict):
+        shown = clip(redact(_json.text(payload)), 200)
+        raise DecodeError(f"the response body is not a JSON object: {shown}")
+    if "error" in payload or payload.get("object") == "error":
+        text = body.decode("utf-8", "replace")
+        err = error_from_payload(payload, body_text=text, redact=redact)
+        if err is not None:
+            raise err
+    choices = payload.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise DecodeError(
+            "the response has no choices: " + clip(redact(body.decode("utf-8", "replace")), 200)
+        )
+    decoder = AnswerDecoder(redact)
+    decoder.fold(payload, whole=True)
+    return decoder.response()
