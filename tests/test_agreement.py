@@ -497,3 +497,30 @@ def test_a_server_that_answered_and_restarts_is_waited_for(
     finally:
         timer.join()
         srv.stop()
+
+
+def test_big_integers_stay_exact_in_the_extract_output_line(
+    server: FakeServer, tmp_path: Any
+) -> None:
+    """lmlink extract writes an integer past 64 bits exactly in its output line, also when
+    the answer comes from the cache."""
+    from click.testing import CliRunner
+
+    from lmlink.cli import main
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}))
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "a", "text": "account?"}) + "\n")
+    server.responder = lambda r: Reply(content='{"n": 98765432109876543210}')
+    for out in (tmp_path / "out.jsonl", tmp_path / "again.jsonl"):
+        result = CliRunner().invoke(
+            main,
+            ["extract", str(src), "-o", str(out), "--schema", str(schema)]
+            + ["--cache", str(tmp_path / "cache.db"), "-e", server.url, "-m", "fake-model"],
+        )
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        results = [line for line in lines if "id" in line]
+        assert [r["parsed"] for r in results] == [{"n": 98765432109876543210}]
+    assert len(server.requests) == 1

@@ -16,7 +16,7 @@ from typing import Any
 # 19 digits in a row can be past 2**63: where orjson's integers become floats.
 _LONG_DIGITS = re.compile(r"\d{19}")
 
-__all__ = ["as_str", "dumps", "loads", "loads_exact", "sorted_dumps", "text"]
+__all__ = ["as_str", "dumps", "dumps_record", "loads", "loads_exact", "sorted_dumps", "text"]
 
 
 def _bind() -> Any:
@@ -47,15 +47,31 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     return _bind().loads(data)
 
 
-def loads_exact(data: str) -> Any:
+def loads_exact(data: str | bytes) -> Any:
     """Parse JSON keeping every integer exact (raises ValueError): orjson first, the
     standard library when the text holds an integer too long for 64 bits."""
     value = loads(data)
-    if _LONG_DIGITS.search(data) is None:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if _LONG_DIGITS.search(text) is None:
         return value
     import json
 
-    return json.loads(data)
+    return json.loads(text)
+
+
+def dumps_record(obj: Any) -> bytes:
+    """A batch record as compact JSON: values JSON cannot hold as their text (``str``),
+    integer keys as strings, integers past 64 bits exactly."""
+    orjson = _bind()
+    try:
+        return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        import json
+
+        text = json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
 
 
 def dumps(obj: Any) -> bytes:
