@@ -516,8 +516,20 @@ def test_big_integers_stay_exact_in_the_extract_output_line(
     for out in (tmp_path / "out.jsonl", tmp_path / "again.jsonl"):
         result = CliRunner().invoke(
             main,
-            ["extract", str(src), "-o", str(out), "--schema", str(schema)]
-            + ["--cache", str(tmp_path / "cache.db"), "-e", server.url, "-m", "fake-model"],
+            [
+                "extract",
+                str(src),
+                "-o",
+                str(out),
+                "--schema",
+                str(schema),
+                "--cache",
+                str(tmp_path / "cache.db"),
+                "-e",
+                server.url,
+                "-m",
+                "fake-model",
+            ],
         )
         assert result.exit_code == 0, result.output
         lines = [json.loads(line) for line in out.read_text().splitlines()]
