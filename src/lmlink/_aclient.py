@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._astreaming import AsyncChatStream
-from ._atransport import AsyncResponse, AsyncTransport, LoopPools
 from ._client import discovery_off, ports_to_probe, probe_timeouts, url_host
 from ._config import Timeout
 from ._core import Call, ClientCore
@@ -29,6 +28,7 @@ from ._drivers import (
     wait_ready_steps,
 )
 from ._errors import LMLinkError
+from ._http.aio import AsyncResponse, AsyncTransport, LoopPools
 from ._models import ChatResponse, ModelInfo
 from ._streaming import Delta
 from ._wire import MessagesInput, decode_models

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from ._atransport import AsyncResponse
 from ._core import Attempts
 from ._errors import LMLinkError
+from ._http.aio import AsyncResponse
 from ._models import ChatResponse
 from ._streaming import AFTER_DONE, Delta, Planned, StreamCore
 

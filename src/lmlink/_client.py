@@ -30,10 +30,10 @@ from ._drivers import (
     wait_ready_steps,
 )
 from ._errors import ConfigurationError, LMLinkError
+from ._http.common import Timeouts
+from ._http.sync import Response, SyncTransport
 from ._models import ChatResponse, ModelInfo
 from ._streaming import ChatStream, Delta
-from ._transport import Response, SyncTransport
-from ._transport_base import Timeouts
 from ._wire import MessagesInput, decode_models
 
 __all__ = ["Client", "discover", "discovery_off", "ports_to_probe", "probe_timeouts"]

@@ -31,13 +31,13 @@ from ._config import (
 from ._discovery import ServerInfo
 from ._errmap import error_from_response
 from ._errors import APIStatusError, APITimeoutError, ConfigurationError, LMLinkError
+from ._http.common import Timeouts
 from ._log import log
 from ._models import ChatResponse
 from ._options import NO_OPTIONS, CallOptions, split_options
 from ._redact import Redactor
 from ._retry import RetryState, reached_caller
 from ._structured import OutputSpec
-from ._transport_base import Timeouts
 from ._version import __version__
 from ._wire import MessagesInput, normalize_messages, response_format_payload
 

@@ -26,10 +26,10 @@ from ._errors import (
     ResponseTooLargeError,
     stream_variant,
 )
+from ._http.sync import Response
 from ._models import ChatResponse
 from ._options import CallOptions
 from ._sse import SSEDecoder
-from ._transport import Response
 
 if TYPE_CHECKING:
     from ._client import Client

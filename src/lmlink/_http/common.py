@@ -17,8 +17,9 @@ import weakref
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
-from ._errors import APIConnectionError, APITimeoutError, ResponseTooLargeError
-from ._http import ResponseParser
+from lmlink._errors import APIConnectionError, APITimeoutError, ResponseTooLargeError
+
+from .response import ResponseParser
 
 if TYPE_CHECKING:
     import ssl

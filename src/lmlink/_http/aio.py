@@ -26,11 +26,10 @@ from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import Any, cast
 
-from ._aconn import AsyncConnection
-from ._errors import APIConnectionError, ConfigurationError, LMLinkError
-from ._http import ResponseParser
-from ._request import Target, build_request, parse_url
-from ._transport_base import (
+from lmlink._errors import APIConnectionError, ConfigurationError, LMLinkError
+
+from .aio_connection import AsyncConnection
+from .common import (
     DEFAULT_LIMIT,
     ResponseBase,
     Timeouts,
@@ -42,6 +41,8 @@ from ._transport_base import (
     timeout_error,
     within,
 )
+from .request import Target, build_request, parse_url
+from .response import ResponseParser
 
 __all__ = ["AsyncResponse", "AsyncTransport", "LoopPools"]
 

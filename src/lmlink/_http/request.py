@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from ._errors import ConfigurationError
+from lmlink._errors import ConfigurationError
 
 __all__ = ["Target", "build_request", "parse_url"]
 

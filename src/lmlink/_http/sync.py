@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterator, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ._errors import APIConnectionError, ConfigurationError, LMLinkError
-from ._http import ResponseParser
-from ._request import Target, build_request, parse_url
-from ._transport_base import (
+from lmlink._errors import APIConnectionError, ConfigurationError, LMLinkError
+
+from .common import (
     DEFAULT_LIMIT,
     ResponseBase,
     Timeouts,
@@ -39,6 +38,8 @@ from ._transport_base import (
     timeout_error,
     within,
 )
+from .request import Target, build_request, parse_url
+from .response import ResponseParser
 
 if TYPE_CHECKING:
     import ssl

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable
 from typing import NoReturn
 
-from ._errors import APIConnectionError, DecodeError, ResponseTooLargeError
+from lmlink._errors import APIConnectionError, DecodeError, ResponseTooLargeError
 
 __all__ = ["MAX_HEAD", "ResponseParser"]
 
