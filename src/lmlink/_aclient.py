@@ -11,7 +11,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._astreaming import AsyncChatStream
 from ._client import discovery_off, ports_to_probe, probe_timeouts, url_host
@@ -28,10 +28,14 @@ from ._drivers import (
     wait_ready_steps,
 )
 from ._errors import LMLinkError
-from ._http.aio import AsyncResponse, AsyncTransport, LoopPools
+from ._http import AsyncHTTPResponse, AsyncTransport
+from ._http.aio import LoopPools
 from ._models import ChatResponse, ModelInfo
 from ._streaming import Delta
 from ._wire import MessagesInput, decode_models
+
+if TYPE_CHECKING:
+    from ._http.proxy import AsyncProxyTransport
 
 __all__ = ["AsyncClient", "adiscover"]
 
@@ -50,18 +54,23 @@ class AsyncClient(ClientCore):
     """
 
     _pools: LoopPools
+    _proxy_transport: AsyncProxyTransport | None = None
 
     def _setup(self) -> None:
-        self._pools = LoopPools(
-            verify=self._verify,
-            max_connections=self._max_connections,
-            max_body=self._max_body,
-            redact=self.redact,
-        )
+        settings = self._transport_settings()
+        if self._proxied:
+            from ._http.proxy import AsyncProxyTransport
+
+            self._proxy_transport = AsyncProxyTransport(
+                proxy=self._proxy, trust_env=self._trust_env, **settings
+            )
+        self._pools = LoopPools(redact=self.redact, **settings)
 
     @property
     def _transport(self) -> AsyncTransport:
-        """The running event loop's pool."""
+        """The running event loop's pool (or the proxy transport)."""
+        if self._proxy_transport is not None:
+            return self._proxy_transport
         return self._pools.current()
 
     async def chat(
@@ -221,7 +230,7 @@ class AsyncClient(ClientCore):
         if self._endpoint is None and not discovery_off():
             self._use_discovered(await adiscover())
 
-    async def _send(self, call: Call, read: Callable[[Call, AsyncResponse], Awaitable[T]]) -> T:
+    async def _send(self, call: Call, read: Callable[[Call, AsyncHTTPResponse], Awaitable[T]]) -> T:
         """One attempt: send ``call``, read the answer with ``read``."""
         resp = await self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
@@ -230,14 +239,14 @@ class AsyncClient(ClientCore):
         async with resp:
             return await read(call, resp)
 
-    async def _read_chat(self, call: Call, resp: AsyncResponse) -> ChatResponse:
+    async def _read_chat(self, call: Call, resp: AsyncHTTPResponse) -> ChatResponse:
         ttft = time.monotonic() - call.started
         body = await resp.read(self._max_body)
         if resp.status >= 300:
             raise self._status_error(resp.status, resp.headers, body)
         return self._finish_chat(call, body, ttft)
 
-    async def _read_models(self, call: Call, resp: AsyncResponse) -> list[ModelInfo]:
+    async def _read_models(self, call: Call, resp: AsyncHTTPResponse) -> list[ModelInfo]:
         body = await resp.read(self._max_body)
         if resp.status >= 300:
             raise self._status_error(resp.status, resp.headers, body)
@@ -245,6 +254,8 @@ class AsyncClient(ClientCore):
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
+        if self._proxy_transport is not None:
+            await self._proxy_transport.aclose()
         await self._pools.aclose()
 
     async def __aenter__(self) -> AsyncClient:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ._core import Attempts
 from ._errors import LMLinkError
-from ._http.aio import AsyncResponse
+from ._http import AsyncHTTPResponse
 from ._models import ChatResponse
 from ._streaming import AFTER_DONE, Delta, Planned, StreamCore
 
@@ -38,7 +38,7 @@ class AsyncChatStream(StreamCore):
     ) -> None:
         super().__init__(client, planned, on_delta, on_reasoning)
         self._owner = client
-        self._resp: AsyncResponse | None = None
+        self._resp: AsyncHTTPResponse | None = None
         self._chunks: AsyncIterator[bytes] | None = None
 
     async def __aenter__(self) -> AsyncChatStream:

@@ -30,8 +30,9 @@ from ._drivers import (
     wait_ready_steps,
 )
 from ._errors import ConfigurationError, LMLinkError
+from ._http import HTTPResponse, Transport
 from ._http.common import Timeouts
-from ._http.sync import Response, SyncTransport
+from ._http.sync import SyncTransport
 from ._models import ChatResponse, ModelInfo
 from ._streaming import ChatStream, Delta
 from ._wire import MessagesInput, decode_models
@@ -59,20 +60,25 @@ class Client(ClientCore):
     Settings not given come from ``LMLINK_ENDPOINT`` / ``OPENAI_BASE_URL``, ``LMLINK_MODEL``
     and ``LMLINK_API_KEY`` / ``OPENAI_API_KEY``; with no endpoint at all, the first local
     server :func:`discover` finds is used. ``timeout`` is the idle timeout in seconds, or a
-    :class:`Timeout`. Safe to share between threads, and across ``fork()`` (a child process
-    opens connections of its own).
+    :class:`Timeout`. ``proxy="http://proxy:3128"`` or ``trust_env=True`` (``HTTP_PROXY``
+    and friends) send requests through a proxy (needs ``lmlink[proxy]``); by default the
+    server is reached directly. Safe to share between threads, and across ``fork()`` (a
+    child process opens connections of its own).
     """
 
-    _transport: SyncTransport
+    _transport: Transport
     _sleep: Callable[[float], None]
 
     def _setup(self) -> None:
-        self._transport = SyncTransport(
-            verify=self._verify,
-            max_connections=self._max_connections,
-            max_body=self._max_body,
-            redact=self.redact,
-        )
+        settings = self._transport_settings()
+        if self._proxied:
+            from ._http.proxy import ProxyTransport
+
+            self._transport = ProxyTransport(
+                proxy=self._proxy, trust_env=self._trust_env, **settings
+            )
+        else:
+            self._transport = SyncTransport(redact=self.redact, **settings)
         self._sleep = time.sleep
 
     def chat(
@@ -250,7 +256,7 @@ class Client(ClientCore):
         if self._endpoint is None and not discovery_off():
             self._use_discovered(discover())
 
-    def _send(self, call: Call, read: Callable[[Call, Response], T]) -> T:
+    def _send(self, call: Call, read: Callable[[Call, HTTPResponse], T]) -> T:
         """One attempt: send ``call``, read the answer with ``read``."""
         resp = self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
@@ -259,14 +265,14 @@ class Client(ClientCore):
         with resp:
             return read(call, resp)
 
-    def _read_chat(self, call: Call, resp: Response) -> ChatResponse:
+    def _read_chat(self, call: Call, resp: HTTPResponse) -> ChatResponse:
         ttft = time.monotonic() - call.started
         body = resp.read(self._max_body)
         if resp.status >= 300:
             raise self._status_error(resp.status, resp.headers, body)
         return self._finish_chat(call, body, ttft)
 
-    def _read_models(self, call: Call, resp: Response) -> list[ModelInfo]:
+    def _read_models(self, call: Call, resp: HTTPResponse) -> list[ModelInfo]:
         body = resp.read(self._max_body)
         if resp.status >= 300:
             raise self._status_error(resp.status, resp.headers, body)

@@ -122,8 +122,13 @@ class ClientCore:
         max_connections: int = 256,
         max_response_bytes: int = DEFAULT_MAX_BODY,
         structured_retries: int = 1,
+        proxy: str | None = None,
+        trust_env: bool = False,
     ) -> None:
         env = os.environ
+        # Opt-in only: a local server is reached directly, whatever HTTP_PROXY says.
+        self._proxy = proxy
+        self._trust_env = trust_env
         self._endpoint = resolve_endpoint(endpoint, env)
         basic = secret = None
         if self._endpoint is not None:  # user:password@ becomes Basic auth, never text
@@ -152,8 +157,9 @@ class ClientCore:
             base.append(("Authorization", f"Bearer {self._api_key}"))
         elif basic is not None:
             base.append(("Authorization", f"Basic {basic}"))
-        # What is blanked out of errors: the key, and the credentials of the URL.
-        self._redactor = Redactor((self._api_key, secret, basic))
+        # What is blanked out of errors: the key, and the credentials of the URLs.
+        proxy_secret = split_credentials(proxy)[2] if proxy is not None else None
+        self._redactor = Redactor((self._api_key, secret, basic, proxy_secret))
         for name, value in (headers or {}).items():
             base = [(k, v) for k, v in base if k.lower() != name.lower()]
             base.append((name, value))
@@ -173,6 +179,18 @@ class ClientCore:
     def _setup(self) -> None:
         """Open the shell's transport (each shell has its own)."""
         raise NotImplementedError
+
+    def _transport_settings(self) -> dict[str, Any]:
+        return {
+            "verify": self._verify,
+            "max_connections": self._max_connections,
+            "max_body": self._max_body,
+        }
+
+    @property
+    def _proxied(self) -> bool:
+        """Whether requests go through a proxy transport (``proxy=`` or ``trust_env``)."""
+        return self._proxy is not None or self._trust_env
 
     # -- settings ---------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from ._errors import (
     ResponseTooLargeError,
     stream_variant,
 )
-from ._http.sync import Response
+from ._http import HTTPResponse
 from ._models import ChatResponse
 from ._options import CallOptions
 from ._sse import SSEDecoder
@@ -226,7 +226,7 @@ class ChatStream(StreamCore):
     ) -> None:
         super().__init__(client, planned, on_delta, on_reasoning)
         self._owner = client
-        self._resp: Response | None = None
+        self._resp: HTTPResponse | None = None
         self._chunks: Iterator[bytes] | None = None
 
     def __enter__(self) -> ChatStream:

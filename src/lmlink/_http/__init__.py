@@ -22,8 +22,6 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from .common import Timeouts
 
 __all__ = ["AsyncHTTPResponse", "AsyncTransport", "HTTPResponse", "Transport"]
@@ -32,20 +30,17 @@ __all__ = ["AsyncHTTPResponse", "AsyncTransport", "HTTPResponse", "Transport"]
 class HTTPResponse(Protocol):
     """A response whose head has arrived (blocking)."""
 
-    status: int
-    headers: Mapping[str, str]
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     def read(self, limit: int = ...) -> bytes: ...
     def iter_bytes(self) -> Iterator[bytes]: ...
     def discard_rest(self, grace: float) -> None: ...
     def close(self) -> None: ...
     def __enter__(self) -> HTTPResponse: ...
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    def __exit__(self, *exc_info: object) -> None: ...
 
 
 class Transport(Protocol):
@@ -66,20 +61,17 @@ class Transport(Protocol):
 class AsyncHTTPResponse(Protocol):
     """A response whose head has arrived (asyncio)."""
 
-    status: int
-    headers: Mapping[str, str]
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     async def read(self, limit: int = ...) -> bytes: ...
     def aiter_bytes(self) -> AsyncIterator[bytes]: ...
     async def discard_rest(self, grace: float) -> None: ...
     async def aclose(self) -> None: ...
     async def __aenter__(self) -> AsyncHTTPResponse: ...
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
 
 class AsyncTransport(Protocol):
