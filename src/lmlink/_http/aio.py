@@ -1,7 +1,7 @@
 """Asyncio HTTP/1.1 transport on ``asyncio.Protocol``, with a keep-alive pool.
 
-The protocol logic lives in :mod:`lmlink._request` and :mod:`lmlink._http` (sans-I/O). Each
-connection is an :class:`~lmlink._aconn.AsyncConnection` protocol: ``data_received`` pushes
+The protocol logic lives in :mod:`lmlink._http.request` and :mod:`lmlink._http.response` (sans-I/O). Each
+connection is an :class:`~lmlink._http.aio_connection.AsyncConnection` protocol: ``data_received`` pushes
 bytes straight into the response parser (no stream reader, no intermediate buffer) and wakes
 the one coroutine waiting on that connection through a bare future. Timeouts cost no task and
 no ``wait_for``: each connection keeps at most one ``loop.call_at`` timer, which is re-armed

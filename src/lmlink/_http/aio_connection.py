@@ -1,4 +1,4 @@
-"""One asyncio connection of :class:`~lmlink._atransport.AsyncTransport`: the protocol that
+"""One asyncio connection of :class:`~lmlink._http.aio.AsyncTransport`: the protocol that
 feeds a response parser and wakes the coroutine waiting for it, with lazily re-armed timers
 (see the transport's docstring for the design)."""
 

@@ -2,8 +2,9 @@
 
 :class:`Timeouts` and the wait budget (``min(idle, deadline - now)``), the TLS context,
 :class:`ResponseBase` (the parsed head, the size cap, handing a connection back to its
-pool) and the builders of every transport error, so both shells word their failures the
-same way. The shells themselves are :mod:`lmlink._transport` and :mod:`lmlink._atransport`.
+pool), the builders of every transport error, so both shells word their failures the
+same way, and fork safety (:func:`forget_after_fork`). The shells themselves are
+:mod:`lmlink._http.sync` and :mod:`lmlink._http.aio`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Blocking HTTP/1.1 transport on plain ``socket`` (and ``ssl``), with a keep-alive pool.
 
-The protocol logic lives in :mod:`lmlink._request` and :mod:`lmlink._http` (sans-I/O); this
+The protocol logic lives in :mod:`lmlink._http.request` and :mod:`lmlink._http.response` (sans-I/O); this
 shell only moves bytes: :meth:`SyncTransport.request` takes a pooled connection (or opens
 one), writes the request with one ``sendall`` and reads until the parser has the response
 head; :class:`Response` reads the rest on demand. Every wait is bounded by
