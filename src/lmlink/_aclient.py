@@ -32,7 +32,7 @@ from ._http import AsyncHTTPResponse, AsyncTransport
 from ._http.aio import LoopPools
 from ._models import ChatResponse, ModelInfo
 from ._streaming import Delta
-from ._wire import MessagesInput, decode_models
+from ._wire import MessagesInput
 
 if TYPE_CHECKING:
     from ._http.proxy import AsyncProxyTransport
@@ -242,15 +242,10 @@ class AsyncClient(ClientCore):
     async def _read_chat(self, call: Call, resp: AsyncHTTPResponse) -> ChatResponse:
         ttft = time.monotonic() - call.started
         body = await resp.read(self._max_body)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, resp.headers, body)
-        return self._finish_chat(call, body, ttft)
+        return self._chat_answer(call, resp.status, resp.headers, body, ttft)
 
     async def _read_models(self, call: Call, resp: AsyncHTTPResponse) -> list[ModelInfo]:
-        body = await resp.read(self._max_body)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, resp.headers, body)
-        return decode_models(body, self.redact)
+        return self._models_answer(resp.status, resp.headers, await resp.read(self._max_body))
 
     async def aclose(self) -> None:
         """Close every pooled connection."""

@@ -73,20 +73,18 @@ class AsyncChatStream(StreamCore):
     async def _pull(self) -> None:
         assert self._chunks is not None
         self._raise_failure()
-        if self._acc.done:  # [DONE] came with deltas; they are handed out now
-            await self._drain()
-            return
-        try:
-            data = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            await self._close_response()
-            self._finish()
-            return
-        except LMLinkError as exc:
-            raise self._broken(exc) from exc
-        self._buffer.extend(self._feed(data))
-        if self._acc.done and not self._buffer:
-            await self._drain()
+        if not self._acc.done:  # else [DONE] came with deltas, handed out by now
+            try:
+                data = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                await self._close_response()
+                self._finish()
+                return
+            except LMLinkError as exc:
+                raise self._broken(exc) from exc
+            if not self._took(data):
+                return
+        await self._drain()
 
     async def _drain(self) -> None:
         """After [DONE]: the end of the body, if it follows within a moment (then the

@@ -35,7 +35,7 @@ from ._http.common import Timeouts
 from ._http.sync import SyncTransport
 from ._models import ChatResponse, ModelInfo
 from ._streaming import ChatStream, Delta
-from ._wire import MessagesInput, decode_models
+from ._wire import MessagesInput
 
 __all__ = ["Client", "discover", "discovery_off", "ports_to_probe", "probe_timeouts"]
 
@@ -268,15 +268,10 @@ class Client(ClientCore):
     def _read_chat(self, call: Call, resp: HTTPResponse) -> ChatResponse:
         ttft = time.monotonic() - call.started
         body = resp.read(self._max_body)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, resp.headers, body)
-        return self._finish_chat(call, body, ttft)
+        return self._chat_answer(call, resp.status, resp.headers, body, ttft)
 
     def _read_models(self, call: Call, resp: HTTPResponse) -> list[ModelInfo]:
-        body = resp.read(self._max_body)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, resp.headers, body)
-        return decode_models(body, self.redact)
+        return self._models_answer(resp.status, resp.headers, resp.read(self._max_body))
 
     def close(self) -> None:
         """Close every pooled connection."""

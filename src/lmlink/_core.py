@@ -33,13 +33,13 @@ from ._errmap import error_from_response
 from ._errors import APIStatusError, APITimeoutError, ConfigurationError, LMLinkError
 from ._http.common import Timeouts
 from ._log import log
-from ._models import ChatResponse
+from ._models import ChatResponse, ModelInfo
 from ._options import NO_OPTIONS, CallOptions, split_options
 from ._redact import Redactor
 from ._retry import RetryState, reached_caller
 from ._structured import OutputSpec
 from ._version import __version__
-from ._wire import MessagesInput, normalize_messages, response_format_payload
+from ._wire import MessagesInput, decode_models, normalize_messages, response_format_payload
 
 __all__ = ["Attempts", "Call", "ClientCore"]
 
@@ -322,6 +322,22 @@ class ClientCore:
             phase="total",
             timeout=timeout,
         )
+
+    def _chat_answer(
+        self, call: Call, status: int, headers: Mapping[str, str], body: bytes, ttft: float
+    ) -> ChatResponse:
+        """The answer of a plain chat call's response, or the error it reports."""
+        if status >= 300:
+            raise self._status_error(status, headers, body)
+        return self._finish_chat(call, body, ttft)
+
+    def _models_answer(
+        self, status: int, headers: Mapping[str, str], body: bytes
+    ) -> list[ModelInfo]:
+        """The model list of a ``GET /models`` response, or the error it reports."""
+        if status >= 300:
+            raise self._status_error(status, headers, body)
+        return decode_models(body, self.redact)
 
     def _finish_chat(self, call: Call, body: bytes, ttft: float) -> ChatResponse:
         """The answer of a plain (non-streamed) body: ``ttft_s`` is the time to its head,

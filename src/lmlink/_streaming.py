@@ -143,6 +143,12 @@ class StreamCore:
             self._failure = exc
         return out
 
+    def _took(self, data: bytes) -> bool:
+        """Fold one read in; whether the stream is now over with nothing left to hand out
+        (``[DONE]`` arrived: the shell drains the rest of the body)."""
+        self._buffer.extend(self._feed(data))
+        return self._acc.done and not self._buffer
+
     def _raise_failure(self) -> None:
         exc = self._failure
         if exc is not None:
@@ -260,20 +266,18 @@ class ChatStream(StreamCore):
     def _pull(self) -> None:
         assert self._chunks is not None
         self._raise_failure()
-        if self._acc.done:  # [DONE] came with deltas; they are handed out now
-            self._drain()
-            return
-        try:
-            data = next(self._chunks)
-        except StopIteration:
-            self._close_response()
-            self._finish()
-            return
-        except LMLinkError as exc:
-            raise self._broken(exc) from exc
-        self._buffer.extend(self._feed(data))
-        if self._acc.done and not self._buffer:
-            self._drain()
+        if not self._acc.done:  # else [DONE] came with deltas, handed out by now
+            try:
+                data = next(self._chunks)
+            except StopIteration:
+                self._close_response()
+                self._finish()
+                return
+            except LMLinkError as exc:
+                raise self._broken(exc) from exc
+            if not self._took(data):
+                return
+        self._drain()
 
     def _drain(self) -> None:
         """After [DONE]: the end of the body, if it follows within a moment (then the

@@ -1,7 +1,7 @@
 """Asyncio HTTP/1.1 transport on ``asyncio.Protocol``, with a keep-alive pool.
 
-The protocol logic lives in :mod:`lmlink._http.request` and :mod:`lmlink._http.response` (sans-I/O). Each
-connection is an :class:`~lmlink._http.aio_connection.AsyncConnection` protocol: ``data_received`` pushes
+The protocol logic lives in :mod:`.request` and :mod:`.response` (sans-I/O). Each
+connection is an :class:`~.aio_connection.AsyncConnection` protocol: ``data_received`` pushes
 bytes straight into the response parser (no stream reader, no intermediate buffer) and wakes
 the one coroutine waiting on that connection through a bare future. Timeouts cost no task and
 no ``wait_for``: each connection keeps at most one ``loop.call_at`` timer, which is re-armed
@@ -38,6 +38,7 @@ from .common import (
     forget_after_fork,
     make_ssl_context,
     readable,
+    stale,
     timeout_error,
     within,
 )
@@ -134,7 +135,8 @@ class AsyncResponse(ResponseBase[AsyncConnection]):
 
 
 class AsyncTransport:
-    """Asyncio HTTP/1.1 client with a keep-alive pool. Bound to one event loop at a time."""
+    """Asyncio HTTP/1.1 client with a keep-alive pool, for one event loop (a client that
+    several loops use has one per loop: :class:`LoopPools`)."""
 
     def __init__(
         self,
@@ -191,9 +193,7 @@ class AsyncTransport:
                 if not isinstance(exc, APIConnectionError):
                     self._discard(conn)
                     raise
-                if conn.used and not parser.received and exc.reason in ("closed", "reset"):
-                    # A kept-alive connection the server had already closed: nothing of
-                    # this request was processed, so send it again on a fresh one.
+                if stale(conn.used, parser, exc):
                     self._replace(conn)
                     conn = await self._connect_in_slot(target, timeouts, start)
                     continue
@@ -429,10 +429,10 @@ class LoopPools:
                 raise ConfigurationError("this transport (client) is closed")
             pool = self._pools.get(loop)
             if pool is None:
-                for old, stale in list(self._pools.items()):
+                for old, spent in list(self._pools.items()):
                     if old.is_closed():  # its sockets can only be shut down now
                         del self._pools[old]
-                        stale.close_now()
+                        spent.close_now()
                 pool = self._pools[loop] = AsyncTransport(**self._settings)
             self._last = (loop, pool)
         return pool

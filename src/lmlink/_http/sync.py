@@ -1,8 +1,8 @@
 """Blocking HTTP/1.1 transport on plain ``socket`` (and ``ssl``), with a keep-alive pool.
 
-The protocol logic lives in :mod:`lmlink._http.request` and :mod:`lmlink._http.response` (sans-I/O); this
-shell only moves bytes: :meth:`SyncTransport.request` takes a pooled connection (or opens
-one), writes the request with one ``sendall`` and reads until the parser has the response
+The protocol logic lives in :mod:`.request` and :mod:`.response` (sans-I/O); this shell
+only moves bytes: :meth:`SyncTransport.request` takes a pooled connection (or opens one),
+writes the request with one ``sendall`` and reads until the parser has the response
 head; :class:`Response` reads the rest on demand. Every wait is bounded by
 ``min(idle, deadline - now)`` through the socket's own timeout (no extra threads or
 selectors). A finished response hands its connection straight back to the pool; an abandoned
@@ -11,7 +11,9 @@ origin, LIFO (the most recently used connection is the likeliest to be alive), c
 ``max_connections`` open sockets across origins, and thread-safe. A reused connection found
 dead before any response byte (the server closed it while it idled, RFC 9112 section 9.3.1)
 is replaced and the request sent once more; every pooled connection is polled before reuse,
-and one with EOF or stray bytes waiting is replaced.
+and one with EOF or stray bytes waiting is replaced. A server that answers before it has
+read the whole request (a proxy's 413) is heard rather than reported as a broken pipe, and
+a forked child starts with an empty pool (never the parent's sockets).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .common import (
     io_error,
     make_ssl_context,
     readable,
+    stale,
     timeout_error,
     within,
 )
@@ -246,9 +249,7 @@ class SyncTransport:
                 if not isinstance(exc, APIConnectionError):
                     self._discard(conn)
                     raise
-                if conn.used and not parser.received and exc.reason in ("closed", "reset"):
-                    # A kept-alive connection the server had already closed: nothing of
-                    # this request was processed, so send it again on a fresh one.
+                if stale(conn.used, parser, exc):
                     conn.sock.close()
                     try:
                         conn = self._connect(target, timeouts, start)
