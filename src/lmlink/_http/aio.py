@@ -19,10 +19,9 @@ a cancelled wait aborts its connection and re-raises ``CancelledError``.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from time import monotonic
 from typing import Any, cast
 
@@ -33,10 +32,10 @@ from .common import (
     DEFAULT_LIMIT,
     ResponseBase,
     Timeouts,
+    TransportSettings,
     connect_budget,
     connect_error,
     forget_after_fork,
-    make_ssl_context,
     readable,
     stale,
     timeout_error,
@@ -134,26 +133,13 @@ class AsyncResponse(ResponseBase[AsyncConnection]):
         self._close()
 
 
-class AsyncTransport:
+class AsyncTransport(TransportSettings):
     """Asyncio HTTP/1.1 client with a keep-alive pool, for one event loop (a client that
     several loops use has one per loop: :class:`LoopPools`)."""
 
-    def __init__(
-        self,
-        *,
-        verify: bool | ssl.SSLContext = True,
-        max_connections: int = 256,
-        max_body: int | None = None,
-        redact: Callable[[str], str] | None = None,
-    ) -> None:
-        if max_connections < 1:
-            raise ConfigurationError("max_connections must be at least 1")
-        self._max_body = max_body  # the decompressed-size cap of every response body
-        self._redact = redact  # blanks the API key in quoted server bytes
-        self._verify = verify
-        self._ssl: ssl.SSLContext | None = None
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
         self._read_view = memoryview(bytearray(_READ_BUFFER))
-        self._max = max_connections
         self._idle: dict[_Key, list[AsyncConnection]] = {}
         self._total = 0  # open connections, busy or idle, plus connects under way
         self._waiters: deque[tuple[_Key, asyncio.Future[_Handoff]]] = deque()
@@ -321,9 +307,7 @@ class AsyncTransport:
         conn = AsyncConnection(self, loop, target)
         context = None
         if target.https:
-            if self._ssl is None:
-                self._ssl = make_ssl_context(self._verify)
-            context = self._ssl
+            context = self._ssl_context()
         task = loop.create_task(
             loop.create_connection(
                 lambda: conn,

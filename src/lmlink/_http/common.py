@@ -15,10 +15,16 @@ import select
 import socket
 import sys
 import weakref
+from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
-from lmlink._errors import APIConnectionError, APITimeoutError, ResponseTooLargeError
+from lmlink._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    ConfigurationError,
+    ResponseTooLargeError,
+)
 
 from .response import ResponseParser
 
@@ -29,6 +35,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "ResponseBase",
     "Timeouts",
+    "TransportSettings",
     "budget",
     "connect_budget",
     "connect_error",
@@ -141,6 +148,33 @@ def connect_budget(timeouts: Timeouts, start: float) -> tuple[float | None, str,
         if connect is None or left < connect:
             return left, "total", deadline - start
     return connect, "connect", connect or 0.0
+
+
+class TransportSettings:
+    """What both transport shells are made with, checked once: the TLS setting (its
+    context made on the first https request), the connection cap, the decompressed-size cap
+    of every body, and what blanks the client's secrets in quoted server bytes."""
+
+    def __init__(
+        self,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        max_connections: int = 256,
+        max_body: int | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be at least 1")
+        self._max_body = max_body
+        self._redact = redact
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
+        self._max = max_connections
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = make_ssl_context(self._verify)
+        return self._ssl
 
 
 class _Pool(Protocol[_C_contra]):

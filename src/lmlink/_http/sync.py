@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Any
 
 from lmlink._errors import APIConnectionError, ConfigurationError, LMLinkError
 
@@ -30,12 +30,12 @@ from .common import (
     DEFAULT_LIMIT,
     ResponseBase,
     Timeouts,
+    TransportSettings,
     budget,
     connect_budget,
     connect_error,
     forget_after_fork,
     io_error,
-    make_ssl_context,
     readable,
     stale,
     timeout_error,
@@ -43,9 +43,6 @@ from .common import (
 )
 from .request import Target, build_request, parse_url
 from .response import ResponseParser
-
-if TYPE_CHECKING:
-    import ssl
 
 __all__ = ["Response", "SyncTransport"]
 
@@ -180,24 +177,11 @@ def _answered_early(conn: _Conn, parser: ResponseParser, timeouts: Timeouts, sta
     return True
 
 
-class SyncTransport:
+class SyncTransport(TransportSettings):
     """Blocking HTTP/1.1 client with a keep-alive pool; safe to share between threads."""
 
-    def __init__(
-        self,
-        *,
-        verify: bool | ssl.SSLContext = True,
-        max_connections: int = 256,
-        max_body: int | None = None,
-        redact: Callable[[str], str] | None = None,
-    ) -> None:
-        if max_connections < 1:
-            raise ConfigurationError("max_connections must be at least 1")
-        self._max_body = max_body  # the decompressed-size cap of every response body
-        self._redact = redact  # blanks the API key in quoted server bytes
-        self._verify = verify
-        self._ssl: ssl.SSLContext | None = None
-        self._max = max_connections
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
@@ -338,11 +322,9 @@ class SyncTransport:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if target.https:
-                if self._ssl is None:
-                    self._ssl = make_ssl_context(self._verify)
                 if wait is not None:  # the handshake gets what the TCP connect left over
                     sock.settimeout(max(wait - (monotonic() - began), 1e-3))
-                sock = self._ssl.wrap_socket(sock, server_hostname=target.host)
+                sock = self._ssl_context().wrap_socket(sock, server_hostname=target.host)
         except TimeoutError as exc:
             sock.close()
             raise timeout_error(phase, limit, target.where, False) from exc
