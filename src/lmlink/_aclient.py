@@ -144,7 +144,14 @@ class AsyncClient(ClientCore):
             )
 
         later = self._endpoint is None and not discovery_off()
-        return AsyncChatStream(self, plan if later else plan(), on_delta, on_reasoning)
+        return AsyncChatStream(
+            self._stream_context(),
+            plan if later else plan(),
+            on_delta,
+            on_reasoning,
+            send=self._open,
+            prepare=self._ensure_endpoint,
+        )
 
     async def chat_stream(
         self,
@@ -230,13 +237,17 @@ class AsyncClient(ClientCore):
         if self._endpoint is None and not discovery_off():
             self._use_discovered(await adiscover())
 
-    async def _send(self, call: Call, read: Callable[[Call, AsyncHTTPResponse], Awaitable[T]]) -> T:
-        """One attempt: send ``call``, read the answer with ``read``."""
+    async def _open(self, call: Call) -> AsyncHTTPResponse:
+        """Send ``call``; return once the response head has arrived."""
         resp = await self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
         )
         self._answered = True
-        async with resp:
+        return resp
+
+    async def _send(self, call: Call, read: Callable[[Call, AsyncHTTPResponse], Awaitable[T]]) -> T:
+        """One attempt: send ``call``, read the answer with ``read``."""
+        async with await self._open(call) as resp:
             return await read(call, resp)
 
     async def _read_chat(self, call: Call, resp: AsyncHTTPResponse) -> ChatResponse:

@@ -5,18 +5,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from ._core import Attempts
+from ._core import Attempts, Call, StreamContext
 from ._errors import LMLinkError
 from ._http import AsyncHTTPResponse
 from ._models import ChatResponse
 from ._streaming import AFTER_DONE, Delta, Planned, StreamCore
-
-if TYPE_CHECKING:
-    from ._aclient import AsyncClient
 
 __all__ = ["AsyncChatStream"]
 
@@ -31,18 +27,22 @@ class AsyncChatStream(StreamCore):
 
     def __init__(
         self,
-        client: AsyncClient,
+        context: StreamContext,
         planned: Planned,
         on_delta: Delta | None = None,
         on_reasoning: Delta | None = None,
+        *,
+        send: Callable[[Call], Awaitable[AsyncHTTPResponse]],
+        prepare: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(client, planned, on_delta, on_reasoning)
-        self._owner = client
+        super().__init__(context, planned, on_delta, on_reasoning)
+        self._send = send
+        self._prepare = prepare
         self._resp: AsyncHTTPResponse | None = None
         self._chunks: AsyncIterator[bytes] | None = None
 
     async def __aenter__(self) -> AsyncChatStream:
-        await self._owner._ensure_endpoint()
+        await self._prepare()  # discovery, when no endpoint is configured
         run = self._begin()
         while True:  # bounded: by the attempt loop (retry budget, the plan's fallbacks)
             try:
@@ -56,14 +56,9 @@ class AsyncChatStream(StreamCore):
                 raise
 
     async def _open(self, run: Attempts) -> None:
-        call = run.call
-        resp = await self._owner._transport.request(
-            call.method, call.url, call.headers, call.body, call.timeouts()
-        )
-        self._owner._answered = True
-        self._resp = resp
+        resp = self._resp = await self._send(run.call)
         if not self._is_stream(resp.status, resp.headers):
-            self._whole(resp.status, resp.headers, await resp.read(self._client._max_body))
+            self._whole(resp.status, resp.headers, await resp.read(self._context.max_body))
             return
         self._chunks = resp.aiter_bytes()
         # Read up to the first piece of output, so that failures before it can be retried.

@@ -152,7 +152,14 @@ class Client(ClientCore):
             reasoning=reasoning,
             extra=extra,
         )
-        return ChatStream(self, planned, on_delta, on_reasoning)
+        return ChatStream(
+            self._stream_context(),
+            planned,
+            on_delta,
+            on_reasoning,
+            send=self._open,
+            sleep=self._sleep,
+        )
 
     def chat_stream(
         self,
@@ -256,13 +263,17 @@ class Client(ClientCore):
         if self._endpoint is None and not discovery_off():
             self._use_discovered(discover())
 
-    def _send(self, call: Call, read: Callable[[Call, HTTPResponse], T]) -> T:
-        """One attempt: send ``call``, read the answer with ``read``."""
+    def _open(self, call: Call) -> HTTPResponse:
+        """Send ``call``; return once the response head has arrived."""
         resp = self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
         )
         self._answered = True
-        with resp:
+        return resp
+
+    def _send(self, call: Call, read: Callable[[Call, HTTPResponse], T]) -> T:
+        """One attempt: send ``call``, read the answer with ``read``."""
+        with self._open(call) as resp:
             return read(call, resp)
 
     def _read_chat(self, call: Call, resp: HTTPResponse) -> ChatResponse:

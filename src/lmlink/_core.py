@@ -41,7 +41,7 @@ from ._structured import OutputSpec
 from ._version import __version__
 from ._wire import MessagesInput, decode_models, normalize_messages, response_format_payload
 
-__all__ = ["Attempts", "Call", "ClientCore"]
+__all__ = ["Attempts", "Call", "ClientCore", "StreamContext"]
 
 if TYPE_CHECKING:
     import ssl
@@ -349,6 +349,40 @@ class ClientCore:
 
     def _decoder(self) -> AnswerDecoder:
         return AnswerDecoder(self.redact)
+
+    def _stream_context(self) -> StreamContext:
+        return StreamContext(self)
+
+
+class StreamContext:
+    """What a stream may use of its client, and nothing more: planning its attempts, a
+    fresh answer decoder, the size cap, the whole answer of a response that is no stream,
+    and scrubbing the errors it raises. (The I/O, opening a request and sleeping, the shell
+    hands the stream as two callables.)"""
+
+    __slots__ = ("_core", "max_body")
+
+    def __init__(self, core: ClientCore) -> None:
+        self._core = core
+        self.max_body = core._max_body
+
+    def attempts(self, plan: ChatPlan, options: CallOptions, started: float) -> Attempts:
+        call = self._core._chat_call(plan, options)
+        call.started = started
+        return self._core._attempts(call, plan)
+
+    def decoder(self) -> AnswerDecoder:
+        return self._core._decoder()
+
+    def answer(
+        self, call: Call, status: int, headers: Mapping[str, str], body: bytes
+    ) -> ChatResponse:
+        """A response that is not a stream: its answer, or the error it reports."""
+        ttft = time.monotonic() - call.started
+        return self._core._chat_answer(call, status, headers, body, ttft)
+
+    def scrub(self, exc: LMLinkError) -> LMLinkError:
+        return self._core.scrub(exc)
 
 
 class Attempts:

@@ -15,11 +15,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._adapt import ChatPlan
 from ._answer import AnswerDecoder
-from ._core import Attempts, ClientCore
+from ._core import Attempts, Call, StreamContext
 from ._errors import (
     ConfigurationError,
     LMLinkError,
@@ -30,9 +30,6 @@ from ._http import HTTPResponse
 from ._models import ChatResponse
 from ._options import CallOptions
 from ._sse import SSEDecoder
-
-if TYPE_CHECKING:
-    from ._client import Client
 
 __all__ = ["ChatStream", "Delta", "Planned", "StreamCore", "broken"]
 
@@ -61,19 +58,19 @@ class StreamCore:
 
     def __init__(
         self,
-        client: ClientCore,
+        context: StreamContext,
         planned: Planned,
         on_delta: Delta | None,
         on_reasoning: Delta | None,
     ) -> None:
-        self._client = client
+        self._context = context
         self._planned = planned
         self._run: Attempts | None = None
         self._started = time.monotonic()
         self._on_delta = on_delta
         self._on_reasoning = on_reasoning
         self._decoder = SSEDecoder()
-        self._acc = client._decoder()
+        self._acc = context.decoder()
         self._buffer: deque[str] = deque()  # deltas read but not yet handed out
         self._failure: LMLinkError | None = None  # raised once the buffer is handed out
         self._received = 0  # body bytes of this attempt, against max_response_bytes
@@ -85,16 +82,14 @@ class StreamCore:
         """The attempts of this stream (planned now if the plan waited for discovery)."""
         planned = self._planned
         plan, options = planned() if callable(planned) else planned
-        call = self._client._chat_call(plan, options)
-        call.started = self._started
-        self._run = self._client._attempts(call, plan)
+        self._run = self._context.attempts(plan, options, self._started)
         return self._run
 
     def _failed(self, exc: LMLinkError) -> float:
         """An attempt failed before any output: start over, after the wait the attempt loop
         decides (it raises when there is no next attempt)."""
         self._decoder = SSEDecoder()
-        self._acc = self._client._decoder()
+        self._acc = self._context.decoder()
         self._buffer.clear()
         self._failure = None
         self._received = 0
@@ -109,11 +104,8 @@ class StreamCore:
     def _whole(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         """A response that is not a stream: the error it reports, or the whole answer as
         one delta."""
-        if status >= 300:
-            raise self._client._status_error(status, headers, body)
         assert self._run is not None
-        call = self._run.call
-        resp = self._client._finish_chat(call, body, time.monotonic() - call.started)
+        resp = self._context.answer(self._run.call, status, headers, body)
         self._run.accept(resp)
         self._response = resp
         self._ended = True
@@ -124,7 +116,7 @@ class StreamCore:
         """The content deltas ``data`` completes. A failure among its events is kept for
         after them (:meth:`_raise_failure`): what arrived before it is handed out first."""
         self._received += len(data)
-        if self._received > self._client._max_body:
+        if self._received > self._context.max_body:
             raise self._too_large()
         out: list[str] = []
         acc = self._acc
@@ -154,13 +146,13 @@ class StreamCore:
         if exc is not None:
             self._failure = None
             self._ended = True
-            raise self._client.scrub(exc)
+            raise self._context.scrub(exc)
 
     def _broken(self, exc: LMLinkError) -> LMLinkError:
-        return self._client.scrub(broken(exc, self._acc))
+        return self._context.scrub(broken(exc, self._acc))
 
     def _too_large(self) -> LMLinkError:
-        limit = self._client._max_body
+        limit = self._context.max_body
         return stream_variant(ResponseTooLargeError)(
             f"the stream went over max_response_bytes ({limit} bytes); the text so far is in "
             ".partial",
@@ -179,7 +171,7 @@ class StreamCore:
             self._buffer.append(tail)
         if not acc.finished:
             why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
-            raise self._client.scrub(acc.truncated_error(why))
+            raise self._context.scrub(acc.truncated_error(why))
         out = acc.response()
         out.ttft_s = self._ttft
         out.latency_s = time.monotonic() - self._started
@@ -225,13 +217,17 @@ class ChatStream(StreamCore):
 
     def __init__(
         self,
-        client: Client,
+        context: StreamContext,
         planned: Planned,
         on_delta: Delta | None = None,
         on_reasoning: Delta | None = None,
+        *,
+        send: Callable[[Call], HTTPResponse],
+        sleep: Callable[[float], None],
     ) -> None:
-        super().__init__(client, planned, on_delta, on_reasoning)
-        self._owner = client
+        super().__init__(context, planned, on_delta, on_reasoning)
+        self._send = send
+        self._sleep = sleep
         self._resp: HTTPResponse | None = None
         self._chunks: Iterator[bytes] | None = None
 
@@ -243,20 +239,15 @@ class ChatStream(StreamCore):
                 return self
             except LMLinkError as exc:
                 self._close_response()
-                self._owner._sleep(self._failed(exc))
+                self._sleep(self._failed(exc))
             except BaseException:
                 self._close_response()
                 raise
 
     def _open(self, run: Attempts) -> None:
-        call = run.call
-        resp = self._owner._transport.request(
-            call.method, call.url, call.headers, call.body, call.timeouts()
-        )
-        self._owner._answered = True
-        self._resp = resp
+        resp = self._resp = self._send(run.call)
         if not self._is_stream(resp.status, resp.headers):
-            self._whole(resp.status, resp.headers, resp.read(self._client._max_body))
+            self._whole(resp.status, resp.headers, resp.read(self._context.max_body))
             return
         self._chunks = resp.iter_bytes()
         # Read up to the first piece of output, so that failures before it can be retried.
