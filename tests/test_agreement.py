@@ -536,3 +536,21 @@ def test_big_integers_stay_exact_in_the_extract_output_line(
         results = [line for line in lines if "id" in line]
         assert [r["parsed"] for r in results] == [{"n": 98765432109876543210}]
     assert len(server.requests) == 1
+
+
+def test_cli_chat_json_checks_the_answer(server: FakeServer) -> None:
+    """lmlink chat --json fails like --schema when the answer is not JSON, and passes it
+    through when it is."""
+    from click.testing import CliRunner
+
+    from lmlink.cli import main
+
+    args = ["chat", "--json", "q", "-e", server.url, "-m", "fake-model"]
+    server.enqueue(Reply(content="not json at all"))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert "does not match the requested schema" in result.output
+    server.enqueue(Reply(content='{"ok": true}'))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert '{"ok": true}' in result.output
