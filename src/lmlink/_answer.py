@@ -301,23 +301,27 @@ class AnswerDecoder:
         """The aggregate so far (the final one once the stream ended)."""
         state = self._choice
         content, inline = state.think.finish()
-        reasoning = "".join(state.reasoning)
+        reasoning = "".join(state.reasoning) if state.reasoning else ""
         if inline:
             reasoning += inline
-        if reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
+        if reasoning and reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
             reasoning = ""
         finish_raw = state.finish_raw
-        if finish_raw is None and state.tools and state.finished:
+        tools = state.tools
+        if finish_raw is None and tools and state.finished:
             finish_raw = "tool_calls"
         return ChatResponse(
-            content=content,
-            reasoning=reasoning,
-            prompt_tokens=self.prompt_tokens,
-            output_tokens=self.output_tokens,
-            model=self.model,
-            finish_reason=finish_word(finish_raw),
-            tool_calls=[t.build(i) for i, t in enumerate(state.tools)],
-            finish_reason_raw=state.finish_raw,
+            content,
+            reasoning,
+            self.prompt_tokens,
+            self.output_tokens,
+            self.model,
+            finish_word(finish_raw),
+            [t.build(i) for i, t in enumerate(tools)] if tools else [],
+            None,
+            None,
+            None,
+            state.finish_raw,
         )
 
     def partial(self) -> ChatResponse:
