@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _json
@@ -219,7 +219,7 @@ class ChatPlan:
         "caps",
         "errors",
         "messages",
-        "redact",
+        "reasked",
         "spec",
         "stream",
     )
@@ -231,10 +231,9 @@ class ChatPlan:
         *,
         stream: bool,
         reasks: int,
-        redact: Callable[[str], str] = str,
     ) -> None:
         self.spec = spec
-        self.redact = redact  # the client's: validators quote the answer, which may echo the key
+        self.reasked = ""  # why the last answer was asked for again
         self.caps = caps
         self.stream = stream
         self.messages = spec.messages
@@ -393,18 +392,13 @@ class ChatPlan:
             resp.parsed = output.parse(resp.content)
         except StructuredOutputError as exc:
             self.errors.extend(exc.errors)
-            redact = self.redact
             if self._reasks <= 0 or self.stream:
+                # The client blanks its secrets out of it on the way out (Attempts.accept).
                 raise StructuredOutputError(
-                    redact(exc.message),
-                    raw=redact(resp.content),
-                    errors=[redact(e) for e in self.errors],
+                    exc.message, raw=resp.content, errors=list(self.errors)
                 ) from None
             self._reasks -= 1
-            log.info(
-                "lmlink: the answer did not match the schema; asking again: %s",
-                redact(exc.message),
-            )
+            self.reasked = exc.message
             self.messages = [
                 *self.messages,
                 {"role": "assistant", "content": resp.content},

@@ -30,7 +30,13 @@ from ._config import (
 )
 from ._discovery import ServerInfo
 from ._errmap import error_from_response
-from ._errors import APIStatusError, APITimeoutError, ConfigurationError, LMLinkError
+from ._errors import (
+    APIStatusError,
+    APITimeoutError,
+    ConfigurationError,
+    LMLinkError,
+    StructuredOutputError,
+)
 from ._http.common import Timeouts
 from ._log import log
 from ._models import ChatResponse, ModelInfo
@@ -269,9 +275,7 @@ class ClientCore:
             extra=fields,
         )
         caps = self._caps.get(endpoint, name)
-        plan = ChatPlan(
-            spec, caps, stream=stream, reasks=self.structured_retries, redact=self.redact
-        )
+        plan = ChatPlan(spec, caps, stream=stream, reasks=self.structured_retries)
         return plan, options
 
     def _chat_call(self, plan: ChatPlan, options: CallOptions = NO_OPTIONS) -> Call:
@@ -435,7 +439,16 @@ class Attempts:
         """Validate a structured answer; False means: send ``self.call`` again (it now asks
         for a corrected answer)."""
         plan = self._plan
-        if plan is None or plan.accept(resp):
+        if plan is None:
             return True
+        try:
+            if plan.accept(resp):
+                return True
+        except StructuredOutputError as exc:
+            raise self._core.scrub(exc) from None
+        log.info(
+            "lmlink: the answer did not match the schema; asking again: %s",
+            self._core.redact(plan.reasked),
+        )
         self.call.body = plan.body()
         return False

@@ -117,7 +117,7 @@ class StreamCore:
         after them (:meth:`_raise_failure`): what arrived before it is handed out first."""
         self._received += len(data)
         if self._received > self._context.max_body:
-            raise self._too_large()
+            raise self._context.scrub(self._too_large())
         out: list[str] = []
         acc = self._acc
         try:
@@ -131,7 +131,7 @@ class StreamCore:
                     self._ttft = time.monotonic() - self._started
         except LMLinkError as exc:
             if not out:
-                raise
+                raise self._context.scrub(exc) from None
             self._failure = exc
         return out
 
