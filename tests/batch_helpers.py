@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmlink.batch._header import header_line, is_header, make_settings
+
 _SCRIPT = Path(sys.executable).with_name("lmlink")
 
 
@@ -55,8 +57,42 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every line of ``path`` as JSON (fails on an invalid line)."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """Every line of ``path`` as JSON (fails on an invalid line), without the header record
+    that starts a batch output."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if rows and is_header(rows[0]):
+        rows = rows[1:]
+    assert not any(is_header(row) for row in rows), "a header record after the first line"
+    return rows
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The header record of a batch output (its first line)."""
+    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    assert is_header(first), first
+    return first  # type: ignore[no-any-return]
+
+
+def settings(**changes: Any) -> dict[str, Any]:
+    """The settings record of ``lmlink batch IN -o OUT -m fake-model``, with ``changes``."""
+    base: dict[str, Any] = {
+        "task": "batch",
+        "instructions": None,
+        "template": None,
+        "system": None,
+        "model": "fake-model",
+        "params": {},
+    }
+    return make_settings(**{**base, **changes})
+
+
+def write_output(path: Path, records: Iterable[Any], **changes: Any) -> Path:
+    """A batch output as lmlink writes it: the header (with :func:`settings`), then
+    ``records``, one per line."""
+    path.write_bytes(header_line(settings(**changes)))
+    with path.open("a", encoding="utf-8") as out:
+        out.write("".join(json.dumps(row) + "\n" for row in records))
+    return path
 
 
 def prompts(n: int, prefix: str = "p") -> list[dict[str, str]]:

@@ -14,7 +14,15 @@ import pytest
 from click.testing import CliRunner, Result
 
 import lmlink
-from batch_helpers import clean_env, lmlink_command, prompts, read_jsonl, run_cli, write_jsonl
+from batch_helpers import (
+    clean_env,
+    lmlink_command,
+    prompts,
+    read_jsonl,
+    run_cli,
+    write_jsonl,
+    write_output,
+)
 from lmlink.cli import main
 from lmlink.testing import FakeServer, Reply
 
@@ -125,7 +133,8 @@ def test_resume_sends_only_the_missing_ids(server: FakeServer, tmp_path: Path) -
     """Re-running the same command skips what is done; the summary says so."""
     src = write_jsonl(tmp_path / "in.jsonl", prompts(6))
     out = tmp_path / "out.jsonl"
-    write_jsonl(out, [{"id": "p001", "content": "earlier"}, {"id": "p004", "content": "earlier"}])
+    earlier = {"content": "earlier", "finish_reason": "stop"}
+    write_output(out, [{"id": "p001", **earlier}, {"id": "p004", **earlier}])
     result = _invoke(server, str(src), "-o", str(out))
     assert result.exit_code == 0, result.stderr
     assert server.stats.chat_requests == 4
@@ -137,7 +146,7 @@ def test_retry_errors_redoes_only_error_lines(server: FakeServer, tmp_path: Path
     """--retry-errors sends the error ids again and replaces their lines."""
     src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
     out = tmp_path / "out.jsonl"
-    write_jsonl(
+    write_output(
         out,
         [
             {"id": "p000", "content": "fine"},
@@ -149,7 +158,8 @@ def test_retry_errors_redoes_only_error_lines(server: FakeServer, tmp_path: Path
         ],
     )
     plain = _invoke(server, str(src), "-o", str(out))
-    assert plain.exit_code == 0
+    assert plain.exit_code == 3  # done, but one id has only an error line
+    assert "1 id has an error line; run the same command with --retry-errors" in plain.stderr
     assert server.stats.chat_requests == 0
     result = _invoke(server, str(src), "-o", str(out), "--retry-errors")
     assert result.exit_code == 0, result.stderr
@@ -176,14 +186,14 @@ def test_cache_makes_a_rerun_send_nothing(server: FakeServer, tmp_path: Path) ->
     assert len(read_jsonl(tmp_path / "b.jsonl")) == 7
 
 
-def test_error_lines_keep_exit_0_and_are_counted_by_type(
-    server: FakeServer, tmp_path: Path
-) -> None:
-    """Failed items are reported in the summary, not in the exit code."""
+def test_error_lines_exit_3_and_are_counted_by_type(server: FakeServer, tmp_path: Path) -> None:
+    """A finished run with error lines exits 3, counts them by type and says how to redo
+    them."""
     server.enqueue(Reply.error(400, "bad one"), Reply.error(422, "worse one"))
     src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
     result = _invoke(server, str(src), "-o", str(tmp_path / "out.jsonl"), "-c", "1")
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr
+    assert "2 ids have an error line; run the same command with --retry-errors" in result.stderr
     assert "2 ok, 2 failed" in result.stderr
     assert "errors: BadRequestError 2" in result.stderr
 
@@ -192,7 +202,9 @@ def test_a_torn_last_line_is_repaired_with_a_warning(server: FakeServer, tmp_pat
     """A half-written last line from a killed run is cut off, reported, and that id redone."""
     src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
     out = tmp_path / "out.jsonl"
-    out.write_text('{"id": "p000", "content": "ok"}\n{"id": "p001", "cont')
+    write_output(out, [{"id": "p000", "content": "ok", "finish_reason": "stop"}])
+    with out.open("a") as torn:
+        torn.write('{"id": "p001", "cont')
     result = _invoke(server, str(src), "-o", str(out))
     assert result.exit_code == 0, result.stderr
     assert "torn line" in result.stderr
@@ -239,17 +251,21 @@ def test_help_lists_the_batch_commands() -> None:
 
 
 def test_subprocess_no_server_exits_1(tmp_path: Path) -> None:
-    """With nothing listening, the run stops at once: exit 1, a clear message, no error lines."""
+    """With nothing listening, the run stops at once: exit 1, one clear line without class
+    names, and no output file left behind."""
     with FakeServer() as gone:
         url = gone.url
     src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
     out = tmp_path / "out.jsonl"
     result = run_cli(["batch", str(src), "-o", str(out), "-e", url, "-m", "m"])
     assert result.returncode == 1
-    assert "stopped: APIConnectionError" in result.stderr
-    assert "run the same command again to continue" in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("lmlink: could not connect to 127.0.0.1:")
+    assert line.endswith("connection refused (is the server running?); nothing was written")
+    assert "Error" not in line
     assert result.stdout == ""
-    assert out.read_text() == ""
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
 def test_subprocess_no_endpoint_exits_1(tmp_path: Path) -> None:
@@ -317,7 +333,9 @@ def test_subprocess_signal_stops_cleanly(
     )
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
+        while time.monotonic() < deadline and (
+            not out.exists() or out.read_bytes().count(b"\n") < 2
+        ):
             time.sleep(0.02)
         time.sleep(0.3)
         for signum in signals:

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from lmlink.batch import JournalError
+from lmlink.batch._header import header_line
 from lmlink.batch._journal import Journal
+
+HEAD = header_line({"task": "batch"}).decode()  # the first line of every output
 
 
 def test_append_writes_one_json_line_per_record(tmp_path: Path) -> None:
@@ -24,15 +27,17 @@ def test_append_writes_one_json_line_per_record(tmp_path: Path) -> None:
         assert out.read_text().count("\n") == 2
     lines = out.read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["a", "b"]
+    assert not journal.state.header  # a header is put in by the runner (write_header)
 
 
 def test_reopening_reads_the_done_ids_and_which_are_errors(tmp_path: Path) -> None:
     """The state maps every id in the file to whether its line is an error."""
     out = tmp_path / "out.jsonl"
-    out.write_text('{"id": "a", "content": ""}\n{"id": "b", "error": {}}\n')
+    out.write_text(HEAD + '{"id": "a", "content": ""}\n{"id": "b", "error": {}}\n')
     with Journal.open(out) as journal:
         assert journal.state.done == {"a": False, "b": True}
         assert not journal.state.created
+        assert journal.state.header == json.loads(HEAD)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +56,7 @@ def test_a_torn_last_line_is_cut_off_and_reported(
 ) -> None:
     """A last line without its newline (a killed write) is removed, with a warning."""
     out = tmp_path / "out.jsonl"
-    good = b'{"id": "a", "content": ""}\n{"id": "b", "content": ""}\n'
+    good = HEAD.encode() + b'{"id": "a", "content": ""}\n{"id": "b", "content": ""}\n'
     out.write_bytes(good + tail)
     with caplog.at_level(logging.WARNING, logger="lmlink"), Journal.open(out) as journal:
         assert journal.state.repaired_bytes == len(tail)
@@ -64,10 +69,10 @@ def test_a_torn_last_line_is_cut_off_and_reported(
 def test_a_file_that_is_not_batch_output_is_refused(tmp_path: Path) -> None:
     """A complete line that is not a result line means the wrong file: nothing is touched."""
     out = tmp_path / "notes.jsonl"
-    out.write_text('{"id": "a"}\nhello world\n')
-    with pytest.raises(JournalError, match="line 2 is not an lmlink result line"):
+    out.write_text(HEAD + '{"id": "a"}\nhello world\n')
+    with pytest.raises(JournalError, match="line 3 is not an lmlink result line"):
         Journal.open(out)
-    assert out.read_text() == '{"id": "a"}\nhello world\n'
+    assert out.read_text() == HEAD + '{"id": "a"}\nhello world\n'
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_file(tmp_path: Path) -> None:
@@ -86,7 +91,7 @@ def test_retry_rewrite_drops_only_the_error_lines_of_the_given_ids(tmp_path: Pat
     """The rewrite keeps every other line, leaves no temp file, and the ids count as not done."""
     out = tmp_path / "out.jsonl"
     out.write_text(
-        '{"id": "a", "content": ""}\n{"id": "b", "error": {}}\n'
+        HEAD + '{"id": "a", "content": ""}\n{"id": "b", "error": {}}\n'
         '{"id": "c", "error": {}}\n{"id": "d", "content": ""}\n'
     )
     inode = os.stat(out).st_ino
@@ -94,7 +99,9 @@ def test_retry_rewrite_drops_only_the_error_lines_of_the_given_ids(tmp_path: Pat
         assert journal.state.done == {"a": False, "c": True, "d": False}
         assert journal.state.dropped == 1
         journal.append({"id": "b", "content": "fixed"})
-    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "c", "d", "b"]
+    head, *lines = out.read_text().splitlines()
+    assert head + "\n" == HEAD
+    assert [json.loads(line)["id"] for line in lines] == ["a", "c", "d", "b"]
     assert os.stat(out).st_ino != inode  # replaced by rename, not edited in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
@@ -102,7 +109,7 @@ def test_retry_rewrite_drops_only_the_error_lines_of_the_given_ids(tmp_path: Pat
 def test_the_rewritten_file_is_locked_too(tmp_path: Path) -> None:
     """After a retry rewrite the new file is the one that is locked."""
     out = tmp_path / "out.jsonl"
-    out.write_text('{"id": "b", "error": {}}\n')
+    out.write_text(HEAD + '{"id": "b", "error": {}}\n')
     with Journal.open(out, retry_errors_for=["b"]), pytest.raises(JournalError, match="another"):
         Journal.open(out)
 
@@ -119,7 +126,7 @@ def test_a_whole_last_record_without_its_newline_is_kept(
     """Killed between a record and its newline: the record is whole, so it is kept (the id
     is done) and the newline is written; nothing is reported as torn."""
     out = tmp_path / "out.jsonl"
-    out.write_bytes(b'{"id": "a", "content": ""}\n{"id": "b", "error": {}}')
+    out.write_bytes(HEAD.encode() + b'{"id": "a", "content": ""}\n{"id": "b", "error": {}}')
     with caplog.at_level(logging.WARNING, logger="lmlink"), Journal.open(out) as journal:
         assert journal.state.done == {"a": False, "b": True}
         assert journal.state.repaired_bytes == 0
@@ -136,15 +143,29 @@ def test_a_whole_last_record_without_its_newline_is_kept(
         b'{"id": 5}',  # JSON, but not a result line
         b"just some notes\nand more",
         b'{"id": "a", "content": ""}\nplain text tail',
+        HEAD.encode() + b'{"id": "a", "content": ""}\nplain text tail',
+        b'{"id": "a", "prompt": "an input row"}\n{"id": "b", "prompt": "another"}\n',
+        b'{"id": "a", "prompt": "an input row, no newline"}',
+        b'{"id": "a", "cont',
     ],
-    ids=["json-dump", "pretty", "numeric-id", "text", "text-tail"],
+    ids=[
+        "json-dump",
+        "pretty",
+        "numeric-id",
+        "text",
+        "text-tail",
+        "text-tail-after-header",
+        "input-file",
+        "one-line-input",
+        "torn-without-header",
+    ],
 )
 def test_a_file_that_is_not_batch_output_is_never_changed(tmp_path: Path, content: bytes) -> None:
     """Pointing the output at some other file is refused before a byte of it changes: no
     "torn line" is cut from a file that is not lmlink output."""
     out = tmp_path / "settings.json"
     out.write_bytes(content)
-    with pytest.raises(JournalError, match="not an lmlink result line"):
+    with pytest.raises(JournalError, match=r"not an lmlink (result line|batch output)"):
         Journal.open(out)
     assert out.read_bytes() == content
 
@@ -156,7 +177,7 @@ def test_an_id_with_an_answer_is_done_even_if_it_also_has_an_error_line(
     so, and a retry of errors leaves it alone (no third line)."""
     out = tmp_path / "out.jsonl"
     out.write_text(
-        '{"id": "a", "content": "old"}\n{"id": "a", "error": {}}\n'
+        HEAD + '{"id": "a", "content": "old"}\n{"id": "a", "error": {}}\n'
         '{"id": "b", "error": {}}\n{"id": "b", "error": {}}\n'
     )
     with caplog.at_level(logging.WARNING, logger="lmlink"):
@@ -165,7 +186,7 @@ def test_an_id_with_an_answer_is_done_even_if_it_also_has_an_error_line(
         assert journal.state.done == {"a": False}
         assert journal.state.dropped == 1
     assert "2 lines for ids it already holds" in caplog.text
-    assert out.read_text() == '{"id": "a", "content": "old"}\n{"id": "a", "error": {}}\n'
+    assert out.read_text() == HEAD + '{"id": "a", "content": "old"}\n{"id": "a", "error": {}}\n'
 
 
 def test_the_rewrite_never_follows_a_planted_symlink(tmp_path: Path) -> None:
@@ -176,14 +197,14 @@ def test_the_rewrite_never_follows_a_planted_symlink(tmp_path: Path) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     out = folder / "out.jsonl"
-    out.write_text('{"id": "a", "error": {}}\n{"id": "b", "content": "kept"}\n')
+    out.write_text(HEAD + '{"id": "a", "error": {}}\n{"id": "b", "content": "kept"}\n')
     for pid in range(os.getpid() - 50, os.getpid() + 50):
         (folder / f".out.jsonl.{pid}.tmp").symlink_to(victim)
     with Journal.open(out, retry_errors_for={"a"}) as journal:
         assert journal.state.dropped == 1
     assert victim.read_text() == "precious"
     assert not out.is_symlink()
-    assert out.read_text() == '{"id": "b", "content": "kept"}\n'
+    assert out.read_text() == HEAD + '{"id": "b", "content": "kept"}\n'
     assert sorted(p.name for p in folder.iterdir() if not p.is_symlink()) == ["out.jsonl"]
 
 

@@ -190,7 +190,8 @@ def test_the_cache_answers_a_rerun_without_sending_anything(
     two = sorted(read_jsonl(tmp_path / "two.jsonl"), key=lambda r: r["id"])
     assert one == two
     # Like every result line, a cache hit's starts with its id (a torn one is recognised).
-    lines = (tmp_path / "two.jsonl").read_bytes().splitlines()
+    head, *lines = (tmp_path / "two.jsonl").read_bytes().splitlines()
+    assert head.startswith(b'{"lmlink":"batch-output"')
     assert all(line.startswith(b'{"id":') for line in lines)
     with sqlite3.connect(cache) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -337,20 +338,20 @@ def test_progress_reports_to_the_callback_and_ends_final(
 
 
 def test_no_server_stops_the_run_and_writes_nothing(tmp_path: Path) -> None:
-    """A refused connection is fatal: raised, no error lines written, a re-run resumes."""
+    """A refused connection is fatal: raised, and the output this run created is removed."""
     out = tmp_path / "out.jsonl"
     with FakeServer() as gone:
         url = gone.url
     with pytest.raises(lmlink.APIConnectionError, match="refused"):
         run_batch(prompts(5), out, endpoint=url, model="m", retry=lmlink.RetryPolicy(max_retries=0))
-    assert out.read_text() == ""
+    assert not out.exists()
 
 
 def test_a_wrong_api_key_stops_the_run(tmp_path: Path) -> None:
     """A 401 would hit every item: the run stops with AuthenticationError."""
     with FakeServer(api_key="right") as srv, pytest.raises(lmlink.AuthenticationError):
         run_batch(prompts(5), tmp_path / "out.jsonl", endpoint=srv.url, model="m", api_key="wrong")
-    assert (tmp_path / "out.jsonl").read_text() == ""
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_the_model_defaults_to_the_servers_first(server: FakeServer, tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ _BATCH_WARNING = (  # the output file ends in a torn line: the runner repairs it
     "from lmlink.batch import run_batch\n"
     "out = os.path.join(tempfile.mkdtemp(), 'out.jsonl')\n"
     "with open(out, 'w') as f:\n"
-    '    f.write(\'{"id": "a", "cont\')\n'
+    '    f.write(\'{"lmlink":"batch-outp\')\n'  # a run killed while writing the header
     "s = run_batch([{'id': 'a', 'prompt': 'hi'}], out, endpoint=srv.url, model='m')\n"
     "assert s.ok == 1 and s.repaired_bytes > 0, s\n"
 )

@@ -71,7 +71,8 @@ def test_in_band_stream_error_nested_1000_deep_is_typed(
 
 
 def test_batch_survives_an_answer_nested_too_deep(tmp_path: Path) -> None:
-    """``lmlink batch --json`` with an answer nested 300 deep: exit 0, one line per id."""
+    """``lmlink batch --json`` with an answer nested 300 deep: exit 3 (error lines), one
+    line per id."""
     rows = [{"id": f"n{i}", "prompt": f"item {i}"} for i in range(3)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
@@ -79,7 +80,7 @@ def test_batch_survives_an_answer_nested_too_deep(tmp_path: Path) -> None:
     with FakeServer(responder=lambda req: Reply(content=answer)) as server:
         args = ["batch", str(src), "-o", str(out), "--json", "--progress", "off"]
         result = run_cli([*args, "-e", server.url, "-m", "fake-model"])
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 3, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     lines = read_jsonl(out)
     assert sorted(line["id"] for line in lines) == ["n0", "n1", "n2"]

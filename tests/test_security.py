@@ -383,7 +383,7 @@ def test_batch_output_and_cache_never_hold_the_key(tmp_path: Path) -> None:
         args += ["-e", server.url, "-m", "fake-model", "--progress", "lines"]
         result = run_cli(args, LMLINK_API_KEY=KEY)
         assert server.requests[0].headers["authorization"] == f"Bearer {KEY}"
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr  # error lines: 3
     lines = read_jsonl(out)
     assert len(lines) == 20
     assert sum("error" in line for line in lines) == 12
@@ -437,7 +437,7 @@ def test_batch_schema_failures_never_hold_the_key(tmp_path: Path) -> None:
     with FakeServer(api_key=KEY, responder=echo) as server:
         args = ["batch", str(src), "-o", str(out), "--schema", str(schema), "--progress", "off"]
         result = run_cli([*args, "-e", server.url, "-m", "fake-model"], LMLINK_API_KEY=KEY)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr  # error lines: 3
     lines = read_jsonl(out)
     assert [line["error"]["type"] for line in lines] == ["StructuredOutputError"] * 3
     assert all("***" in line["error"]["message"] for line in lines)
@@ -869,8 +869,8 @@ def test_absurd_ids_and_answers_stay_inside_the_output(tmp_path: Path) -> None:
         args += ["-e", server.url, "-m", "fake-model", "--progress", "off"]
         first = run_cli(args, cwd=cwd)
         again = run_cli([*args, "--retry-errors"], cwd=cwd)  # rewrites the output file
-    assert first.returncode == 0, first.stderr
-    assert again.returncode == 0, again.stderr
+    assert first.returncode == 3, first.stderr  # a finished run with error lines
+    assert again.returncode == 3, again.stderr
     lines = read_jsonl(out)
     assert sorted(line["id"] for line in lines) == sorted(ABSURD_IDS)
     assert _tree(cwd) == set()

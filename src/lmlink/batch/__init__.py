@@ -8,7 +8,9 @@
 (2, 0)
 
 Every result is one line of the output, written and fsynced as soon as it is known; run the
-same call again after a crash or Ctrl-C and only the missing ids are sent. See
+same call again after a crash or Ctrl-C and only the missing ids are sent. The first line is
+a header record with the run's settings: a file without one is never written to, and a run
+with other settings is refused (:class:`SettingsChangedError`). See
 :func:`arun_batch` for every option. Importing this package loads neither ``asyncio``,
 ``rich`` nor ``sqlite3``.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from ._api import arun_batch, run_batch, run_sync
 from ._input import BatchInputError, BatchItem, ItemFormat, Problem, read_items
-from ._journal import JournalError
+from ._journal import JournalError, SettingsChangedError
 from ._limiter import AIMDLimiter, Outcome
 from ._progress import BatchSummary, Progress, ProgressCallback
 from ._tasks import Task
@@ -33,6 +35,7 @@ __all__ = [
     "Problem",
     "Progress",
     "ProgressCallback",
+    "SettingsChangedError",
     "Task",
     "arun_batch",
     "read_items",

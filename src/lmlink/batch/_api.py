@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from ._runner import Items
 
-__all__ = ["arun_batch", "run_batch", "run_sync"]
+__all__ = ["arun_batch", "check_paths", "run_batch", "run_sync", "same_file"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,7 @@ async def arun_batch(
     retry_errors: bool = False,
     stream: bool | None = None,
     on_progress: ProgressCallback | None = None,
+    allow_changed_settings: bool = False,
     **params: Any,
 ) -> BatchSummary:
     """Send every item that has no line in ``output`` yet; append one line per result.
@@ -61,7 +62,11 @@ async def arun_batch(
     ``concurrency`` is the most requests in flight; it halves on 429, 503 and timeouts and
     grows back by one after a run of successes. ``cache`` is an SQLite file of answers
     (keyed on endpoint, model, parameters and messages; a hit sends nothing).
-    ``retry_errors`` sends the items whose line is an error again. ``stream`` picks
+    ``retry_errors`` sends the items whose line is an error again. The output's first line
+    is a header record with the run's settings (task, labels, schema, template, system,
+    model, sampling parameters); adding to an output made with other settings raises
+    :class:`SettingsChangedError` unless ``allow_changed_settings`` is set, and a file that
+    is not lmlink output is never touched (:class:`JournalError`). ``stream`` picks
     streamed or plain requests (default: streams, which give a real time to first token,
     except for structured output, which is re-asked when invalid only on plain requests).
     ``task`` is a preset (:meth:`Task.classify`, :meth:`Task.summarize`,
@@ -80,8 +85,8 @@ async def arun_batch(
 
     task = task or Task()
     loaded = load_items(items, task, template, system)
-    if isinstance(items, (str, Path)) and str(items) != "-" and _same_file(items, output):
-        raise ConfigurationError(f"the output {output} is the input file; pick another")
+    source = items if isinstance(items, (str, Path)) and str(items) != "-" else None
+    check_paths(source, output, cache)
     runner = Runner(
         loaded,
         output,
@@ -98,6 +103,9 @@ async def arun_batch(
         stream=stream,
         on_progress=on_progress,
         params=params,
+        template=template,
+        system=system,
+        allow_changed_settings=allow_changed_settings,
     )
     return await runner.run()
 
@@ -120,6 +128,7 @@ def run_batch(
     retry_errors: bool = False,
     stream: bool | None = None,
     on_progress: ProgressCallback | None = None,
+    allow_changed_settings: bool = False,
     **params: Any,
 ) -> BatchSummary:
     """:func:`arun_batch` for code that is not async; same arguments, same result.
@@ -151,6 +160,7 @@ def run_batch(
             retry_errors=retry_errors,
             stream=stream,
             on_progress=on_progress,
+            allow_changed_settings=allow_changed_settings,
             **params,
         )
     )
@@ -224,8 +234,31 @@ def _run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
     return value  # type: ignore[no-any-return]
 
 
-def _same_file(a: str | Path, b: str | Path) -> bool:
+def check_paths(
+    source: str | Path | None, output: str | Path, cache: str | Path | None = None
+) -> None:
+    """Refuse an output that is the input file, and a cache that is the output or the
+    input: the same path, a symlink to it or a hard link of it (the same inode)."""
+    if source is not None and same_file(source, output):
+        raise ConfigurationError(f"the output {output} is the input file; pick another output")
+    if cache is not None:
+        if same_file(cache, output):
+            raise ConfigurationError(
+                f"the cache {cache} is the output file; give the cache a file of its own"
+            )
+        if source is not None and same_file(cache, source):
+            raise ConfigurationError(
+                f"the cache {cache} is the input file; give the cache a file of its own"
+            )
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: equal once resolved, or the same inode."""
+    import os
+
     try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
+        if Path(a).resolve() == Path(b).resolve():
+            return True
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except (OSError, ValueError):
         return False

@@ -27,6 +27,7 @@ from lmlink._errors import (
     PermissionDeniedError,
     RateLimitError,
     StreamError,
+    StructuredOutputError,
 )
 from lmlink._models import ChatResponse
 
@@ -109,10 +110,11 @@ def error_record(
     item_id: str, exc: LMLinkError, redact: Callable[[str], str] = str
 ) -> dict[str, Any]:
     """The output line of a failure; ``type`` is the lmlink error class name. The message
-    goes through ``redact`` too: the client blanks its errors, this guards the file."""
+    goes through ``redact`` too: the client blanks its errors, this guards the file. An
+    answer that failed its schema keeps the model's text as ``raw``."""
     status = exc.status_code if isinstance(exc, APIStatusError) else None
     message = redact(str(exc))
-    return {
-        "id": item_id,
-        "error": {"type": type(exc).__name__, "message": message, "status_code": status},
-    }
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": message, "status_code": status}
+    if isinstance(exc, StructuredOutputError):
+        error["raw"] = redact(exc.raw)  # the model's answer: why it did not validate
+    return {"id": item_id, "error": error}

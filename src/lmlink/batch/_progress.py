@@ -83,8 +83,10 @@ class BatchSummary:
     finished in this run (``cached`` of the ok ones came from the cache); ``errors`` counts
     the failures by error type, ``error_examples`` has one id and message per type.
     Latency and TTFT percentiles are over the answers of this run (cached ones excluded).
-    ``complete`` is True when every input id has a line. ``cache_error`` says why the cache
-    was turned off during the run (a full disk, say), if it was.
+    ``complete`` is True when every input id has a line, ``succeeded`` when every one has an
+    answer; ``earlier_errors`` are the skipped ids whose line is an error (from an earlier
+    run). ``cache_error`` says why the cache was turned off during the run (a full disk,
+    say), if it was.
 
     >>> summary = lmlink.run_batch("in.jsonl", "out.jsonl", model="qwen3:8b")
     >>> summary.ok, summary.failed, summary.errors, summary.latency_p95
@@ -114,6 +116,7 @@ class BatchSummary:
     stopped_by: str | None = None
     repaired_bytes: int = 0
     cache_error: str | None = None
+    earlier_errors: int = 0
 
     @property
     def remaining(self) -> int:
@@ -124,6 +127,11 @@ class BatchSummary:
     def complete(self) -> bool:
         """True when every input id has a result line."""
         return self.remaining == 0
+
+    @property
+    def succeeded(self) -> bool:
+        """True when every input id has an answer line (none only an error)."""
+        return self.complete and self.failed == 0 and self.earlier_errors == 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -139,7 +147,8 @@ class BatchSummary:
         if self.cached:
             counts.append(f"{self.cached} from the cache")
         if self.skipped:
-            counts.append(f"{self.skipped} already done")
+            earlier = f" ({self.earlier_errors} as errors)" if self.earlier_errors else ""
+            counts.append(f"{self.skipped} already done{earlier}")
         if self.remaining:
             counts.append(f"{self.remaining} not done")
         noun = "item" if self.total == 1 else "items"
@@ -156,7 +165,9 @@ class BatchSummary:
             if self.ttft_p50 is not None:
                 timing += f" · TTFT p50 {_secs(self.ttft_p50)} p95 {_secs(self.ttft_p95)}"
             lines.append(timing)
-        if self.ok:
+        if self.ok and self.ok == self.cached:
+            lines.append(f"every answer from the cache, in {self.elapsed_s:.1f} s")
+        elif self.ok:
             lines.append(
                 f"{self.output_tokens:,} output tokens in {self.elapsed_s:.1f} s: "
                 f"{self.tokens_per_s:,.0f} tok/s" + (f" · model {self.model}" if self.model else "")

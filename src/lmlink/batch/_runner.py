@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from lmlink import AsyncClient
 from lmlink._config import RetryPolicy, Timeout
 from lmlink._errors import (
     APIStatusError,
+    APITimeoutError,
     ConfigurationError,
     LMLinkError,
     ModelLoadingError,
@@ -35,8 +36,9 @@ from lmlink._models import ChatResponse
 from lmlink._retry import RetryState
 
 from ._cache import ResponseCache, cache_key
+from ._header import describe_changes, make_settings
 from ._input import BatchInputError, BatchItem, Problem, items_from_rows, read_items
-from ._journal import Journal, JournalState
+from ._journal import Journal, JournalState, SettingsChangedError
 from ._limiter import AIMDLimiter, Outcome
 from ._outcome import error_record, is_fatal, is_overload, success_record
 from ._progress import BatchSummary, Progress, ProgressCallback, percentile
@@ -90,6 +92,9 @@ class Runner:
         stream: bool | None = None,
         on_progress: ProgressCallback | None = None,
         params: Mapping[str, Any] | None = None,
+        template: str | None = None,
+        system: str | None = None,
+        allow_changed_settings: bool = False,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be a positive integer, not {concurrency!r}")
@@ -112,9 +117,15 @@ class Runner:
         self._stream = stream
         self.on_progress = on_progress
         self._params = {**self.task.params, **(params or {})}
+        self._template = template
+        self._system = system
+        self._allow_changed = allow_changed_settings
+        given = client.timeout if client is not None else Timeout.coerce(timeout)
+        self._total = given.total  # every item's deadline, the runner's own waits included
         self.limiter = AIMDLimiter(concurrency)
         self.summary = BatchSummary(self.output, total=len(items), concurrency=concurrency)
         self.journal: Journal | None = None
+        self._redo: set[str] = set()  # ids whose error lines --retry-errors replaces
         self.pending: list[BatchItem] = []
         self._latencies: list[float] = []
         self._ttfts: list[float] = []
@@ -126,19 +137,68 @@ class Runner:
     def prepare(self) -> JournalState:
         """Open and lock the output, repair a torn last line, and find the pending items."""
         if self.journal is None:
-            retry = [i.id for i in self.items] if self._retry_errors else ()
-            self.journal = Journal.open(self.output, retry_errors_for=retry)
+            # The model, when not given, is known once the server is asked; run() checks
+            # it then, before anything is sent.
+            given = self._model or (self._client.model if self._client else None)
+            self.journal = Journal.open(
+                self.output,
+                adopt=self._allow_changed,
+                check=lambda state: self._check_settings(
+                    given, model_known=given is not None, state=state
+                ),
+            )
             done = self.journal.state.done
-            self.pending = [i for i in self.items if i.id not in done]
+            # Error lines to redo go once the settings are known to match (in run()).
+            if self._retry_errors:
+                self._redo = {i.id for i in self.items if done.get(i.id)}
+            self.pending = [i for i in self.items if i.id not in done or i.id in self._redo]
             self.summary.skipped = len(self.items) - len(self.pending)
-            self.summary.retried = self.journal.state.dropped
+            self.summary.retried = len(self._redo)
             self.summary.repaired_bytes = self.journal.state.repaired_bytes
+            self.summary.earlier_errors = sum(
+                done.get(i.id, False) and i.id not in self._redo for i in self.items
+            )
         return self.journal.state
 
     def close(self) -> None:
-        """Release the output file (after a run, or instead of one)."""
+        """Release the output file (after a run, or instead of one). A file this run
+        created and wrote no result to is removed: a failed start leaves nothing behind."""
         if self.journal is not None:
-            self.journal.close()
+            self.journal.discard()
+
+    def settings(self, model: str | None) -> dict[str, Any]:
+        """The settings record of this run (see :mod:`lmlink.batch._header`)."""
+        return make_settings(
+            task=self.task.name,
+            instructions=self.task.instructions,
+            template=self._template,
+            system=self._system,
+            model=model,
+            params=self._params,
+        )
+
+    def _check_settings(
+        self, model: str | None, *, model_known: bool, state: JournalState | None = None
+    ) -> None:
+        """Refuse to add to an output made with other settings, unless allowed."""
+        if state is None:
+            assert self.journal is not None
+            state = self.journal.state
+        header = state.header
+        old = header.get("settings") if header is not None else None
+        if not isinstance(old, dict) or self._allow_changed or not state.done:
+            return  # no settings recorded, changes allowed, or no answer to mix with
+        new = self.settings(model)
+        if not model_known:
+            new["model"] = old.get("model")
+        changes = describe_changes(old, new)
+        if changes:
+            raise SettingsChangedError(
+                f"{self.output} holds answers made with other settings ({'; '.join(changes)}); "
+                "give another output, or --allow-changed-settings (allow_changed_settings="
+                "True) to add to it anyway",
+                changes=changes,
+            )
 
     def _make_client(self) -> AsyncClient:
         # 429 and 503 are retried by the runner, so the limiter hears of every one.
@@ -183,6 +243,10 @@ class Runner:
                 self._redact = client.redact
                 cache = ResponseCache(self._cache_path) if self._cache_path is not None else None
                 model = await self._resolve(client)
+                self._check_settings(model, model_known=True)
+                assert self.journal is not None
+                self.journal.drop_errors(self._redo)
+                self.journal.write_header(self.settings(model))
                 await self._drive(client, cache, model, retry_here=owned)
         except asyncio.CancelledError:
             self.summary.interrupted = True
@@ -270,18 +334,25 @@ class Runner:
         params: dict[str, Any],
         retry_here: bool,
     ) -> ChatResponse | LMLinkError:
-        """The answer for ``item``, or its per-item error; raises a fatal one."""
+        """The answer for ``item``, or its per-item error; raises a fatal one. With a total
+        timeout, the item's attempts and the waits between them end by one deadline."""
         state: RetryState | None = None
+        deadline: float | None = None
         # Streams give a real TTFT; structured output is re-asked only on plain requests.
         stream = self._stream if self._stream is not None else "response_format" not in params
         while True:  # bounded: state.delay_for raises once the retry budget is spent
-            ticket = await self._acquire()
+            ticket = await self._acquire(deadline)
+            if ticket is None:  # the deadline passed while the item waited for a slot
+                return self._past_deadline()
             outcome = Outcome.NEUTRAL
+            if deadline is None and self._total is not None:
+                deadline = time.monotonic() + self._total
             try:
                 if stream:
-                    resp = await client.chat_stream(item.messages, model=model, **params)
+                    call = client.chat_stream(item.messages, model=model, **params)
                 else:
-                    resp = await client.chat(item.messages, model=model, **params)
+                    call = client.chat(item.messages, model=model, **params)
+                resp = await self._within(call, deadline)
                 outcome = Outcome.OK
                 return resp
             except LMLinkError as exc:
@@ -295,9 +366,9 @@ class Runner:
             own = isinstance(error, APIStatusError) and error.status_code in _OWN_RETRY
             if not (retry_here and own and not isinstance(error, ModelLoadingError)):
                 return error
-            state = state or RetryState(self._retry, None)
+            state = state or RetryState(self._retry, deadline)
             try:
-                delay = state.delay_for(error)
+                delay = state.delay_for(error)  # raises if the wait would pass the deadline
             except LMLinkError:
                 return error
             log.info(
@@ -308,7 +379,27 @@ class Runner:
             )
             await asyncio.sleep(delay)
 
-    async def _acquire(self) -> int:
+    async def _within(self, call: Awaitable[ChatResponse], deadline: float | None) -> ChatResponse:
+        """``await call``, cut off at ``deadline``: the client's own deadline starts with
+        each call, the item's with its first attempt."""
+        if deadline is None:
+            return await call
+        left = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(call, max(left, 0.0))
+        except asyncio.TimeoutError:
+            raise self._past_deadline() from None
+
+    def _past_deadline(self) -> APITimeoutError:
+        return APITimeoutError(
+            f"the item's total timeout of {self._total:g} s passed",
+            phase="total",
+            timeout=self._total,
+            reason="timeout",
+        )
+
+    async def _acquire(self, deadline: float | None = None) -> int | None:
+        """A limiter ticket; None if ``deadline`` passes first."""
         wake = self._wake
         assert wake is not None
         while True:  # bounded: every finished request wakes the waiters again
@@ -316,7 +407,13 @@ class Runner:
             if ticket is not None:
                 return ticket
             wake.clear()
-            await wake.wait()
+            if deadline is None:
+                await wake.wait()
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                return None
 
     def _release(self, ticket: int, outcome: Outcome) -> None:
         self.limiter.finish(ticket, outcome)

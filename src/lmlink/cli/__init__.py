@@ -20,6 +20,13 @@ def main() -> None:
 
     The server comes from -e/--endpoint or LMLINK_ENDPOINT (else the first local server
     found on the usual ports), the model from -m/--model or LMLINK_MODEL.
+
+    \b
+    No server at hand? `python -m lmlink.testing --port 8080` runs lmlink's test server
+    (canned answers; classify labels by keywords, extract fields shaped by the schema);
+    then pass -e http://127.0.0.1:8080/v1.
+    Batch exit codes: 0 every id answered, 3 some ids have only an error line
+    (--retry-errors redoes them), 1 stopped (no server, key, model), 2 bad input.
     """
 
 

@@ -2,13 +2,16 @@
 
 All four share the options and guarantees of :mod:`lmlink.batch`: every input problem is
 reported before anything is sent (exit 2), each result is appended and fsynced as one line,
-a re-run skips the ids already in the output, Ctrl-C or SIGTERM stops cleanly (exit 130 or
-143; further presses never interrupt the clean-up). Progress and the summary go to stderr;
-stdout stays empty.
+a re-run skips the ids already in the output (if its settings are the same), Ctrl-C or
+SIGTERM stops cleanly (exit 130 or 143; further presses never interrupt the clean-up).
+Progress and the summary go to stderr, and are dropped if stderr goes away; stdout stays
+empty. Exit codes: 0 every id has an answer, 3 finished with error lines, 1 stopped (no
+server, a refused key or model), 2 bad input or an output that cannot be used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from ._batchview import make_view, show_summary
-from ._common import server_options
+from ._common import for_cli, say, server_options
 
 if TYPE_CHECKING:
     from lmlink.batch import Task
@@ -29,6 +32,10 @@ __all__ = ["batch", "classify", "extract", "run_batch_command", "summarize"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_INTERRUPTED = 130
+EXIT_ERROR_LINES = 3
+# The "N items from INPUT -> OUTPUT" line waits for the first result, or this long: a run
+# that cannot start (no server) then says so in one line.
+ANNOUNCE_AFTER = 5.0
 
 
 def batch_options(fn: F) -> F:
@@ -68,6 +75,12 @@ def batch_options(fn: F) -> F:
             "--retry-errors", is_flag=True, help="Run again the ids whose line is an error."
         ),
         click.option(
+            "--allow-changed-settings",
+            is_flag=True,
+            help="Add to an output made with other settings (task, labels, template, model, "
+            "sampling...), or adopt one from an older lmlink; refused otherwise (exit 2).",
+        ),
+        click.option(
             "--stream/--no-stream",
             default=None,
             help="Streamed or plain requests [default: streams, plain with a schema].",
@@ -100,7 +113,7 @@ def _load_schema(path: Path | None, option: str) -> Any:
 
 def _exit(code: int, message: str | None = None) -> NoReturn:
     if message:
-        click.echo(f"lmlink: {message}", err=True)
+        say(f"lmlink: {for_cli(message)}")
     sys.exit(code)
 
 
@@ -123,11 +136,13 @@ def run_batch_command(
     retry_errors: bool,
     stream: bool | None,
     progress: str,
+    allow_changed_settings: bool = False,
     params: dict[str, Any] | None = None,
     announce: Callable[[], None] | None = None,
 ) -> int:
-    """Run one batch command to the end; return the exit code (0, 1, 2, 130 or 143)."""
+    """Run one batch command to the end; return the exit code (0, 3, 1, 2, 130 or 143)."""
     from lmlink import LMLinkError
+    from lmlink.batch import JournalError, Progress
 
     from ._interrupt import Interrupted, run_interruptible
 
@@ -150,44 +165,75 @@ def run_batch_command(
             timeout=timeout,
             cache=cache,
             retry_errors=retry_errors,
+            allow_changed_settings=allow_changed_settings,
             stream=stream,
             params=request,
         )
         if announce is not None:
             announce()
-        _announce(runner, input_path, output)
     except KeyboardInterrupt:
-        click.echo("lmlink: interrupted before anything was sent", err=True)
+        say("lmlink: interrupted before anything was sent")
         return EXIT_INTERRUPTED
     code = 0
     stopped = ""
     view = make_view(progress, title)
-    runner.on_progress = view.update
+    announced = False
+
+    def on_progress(p: Progress) -> None:
+        nonlocal announced
+        if not announced:
+            if p.final and runner.summary.stopped_by and not p.done:
+                return  # it never started: one line says why, below
+            if not (p.done or p.final or p.elapsed_s >= ANNOUNCE_AFTER):
+                return
+            announced = True
+            _announce(runner, input_path, output)
+        with contextlib.suppress(OSError, ValueError):  # stderr went away: the run goes on
+            view.update(p)
+
+    runner.on_progress = on_progress
+    created = runner.journal is not None and runner.journal.state.created
     try:
-        run_interruptible(runner.run(), notice=lambda text: click.echo(text, err=True))
+        run_interruptible(runner.run(), notice=say)
     except Interrupted as exc:
         code, stopped = 128 + exc.signum, "interrupted"
     except KeyboardInterrupt:
         code, stopped = EXIT_INTERRUPTED, "interrupted"
+    except JournalError as exc:  # settings that differ from the output's, known once connected
+        code, stopped = 2, for_cli(exc.message)
     except LMLinkError as exc:
-        code, stopped = 1, f"stopped: {type(exc).__name__}: {exc}"
+        code, stopped = 1, f"stopped: {type(exc).__name__}: {for_cli(str(exc))}"
+        if not (runner.summary.ok or runner.summary.failed):
+            stopped = for_cli(str(exc)) + (
+                "; nothing was written" if created else f"; no line was added to {output}"
+            )
     except OSError as exc:
         code, stopped = 1, f"stopped: cannot write {output}: {exc.strerror or exc}"
     finally:
-        view.close()
+        with contextlib.suppress(OSError, ValueError):
+            view.close()
         runner.close()
     summary = runner.summary
+    if code in (1, 2) and not (summary.ok or summary.failed):
+        say(f"lmlink: {stopped}", fg="red")  # nothing happened: one line says why
+        return code
     show_summary(summary, title=title)
     if stopped:
-        click.secho(f"lmlink: {stopped}", fg="red", err=True)
+        say(f"lmlink: {stopped}", fg="red")
         if summary.remaining:
-            click.echo(
+            say(
                 f"lmlink: {summary.remaining} items not done; run the same command again to "
-                "continue",
-                err=True,
+                "continue"
             )
     elif not summary.complete:
         code = 1
+    elif not summary.succeeded:
+        code = EXIT_ERROR_LINES
+        n = summary.failed + summary.earlier_errors
+        say(
+            f"lmlink: {n} {'id has' if n == 1 else 'ids have'} an error line; run the same "
+            "command with --retry-errors to redo them"
+        )
     return code
 
 
@@ -203,27 +249,26 @@ def _prepare(
     """Read and check the input, open the output: the runner, or exit 2 (1 if busy)."""
     from lmlink import LMLinkError
     from lmlink.batch import BatchInputError, JournalError
+    from lmlink.batch._api import check_paths
     from lmlink.batch._runner import Runner, load_items
 
     try:
         items = load_items(str(input_path), task, template, system)
     except BatchInputError as exc:
         _exit(2, exc.message)
-    if str(input_path) != "-" and input_path.resolve() == output.resolve():
-        _exit(2, f"the output {output} is the input file; pick another -o")
     try:
-        runner = Runner(items, output, task=task, **options)
+        check_paths(None if str(input_path) == "-" else input_path, output, options["cache"])
+        runner = Runner(items, output, task=task, template=template, system=system, **options)
         state = runner.prepare()
     except JournalError as exc:
         _exit(1 if exc.busy else 2, exc.message)
     except LMLinkError as exc:
         _exit(2, str(exc))
     if state.repaired_bytes:
-        click.secho(
+        say(
             f"lmlink: warning: {output} ended in a torn line ({state.repaired_bytes} bytes, "
             "from a run that was killed); removed it, that item runs again",
             fg="yellow",
-            err=True,
         )
     return runner
 
@@ -237,7 +282,7 @@ def _announce(runner: Runner, input_path: Path, output: Path) -> None:
         line += f" ({total - pending} already done, {pending} to run)"
     if dropped:
         line += f"; running {dropped} error lines again"
-    click.echo(line, err=True)
+    say(line)
 
 
 @click.command()
@@ -257,9 +302,12 @@ def batch(json_mode: bool, schema: Path | None, **options: Any) -> None:
     top_p, seed, stop, model. Each result is one line of OUTPUT:
     {"id", "content", "reasoning", "parsed", "finish_reason", "prompt_tokens",
     "output_tokens", "latency_s", "ttft_s", "model"} or {"id", "error": {...}}.
-    Run it again to continue after a crash; --retry-errors to redo failed ids.
-    Exit 0 when every id has a line, 1 on a server/setup failure, 2 on bad input,
-    130 on Ctrl-C, 143 on SIGTERM.
+    The first line of OUTPUT is lmlink's header with the run's settings. Run it
+    again to continue after a crash; --retry-errors to redo failed ids. A run with
+    other settings (task, labels, template, model, sampling) is refused unless
+    --allow-changed-settings. Exit 0 when every id has an answer, 3 when some have
+    only an error line, 1 when it stopped (no server, a refused key or model),
+    2 on bad input or an output that cannot be used, 130 on Ctrl-C, 143 on SIGTERM.
     """
     from lmlink.batch import Task
 

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-import click
+from ._common import say
 
 if TYPE_CHECKING:
     from lmlink.batch import BatchSummary, Progress
@@ -35,15 +35,21 @@ def _eta(seconds: float | None) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds}s"
 
 
+def _generated(p: Progress) -> bool:
+    """Whether tokens/s means anything yet: not while every answer came from the cache."""
+    return not (p.cached and p.cached == p.ok)
+
+
 def progress_line(p: Progress) -> str:
     """One plain line: ``120/300 (40%) · 3 failed · 12.3 items/s · ...``."""
     pct = 100 * p.done / p.total if p.total else 100.0
     parts = [f"{p.done}/{p.total} ({pct:.0f}%)", f"{p.failed} failed"]
     if p.cached:
         parts.append(f"{p.cached} cached")
+    parts.append(f"{p.rate:.1f} items/s")
+    if _generated(p):
+        parts.append(f"{p.tokens_per_s:,.0f} tok/s")
     parts += [
-        f"{p.rate:.1f} items/s",
-        f"{p.tokens_per_s:,.0f} tok/s",
         f"concurrency {p.concurrency}",
         f"elapsed {_eta(p.elapsed_s)}",
     ]
@@ -69,7 +75,7 @@ class PlainView:
         elif now - self._last < self._interval:
             return
         self._last = now
-        click.echo(progress_line(progress), err=True)
+        say(progress_line(progress))
 
     def close(self) -> None:
         pass
@@ -106,12 +112,12 @@ class RichView:
 
     def update(self, progress: Progress) -> None:
         failed = f"[red]{progress.failed} failed[/]" if progress.failed else "0 failed"
-        stats = (
-            f"{progress.rate:.1f}/s · {progress.tokens_per_s:,.0f} tok/s · {failed} · "
-            f"conc {progress.concurrency} · ETA {_eta(progress.eta_s)}"
-        )
+        rate = f"{progress.rate:.1f}/s · "
+        if _generated(progress):
+            rate += f"{progress.tokens_per_s:,.0f} tok/s · "
+        stats = f"{rate}{failed} · conc {progress.concurrency} · ETA {_eta(progress.eta_s)}"
         if progress.final:
-            stats = f"{progress.rate:.1f}/s · {progress.tokens_per_s:,.0f} tok/s · {failed}"
+            stats = f"{rate}{failed}"
         self._bar.update(
             self._task,
             total=progress.total,
@@ -133,18 +139,16 @@ def make_view(mode: str, description: str = "batch") -> View:
             return RichView(description)
         except ImportError:
             if mode == "bar":
-                click.echo(
-                    "lmlink: no progress bar without rich: pip install 'lmlink[progress]'", err=True
-                )
+                say("lmlink: no progress bar without rich: pip install 'lmlink[progress]'")
     return PlainView()
 
 
 def show_summary(summary: BatchSummary, *, title: str) -> None:
     """The summary on stderr: the first line bold, the rest indented."""
     lines = summary.describe().splitlines()
-    colour: dict[str, Any] = {"fg": "green"} if summary.complete and not summary.failed else {}
-    if summary.failed or not summary.complete:
+    colour: dict[str, Any] = {"fg": "green"} if summary.succeeded else {}
+    if not summary.succeeded:
         colour = {"fg": "yellow"}
-    click.secho(f"lmlink {title}: {lines[0]}", bold=True, err=True, **colour)
+    say(f"lmlink {title}: {lines[0]}", bold=True, **colour)
     for line in lines[1:]:
-        click.echo(f"  {line}", err=True)
+        say(f"  {line}")

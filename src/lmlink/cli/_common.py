@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,7 +17,7 @@ def server_options(fn: F) -> F:
     """-e/--endpoint, -m/--model, --api-key, --timeout."""
     fn = click.option(
         "--timeout",
-        type=float,
+        type=click.FloatRange(0, min_open=True),
         default=120.0,
         show_default=True,
         help="Idle timeout in seconds (longest wait for any byte).",
@@ -44,5 +46,42 @@ def server_options(fn: F) -> F:
 
 def fail(message: str) -> None:
     """Exit 1 with a one-line message on stderr."""
-    click.echo(f"lmlink: {message}", err=True)
+    say(f"lmlink: {for_cli(message)}")
     sys.exit(1)
+
+
+# The library's advice names Python calls; on the command line, the commands that do it.
+_CLI_WORDS = (
+    ("client.models()", "`lmlink models`"),
+    ("pass model= or set LMLINK_MODEL", "pass -m MODEL or set LMLINK_MODEL"),
+    ("pass endpoint='http://127.0.0.1:8080/v1'", "pass -e http://127.0.0.1:8080/v1"),
+)
+
+
+def for_cli(message: str) -> str:
+    """A library message in the words of the command line (``lmlink models``, ``-m``)."""
+    for python, command in _CLI_WORDS:
+        message = message.replace(python, command)
+    return message
+
+
+_stderr: dict[str, bool] = {"gone": False}
+
+
+def say(message: str, **style: Any) -> None:
+    """One line on stderr. If stderr is gone (a closed pipe, a log reader that exited),
+    the line is dropped and so is every later one: diagnostics never stop the work."""
+    if _stderr["gone"]:
+        return
+    try:
+        click.secho(message, err=True, **style)
+    except (OSError, ValueError):  # EPIPE, EIO, or a closed file
+        _stderr["gone"] = True
+        _silence_stderr()
+
+
+def _silence_stderr() -> None:
+    """Send later stderr writes (ours, and Python's own at exit) to /dev/null. The file
+    descriptor is left alone: it may be the pipe that broke, never something else."""
+    with contextlib.suppress(OSError):
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives to the exit

@@ -19,29 +19,12 @@ from ._common import fail
 LABELS = ("billing", "bug", "feature_request", "account_access", "shipping", "other")
 DEFAULT_OUTPUT = "lmlink-demo-output.jsonl"
 
-# What the test server answers instead of a model: the first label whose words appear.
-KEYWORDS = {
-    "billing": "charge|bill|refund|invoice|price|payment|paypal|subscription|discount|promo|"
-    "receipt|credit card",
-    "account_access": "log in|login page|password|locked|verification|two-factor|sign in|"
-    "hacked|session|email address|delete my account|can't log|can't get in|two admins",
-    "shipping": "ship|deliver|tracking|package|parcel|box|customs|in stock|return label|"
-    "adapter|neighbour|i ordered",
-    "feature_request": "would be great|please add|could you add|can you add|feature|"
-    "suggestion|wish|would love|could the|nice to|request:|any plans|let us|let admins|"
-    "appreciated",
-    "bug": "crash|error|offline|stopped|freezes|stuck|wrong|late|unreadable|blank|blinks|"
-    "not responding|itself|only shows|thinks i'm away|shows",
-}
-
 
 def canned_label(text: str) -> str:
     """The test server's stand-in for a model: a keyword match, ``other`` if none."""
-    lowered = text.lower()
-    for label, words in KEYWORDS.items():
-        if any(word in lowered for word in words.split("|")):
-            return label
-    return "other"
+    from lmlink.testing._answers import keyword_label
+
+    return keyword_label(text, LABELS)
 
 
 def tickets_path() -> Path:
@@ -150,16 +133,21 @@ def demo(
         )
     if output.exists():
         _show_results(source, output)
-        if code == 0 and not _any_answer(output):
+        if code in (0, 3) and not _any_answer(output):
             click.secho("lmlink: no ticket got an answer; see the errors above", fg="red", err=True)
             code = 1
     sys.exit(code)
 
 
+def _results(output: Path) -> list[dict[str, Any]]:
+    """The result lines of an output (its header line skipped)."""
+    lines = output.read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, filter(str.strip, lines)) if "id" in r]
+
+
 def _any_answer(output: Path) -> bool:
     """Whether any line of the demo's output is an answer rather than an error."""
-    with output.open("rb") as lines:
-        return any(line.strip() and "error" not in json.loads(line) for line in lines)
+    return any("error" not in record for record in _results(output))
 
 
 def _real_banner(endpoint: str, model: str | None) -> Any:
@@ -211,7 +199,7 @@ def _show_results(source: Path, output: Path) -> None:
         if line.strip():
             row = json.loads(line)
             texts[row["id"]] = row.get("text", "")
-    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line]
+    records = _results(output)
     labels = Counter(str(r.get("label")) for r in records if "label" in r)
     if not labels:
         return

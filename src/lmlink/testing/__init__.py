@@ -14,11 +14,13 @@ Example::
         assert srv.requests[0].json["messages"][-1]["role"] == "user"
 
 The pytest plugin (``lmlink.testing._pytest``) adds a ``lmlink_server`` fixture, and
-``python -m lmlink.testing`` runs a server in the foreground.
+``python -m lmlink.testing`` runs a server in the foreground, answering schema requests
+with JSON of the asked shape (``responder=sensible_reply``).
 """
 
 from __future__ import annotations
 
+from ._answers import sensible_reply
 from ._http import RecordedRequest, Stats
 from ._personas import PERSONAS, Persona
 from ._replies import CANNED_REPLY, DIALECTS, Faults, Reply
@@ -35,4 +37,5 @@ __all__ = [
     "Reply",
     "Responder",
     "Stats",
+    "sensible_reply",
 ]

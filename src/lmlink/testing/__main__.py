@@ -1,5 +1,9 @@
 """``python -m lmlink.testing``: run the fake server in the foreground until Ctrl-C.
 
+Requests with a JSON schema (``lmlink classify``, ``extract``, ``chat --json``) get JSON of
+that shape, labels picked by keywords (:func:`~lmlink.testing.sensible_reply`); others get
+the canned reply.
+
 Example::
 
     $ python -m lmlink.testing --port 8080 --dialect ollama --delay 0.05
@@ -12,6 +16,7 @@ import argparse
 import sys
 import threading
 
+from ._answers import sensible_reply
 from ._replies import DIALECTS, Reply
 from ._server import FakeServer
 
@@ -22,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, serve until interrupted. Example: ``main(["--port", "0"])``."""
     parser = argparse.ArgumentParser(
         prog="python -m lmlink.testing",
-        description="Run lmlink's fake OpenAI-compatible server (canned answers).",
+        description="Run lmlink's fake OpenAI-compatible server: canned answers, JSON "
+        "shaped by the request's schema (classify labels picked by keywords).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port, 0 for any (8080)")
@@ -31,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
     args = parser.parse_args(argv)
     default = Reply(dialect=args.dialect, delay=args.delay)
-    server = FakeServer(args.model, host=args.host, port=args.port, default=default)
+    server = FakeServer(
+        args.model, host=args.host, port=args.port, default=default, responder=sensible_reply
+    )
     try:
         server.start()
     except OSError as exc:
