@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from time import monotonic
 from typing import Any
 
-from lmlink._errors import APIConnectionError, ConfigurationError, LMLinkError
+from lmlink._errors import APIConnectionError, APITimeoutError, ConfigurationError, LMLinkError
 
 from .common import (
     DEFAULT_LIMIT,
@@ -219,8 +219,12 @@ class SyncTransport(TransportSettings):
             try:
                 try:
                     _send(conn, data, target.where, timeouts, start)
-                except APIConnectionError:
-                    if not _answered_early(conn, parser, timeouts, start):
+                except APIConnectionError as exc:
+                    # A broken pipe may follow an answer the server sent before it stopped
+                    # reading; a send that timed out has nothing to hear.
+                    if isinstance(exc, APITimeoutError) or not _answered_early(
+                        conn, parser, timeouts, start
+                    ):
                         raise
                 while not parser.head_done:
                     _receive(conn, parser, timeouts, start)
