@@ -220,8 +220,9 @@ class AnswerDecoder:
             delta = choice.get("delta" if whole else "message")
             if not isinstance(delta, dict):
                 return ""
-        # Most deltas are {"content": "..."} alone: skip the rarer fields then.
-        if len(delta) > 1 or "content" not in delta:
+        # Most deltas are {"content": "..."} alone, most messages {"role", "content"}: skip
+        # the rarer fields then.
+        if len(delta) - ("content" in delta) - ("role" in delta) > 0:
             self._take_extras(delta, state, whole)
         content = delta.get("content")
         if not content:
@@ -355,10 +356,13 @@ def decode_answer(body: bytes, *, redact: Callable[[str], str] = str) -> ChatRes
     """The ChatResponse of a plain (non-streamed) 200 body, folded as one chunk; raises the
     error an in-band error body reports, or DecodeError for a body that is no answer."""
     try:
-        payload = loads_lenient(body)
-    except ValueError as exc:
-        snippet = clip(redact(body.decode("utf-8", "replace")), 200)
-        raise DecodeError(f"the response body is not valid JSON ({exc}): {snippet!r}") from exc
+        payload = _json.loads(body)
+    except ValueError:
+        try:
+            payload = loads_lenient(body)
+        except ValueError as exc:
+            snippet = clip(redact(body.decode("utf-8", "replace")), 200)
+            raise DecodeError(f"the response body is not valid JSON ({exc}): {snippet!r}") from exc
     if not isinstance(payload, dict):
         shown = clip(redact(_json.text(payload)), 200)
         raise DecodeError(f"the response body is not a JSON object: {shown}")

@@ -248,8 +248,10 @@ class ClientCore:
         extra: dict[str, Any] | None = None,
     ) -> tuple[ChatPlan, CallOptions]:
         """The plan of one chat call and its options; everything checked here, once."""
-        options, fields = split_options(extra or {})
-        endpoint = self._url("")  # "no endpoint" comes before "no model"
+        options, fields = split_options(extra) if extra else (NO_OPTIONS, {})
+        endpoint = self._endpoint
+        if endpoint is None:  # "no endpoint" comes before "no model"
+            self._url("")
         name = model or self._model
         if not name:
             raise ConfigurationError(
@@ -274,7 +276,7 @@ class ClientCore:
             reasoning=reasoning,
             extra=fields,
         )
-        caps = self._caps.get(endpoint, name)
+        caps = self._caps.get(endpoint or "", name)
         plan = ChatPlan(spec, caps, stream=stream, reasks=self.structured_retries)
         return plan, options
 
