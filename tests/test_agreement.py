@@ -201,11 +201,15 @@ def test_a_per_call_timeout_applies(api: API, server: FakeServer, mode: str) -> 
     assert "timeout" not in server.requests[-1].json
 
 
-@pytest.mark.parametrize("name", ["stream"])
-def test_reserved_names_are_refused_not_sent(api: API, name: str) -> None:
+@pytest.mark.parametrize("how", ["keyword", "extra_body"])
+def test_reserved_names_are_refused_not_sent(api: API, server: FakeServer, how: str) -> None:
     """Keywords the client owns cannot be smuggled into the body."""
-    with pytest.raises(lmlink.ConfigurationError, match=name):
-        api.chat("q", **{name: True})
+    kwargs: dict[str, Any] = {"stream": True}
+    if how == "extra_body":
+        kwargs = {"extra_body": kwargs}
+    with pytest.raises(lmlink.ConfigurationError, match="stream"):
+        api.chat("q", **kwargs)
+    assert server.requests == []
 
 
 # -- timings ------------------------------------------------------------------------------------

@@ -61,6 +61,9 @@ def split_options(extra: dict[str, Any]) -> tuple[CallOptions, dict[str, Any]]:
     if extra_body is not None and not isinstance(extra_body, Mapping):
         raise ConfigurationError(f"extra_body= must be a mapping, not {type(extra_body).__name__}")
     if extra_body:
+        for name, why in _REFUSED.items():
+            if name in extra_body:
+                raise ConfigurationError(f"{name} is not a body field here: {why}")
         body.update(extra_body)
     pairs = tuple((str(k), str(v)) for k, v in (headers or {}).items())
     options = CallOptions(None if timeout is None else Timeout.coerce(timeout), pairs, extra_body)
