@@ -297,18 +297,32 @@ def test_concurrency_is_bounded(server: FakeServer, tmp_path: Path) -> None:
 def test_rate_limits_shrink_concurrency_then_it_grows_back(
     server: FakeServer, tmp_path: Path
 ) -> None:
-    """429s halve the limit (seen in progress), are retried, and every item ends ok."""
-    server.enqueue(*[Reply.error(429, "slow down", retry_after=0) for _ in range(8)])
-    server.responder = lambda r: Reply(content="ok", delay=0.005)
+    """Once the limit has grown, a burst of 429s halves it (seen in progress); they are
+    retried, every item ends ok, and the limit grows again afterwards."""
+    burst = {f"question {n}" for n in range(250, 258)}
+    refused: set[str] = set()
+
+    def answer(request: RecordedRequest) -> Reply:
+        text = request.json["messages"][-1]["content"]
+        if text in burst and text not in refused:
+            refused.add(text)  # each item of the burst is refused once
+            return Reply.error(429, "slow down", retry_after=0)
+        return Reply(content="ok", delay=0.008)
+
+    server.responder = answer
     seen: list[Progress] = []
     summary = _run(
-        server, prompts(60), tmp_path / "out.jsonl", concurrency=8, on_progress=seen.append
+        server, prompts(400), tmp_path / "out.jsonl", concurrency=8, on_progress=seen.append
     )
-    assert (summary.ok, summary.failed) == (60, 0)
+    assert (summary.ok, summary.failed) == (400, 0)
+    assert server.stats.chat_requests == 408
     limits = [p.concurrency for p in seen]
-    assert min(limits) <= 4
-    assert limits[-1] > min(limits)
-    assert server.stats.chat_requests == 68
+    peak = limits.index(max(limits))
+    low = min(limits[peak:])
+    assert max(limits) == 8
+    assert low <= 4
+    assert max(limits[limits.index(low, peak) :]) > low
+    assert summary.concurrency_range == (1, 8)
 
 
 def test_rate_limits_past_the_retry_budget_are_error_lines(

@@ -20,12 +20,13 @@ from __future__ import annotations
 from ._api import arun_batch, run_batch, run_sync
 from ._input import BatchInputError, BatchItem, ItemFormat, Problem, read_items
 from ._journal import JournalError, SettingsChangedError
-from ._limiter import AIMDLimiter, Outcome
+from ._limiter import AdaptiveLimiter, AIMDLimiter, Outcome
 from ._progress import BatchSummary, Progress, ProgressCallback
 from ._tasks import Task
 
 __all__ = [
     "AIMDLimiter",
+    "AdaptiveLimiter",
     "BatchInputError",
     "BatchItem",
     "BatchSummary",

@@ -34,7 +34,7 @@ async def arun_batch(
     model: str | None = None,
     api_key: str | None = None,
     client: AsyncClient | None = None,
-    concurrency: int = 8,
+    concurrency: int | str | None = None,
     timeout: float | Timeout = 120.0,
     retry: RetryPolicy | None = None,
     task: Task | None = None,
@@ -59,8 +59,12 @@ async def arun_batch(
     "prompt_tokens", "output_tokens", "latency_s", "ttft_s", "model"}`` or ``{"id",
     "error": {"type", "message", "status_code"}}``, in the order results arrive.
 
-    ``concurrency`` is the most requests in flight; it halves on 429, 503 and timeouts and
-    grows back by one after a run of successes. ``cache`` is an SQLite file of answers
+    ``concurrency``: by default (``None`` or ``"auto"``) the number of requests in flight
+    adapts to the server: it starts at 1, doubles while throughput grows, settles where more
+    would only add latency, halves on 429, 503 and timeouts, and keeps probing so that it
+    follows a server that changes (:class:`~lmlink.batch.AdaptiveLimiter`). An integer is
+    the most it may reach, and where it starts: it comes down only if the server does as
+    well with fewer. ``cache`` is an SQLite file of answers
     (keyed on endpoint, model, parameters and messages; a hit sends nothing).
     ``retry_errors`` sends the items whose line is an error again. The output's first line
     is a header record with the run's settings (task, labels, schema, template, system,
@@ -81,8 +85,9 @@ async def arun_batch(
 
     >>> summary = await lmlink.arun_batch("in.jsonl", "out.jsonl", model="qwen3:8b")
     """
-    from ._runner import Runner, load_items
+    from ._runner import Runner, ceiling_of, load_items
 
+    ceiling_of(concurrency)  # a bad value is refused before the input is read
     task = task or Task()
     loaded = load_items(items, task, template, system)
     source = items if isinstance(items, (str, Path)) and str(items) != "-" else None
@@ -118,7 +123,7 @@ def run_batch(
     model: str | None = None,
     api_key: str | None = None,
     client: AsyncClient | None = None,
-    concurrency: int = 8,
+    concurrency: int | str | None = None,
     timeout: float | Timeout = 120.0,
     retry: RetryPolicy | None = None,
     task: Task | None = None,

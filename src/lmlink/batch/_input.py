@@ -15,16 +15,11 @@ A few request parameters may be given per row (``max_tokens``, ``temperature``, 
 
 from __future__ import annotations
 
-import csv
-import io
 import string
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from lmlink._errors import ConfigurationError
 
@@ -34,6 +29,7 @@ __all__ = [
     "BatchItem",
     "ItemFormat",
     "Problem",
+    "item_of",
     "items_from_rows",
     "read_items",
     "template_fields",
@@ -170,23 +166,20 @@ def template_fields(template: str) -> list[str]:
 
 
 def read_items(source: str | Path, fmt: ItemFormat | None = None) -> list[BatchItem]:
-    """The items in a JSONL file, a CSV file (``.csv``, header row) or stdin (``"-"``, JSONL).
+    """The items in a JSONL file, a CSV file (``.csv``, header row) or stdin (``"-"``, JSONL),
+    as a list (a batch run reads its input row by row instead: ``scan_items``).
 
     Raises :class:`BatchInputError` listing every problem, with line numbers.
 
     >>> items = read_items("tickets.jsonl", ItemFormat(template="Classify: {text}"))
     """
-    fmt = fmt or ItemFormat()
-    name = str(source)
+    from ._source import scan_items
+
+    source_ = scan_items(source, fmt)
     try:
-        data = sys.stdin.buffer.read() if name == "-" else Path(source).read_bytes()
-    except OSError as exc:
-        raise BatchInputError.of(name, [Problem(0, f"cannot read it: {exc.strerror}")]) from exc
-    if name.lower().endswith(".csv"):
-        rows: Iterable[tuple[int, Any]] = _csv_rows(data)
-    else:
-        rows = _jsonl_rows(data)
-    return items_from_rows(rows, fmt, source=name)
+        return list(source_)
+    finally:
+        source_.close()
 
 
 def items_from_rows(
@@ -212,7 +205,7 @@ def items_from_rows(
         if isinstance(row, Problem):
             problems.append(row)
             continue
-        found = _item(line, row, fmt, fields, first_line, unit)
+        found = item_of(line, row, fmt, fields, first_line=first_line, unit=unit)
         if isinstance(found, str):
             problems.append(Problem(line, found, unit))
         else:
@@ -224,19 +217,25 @@ def items_from_rows(
     return items
 
 
-def _item(
+def item_of(
     line: int,
     row: Any,
     fmt: ItemFormat,
     fields: list[str],
-    first_line: dict[str, int],
-    unit: str,
+    *,
+    first_line: dict[str, int] | None = None,
+    on_id: Callable[[str], object] | None = None,
+    unit: str = "line",
 ) -> BatchItem | str:
-    """The item for one row, or what is wrong with it."""
+    """The item for one row, or what is wrong with it. ``first_line`` (id to line) finds
+    duplicates here; without it, ``on_id`` is called with each well-formed id instead."""
     if isinstance(row, BatchItem):
-        if row.id in first_line:
-            return f"duplicate id {row.id!r} (first on {unit} {first_line[row.id]})"
-        first_line[row.id] = line
+        if first_line is not None:
+            if row.id in first_line:
+                return f"duplicate id {row.id!r} (first on {unit} {first_line[row.id]})"
+            first_line[row.id] = line
+        elif on_id is not None:
+            on_id(row.id)
         return row
     if not isinstance(row, Mapping):
         return f"expected a JSON object, got {_kind(row)}"
@@ -247,9 +246,12 @@ def _item(
         return f'"id" must be a string, not {_kind(raw_id)} (write "id": "{raw_id}")'
     if not raw_id.strip():
         return '"id" is empty'
-    if raw_id in first_line:
-        return f"duplicate id {raw_id!r} (first on {unit} {first_line[raw_id]})"
-    first_line[raw_id] = line
+    if first_line is not None:
+        if raw_id in first_line:
+            return f"duplicate id {raw_id!r} (first on {unit} {first_line[raw_id]})"
+        first_line[raw_id] = line
+    elif on_id is not None:
+        on_id(raw_id)
     options: dict[str, Any] = {}
     for key, (check, wanted) in ITEM_OPTIONS.items():
         if key in row and row[key] is not None:
@@ -310,47 +312,3 @@ def _kind(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"a number ({value})"
     return f"a {type(value).__name__}"
-
-
-def _jsonl_rows(data: bytes) -> Iterator[tuple[int, Any]]:
-    data = data.removeprefix(b"\xef\xbb\xbf")
-    for n, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            yield n, orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield n, Problem(n, f"not valid JSON: {exc}")
-
-
-def _csv_rows(data: bytes) -> Iterator[tuple[int, Any]]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        yield 0, Problem(0, f"not UTF-8 text: {exc}")
-        return
-    # The csv module refuses fields over 128 KiB by default (a process-wide setting); a long
-    # document in one cell is as valid here as in a JSONL line. Only ever raised, to the
-    # file's own size, which already is in memory.
-    if len(text) > csv.field_size_limit():
-        csv.field_size_limit(len(text))
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            return
-        header = [h.strip() for h in header]
-        if "id" not in header:
-            yield 1, Problem(1, f"no 'id' column in the header (columns: {', '.join(header)})")
-            return
-        end = reader.line_num
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            if not row or row == [""]:
-                continue
-            if len(row) > len(header):
-                yield start, Problem(start, f"{len(row)} fields, but the header has {len(header)}")
-                continue
-            yield start, dict(zip(header, row, strict=False))
-    except csv.Error as exc:
-        yield reader.line_num, Problem(reader.line_num, f"not valid CSV: {exc}")

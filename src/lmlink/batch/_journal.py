@@ -1,11 +1,14 @@
-"""The output file, written so that a crash at any moment loses at most the line being written.
+"""The output file, written so that a crash at any moment loses at most the lines being written.
 
-Each result is one JSON line, written with a single ``os.write`` on an ``O_APPEND`` file
-descriptor and then ``os.fsync``-ed, so the file only ever grows by whole lines, and a line
-that was reported written is on disk. A process killed in the middle of a write (or a machine
+Results are JSON lines, written with a single ``os.write`` on an ``O_APPEND`` file descriptor
+(:meth:`Journal.write`, one line or a group of them) and then ``os.fsync``-ed
+(:meth:`Journal.sync`), so the file only ever grows by whole lines, and a line is counted as
+written only once the fsync that covers it has returned. The batch runner commits in groups
+(:mod:`lmlink.batch._commit`). A process killed in the middle of a write (or a machine
 that lost power) leaves at most one torn line at the end; :meth:`Journal.open` cuts it off
 before anything else is appended, and reports it. Re-running then finds every finished id
-and skips it.
+and skips it. Opening reads the file once, line by line, and keeps 8 bytes per id
+(:class:`~lmlink.batch._doneset.DoneSet`), whatever the size of the file.
 
 The first line is the header record (:mod:`._header`): the file is lmlink's, and these
 are its settings. An existing file that does not start with one is refused before a byte of
@@ -27,7 +30,8 @@ import contextlib
 import os
 import stat
 import sys
-from collections.abc import Callable, Collection, Mapping
+from array import array
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from lmlink import _json
 from lmlink._errors import ConfigurationError
 from lmlink._log import log
 
+from ._doneset import DigestSet, DoneSet, digest
 from ._header import HEADER_START, header_line, is_header, is_result_shaped
 
 __all__ = ["Journal", "JournalError", "JournalState", "SettingsChangedError", "encode_record"]
@@ -82,13 +87,14 @@ def _rebuild_changed(message: str, changes: list[str]) -> SettingsChangedError:
 class JournalState:
     """What an existing output file already holds.
 
-    ``done`` maps each id to True when its line is an error; ``repaired_bytes`` is the size of
-    the torn last line that was cut off (0 if none); ``dropped`` the error lines removed for
-    a retry. ``header`` is the file's header record (None for a new or empty file);
+    ``done`` holds every id with a line (``id in done``; ``done.failed(id)`` when its only
+    lines are errors), 8 bytes per id; ``repaired_bytes`` is the size of the torn last line
+    that was cut off (0 if none); ``dropped`` the ids whose error lines were removed for a
+    retry. ``header`` is the file's header record (None for a new or empty file);
     ``legacy`` is True for an output of an older lmlink, result lines without a header.
     """
 
-    done: dict[str, bool] = field(default_factory=dict)
+    done: DoneSet = field(default_factory=DoneSet)
     repaired_bytes: int = 0
     dropped: int = 0
     created: bool = False
@@ -121,7 +127,7 @@ class Journal:
         cls,
         path: str | Path,
         *,
-        retry_errors_for: Collection[str] = (),
+        retry_errors_for: Collection[str] | DigestSet = (),
         adopt: bool = False,
         check: Callable[[JournalState], None] | None = None,
     ) -> Journal:
@@ -159,13 +165,14 @@ class Journal:
             raise
         return journal
 
-    def drop_errors(self, ids: Collection[str]) -> int:
-        """Remove the error lines of ``ids`` (the file is rewritten atomically), so those
-        ids count as not done; returns how many were removed."""
+    def drop_errors(self, ids: Collection[str] | DigestSet) -> int:
+        """Remove the error lines of ``ids`` (id strings or a
+        :class:`~lmlink.batch._doneset.DigestSet`; the file is rewritten atomically), so
+        those ids count as not done; returns how many were removed."""
         if self._fd is None:
             raise JournalError(f"{self.path} is closed")
-        drop = {i for i in ids if self.state.done.get(i)}
-        if not drop:
+        drop = _failed_among(self.state.done, ids)
+        if not len(drop):
             return 0
         try:
             # The old file stays locked until the new one, locked too, is in its place.
@@ -174,8 +181,7 @@ class Journal:
             raise JournalError(f"cannot use {self.path}: {exc.strerror or exc}") from exc
         os.close(self._fd)
         self._fd = new_fd
-        for i in drop:
-            del self.state.done[i]
+        self.state.done = self.state.done.without_errors(drop)
         self.state.dropped += len(drop)
         return len(drop)
 
@@ -188,11 +194,11 @@ class Journal:
             raise JournalError(f"{self.path} is closed")
         line = header_line(settings)
         header = self.state.header
-        if header is not None and not self.state.done and header.get("settings") != settings:
+        if header is not None and not len(self.state.done) and header.get("settings") != settings:
             os.ftruncate(self._fd, 0)  # a crash here leaves an empty file: a new output
             self.state.header = None
         if self.state.legacy:
-            new_fd = _rewrite(self.path, set(), header=line)
+            new_fd = _rewrite(self.path, DigestSet(), header=line)
             os.close(self._fd)
             self._fd = new_fd
             self.state.legacy = False
@@ -212,14 +218,27 @@ class Journal:
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one record as one line and wait until it is on disk."""
+        self.write([encode_record(record)])
+        self.sync()
+
+    def write(self, lines: list[bytes]) -> None:
+        """Append whole ``lines`` (each ending in a newline) in one write; they are on disk
+        once :meth:`sync` returns."""
         if self._fd is None:
             raise JournalError(f"{self.path} is closed")
-        data = memoryview(encode_record(record))
+        data = memoryview(lines[0] if len(lines) == 1 else b"".join(lines))
         while data:  # one write in practice; a short write only on a full disk or a signal
             written = os.write(self._fd, data)
             data = data[written:]
-        os.fsync(self._fd)
-        self.written += 1
+        self.written += len(lines)
+
+    def sync(self) -> None:
+        """Wait until everything written is on disk (safe to call from another thread
+        while the event loop goes on; :meth:`close` only after it returned)."""
+        fd = self._fd
+        if fd is None:
+            raise JournalError(f"{self.path} is closed")
+        os.fsync(fd)
 
     def close(self) -> None:
         """Release the lock and the file; idempotent."""
@@ -298,28 +317,56 @@ def _foreign(path: Path, where: str) -> JournalError:
     )
 
 
+def _lines(fd: int) -> Iterator[tuple[int, bytes, bool]]:
+    """``(offset, line, whole)`` for every line of the file, read in 1 MiB blocks: ``whole``
+    is False only for a last line without its newline."""
+    os.lseek(fd, 0, os.SEEK_SET)  # reads start here; O_APPEND still sends writes to the end
+    offset = 0
+    rest = b""
+    while block := os.read(fd, 1 << 20):
+        data = rest + block if rest else block
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            yield offset + start, data[start:end], True
+            start = end + 1
+        offset += start
+        rest = data[start:]
+    if rest:
+        yield offset, rest, False
+
+
 def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
-    """Every id in the file. Nothing is changed until the whole file is known to be lmlink
-    output: then a torn last line is cut off, or a whole one missing its newline ended."""
+    """Every id in the file, read line by line into a compact set. Nothing is changed until
+    the whole file is known to be lmlink output: then a torn last line is cut off, or a
+    whole one missing its newline ended."""
     state = JournalState()
-    data = _read_all(fd)
-    # A power cut can leave the last write as NUL bytes: they belong to the torn tail.
-    end = data.rstrip(b"\0").rfind(b"\n") + 1
-    records = []
+    ok: array[int] = array("Q")
+    errors: array[int] = array("Q")
+    lines = 0  # result lines
+    shaped = True  # every result line looks like lmlink's (for adopting an older output)
     first: int | None = None  # the line number of the first line that is not blank
-    for n, line in enumerate(data[:end].split(b"\n")[:-1], 1):
-        if line.strip():
-            value = _value(line)
-            if first is None:
-                first = n
-                if is_header(value):
-                    state.header = value
-                    continue
-            record = _record(value)
-            if record is None:
-                raise _foreign(path, f"line {n}")
-            records.append(record)
-    tail = data[end:]
+    tail = b""
+    end = 0
+    for n, (offset, line, whole) in enumerate(_lines(fd), 1):
+        if not whole:
+            tail, end = line, offset
+            break
+        end = offset + len(line) + 1
+        if not line.strip():
+            continue
+        value = _value(line)
+        if first is None:
+            first = n
+            if is_header(value):
+                state.header = value
+                continue
+        record = _record(value)
+        if record is None:
+            raise _foreign(path, f"line {n}")
+        shaped = shaped and is_result_shaped(record)
+        (errors if "error" in record else ok).append(digest(record["id"]))
+        lines += 1
+    # A power cut can leave the last write as NUL bytes: they belong to the torn tail.
     text = tail.rstrip(b"\0")
     value = _value(text) if text.strip() else _NOT_JSON
     whole_tail = False
@@ -330,15 +377,18 @@ def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
             last = _record(value)
             if last is None:
                 raise _foreign(path, "ends in a line that")
-            records.append(last)  # killed between the record and its newline: it is whole
+            # killed between the record and its newline: it is whole
+            shaped = shaped and is_result_shaped(last)
+            (errors if "error" in last else ok).append(digest(last["id"]))
+            lines += 1
         whole_tail = True
     elif text.strip():
         # Only a header can be torn in a file with no whole line; else a result line.
         torn = _TORN if first is not None else HEADER_START
         if not (text.startswith(torn) or torn.startswith(text)):
             raise _foreign(path, "ends in a line that")
-    if state.header is None and records:
-        if not all(is_result_shaped(r) for r in records):
+    if state.header is None and lines:
+        if not shaped:
             raise JournalError(
                 f"{path} is not an lmlink batch output (it does not start with lmlink's "
                 "header line); pick another output (it was left as it is)"
@@ -363,15 +413,8 @@ def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
             path,
             state.repaired_bytes,
         )
-    done = state.done
-    repeated = 0
-    for record in records:
-        failed = "error" in record
-        before = done.get(record["id"])
-        if before is not None:
-            repeated += 1
-            failed = failed and before  # one answer is enough: the id is done
-        done[record["id"]] = failed
+    state.done = DoneSet.of(ok=ok, errors=errors)
+    repeated = lines - len(state.done)
     if repeated:
         log.warning(
             "lmlink: %s has %d lines for ids it already holds (files joined by hand?); "
@@ -382,15 +425,15 @@ def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
     return state
 
 
-def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)  # reads start here; O_APPEND still sends writes to the end
-    chunks: list[bytes] = []
-    while chunk := os.read(fd, 1 << 24):
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _failed_among(done: DoneSet, ids: Collection[str] | DigestSet) -> DigestSet:
+    """The ids of ``ids`` whose only lines in the file are errors."""
+    if not len(done.errors) or not len(ids):
+        return DigestSet()
+    wanted = ids if isinstance(ids, DigestSet) else DigestSet.of(digest(i) for i in ids)
+    return DigestSet.of(d for d in done.errors if d in wanted)
 
 
-def _rewrite(path: Path, drop: set[str], *, header: bytes = b"") -> int:
+def _rewrite(path: Path, drop: DigestSet, *, header: bytes = b"") -> int:
     """Replace ``path`` by a copy without the error lines of ``drop`` (and ``header`` in
     front); return a locked O_APPEND descriptor on the new file. A symlink is followed: its
     target is replaced, with the same mode and owner."""
@@ -401,18 +444,11 @@ def _rewrite(path: Path, drop: set[str], *, header: bytes = b"") -> int:
             f"{path} has {before.st_nlink} hard links, and rewriting it would split them; "
             "copy it to a file of its own and use that (nothing was changed)"
         )
-    with open(target, "rb") as src:
-        kept = [
-            line for line in src.read().split(b"\n") if line.strip() and not _is_dropped(line, drop)
-        ]
     tmp, fd = _create_temp(target)
     try:
         _lock(fd, tmp)
         _same_owner_and_mode(fd, before, path)
-        payload = header + b"".join(line + b"\n" for line in kept)
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
+        _copy_without(target, fd, drop, header)  # in blocks: memory does not grow with it
         os.fsync(fd)
         os.replace(tmp, target)
         _fsync_dir(target)
@@ -453,9 +489,38 @@ def _create_temp(path: Path) -> tuple[Path, int]:
     raise JournalError(f"cannot create a temporary file next to {path}")
 
 
-def _is_dropped(line: bytes, drop: set[str]) -> bool:
-    record = orjson.loads(line.rstrip(b"\0"))
-    return isinstance(record, dict) and record.get("id") in drop and "error" in record
+def _copy_without(src_path: Path, fd: int, drop: DigestSet, header: bytes) -> None:
+    """Write ``header`` and every line of ``src_path`` but the error lines of ``drop``."""
+    block: list[bytes] = [header] if header else []
+    size = len(header)
+    with open(src_path, "rb") as src:
+        for line in src:
+            if not line.strip() or _is_dropped(line, drop):
+                continue
+            block.append(line if line.endswith(b"\n") else line + b"\n")
+            size += len(line)
+            if size >= 1 << 20:
+                _write_all(fd, b"".join(block))
+                block, size = [], 0
+    _write_all(fd, b"".join(block))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _is_dropped(line: bytes, drop: DigestSet) -> bool:
+    if not len(drop):
+        return False
+    record = _value(line.rstrip(b"\n").rstrip(b"\0"))
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("id"), str)
+        and "error" in record
+        and record["id"] in drop
+    )
 
 
 def _fsync_dir(path: Path) -> None:

@@ -102,7 +102,11 @@ def success_record(
         **task.extra_fields(parsed),
     }
     if redact is not None:
-        record = scrub(record, redact)
+        # The record's own keys are constant; only its values can carry a secret.
+        record = {
+            k: redact(v) if isinstance(v, str) else scrub(v, redact) if v else v
+            for k, v in record.items()
+        }
     return {"id": item_id, **record}
 
 

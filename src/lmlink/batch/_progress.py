@@ -19,8 +19,9 @@ class Progress:
     """A snapshot of a running batch, handed to ``on_progress``.
 
     ``total`` is what this run has to do (the input minus the ids already in the output),
-    ``done`` how much of it is finished (``ok + failed``); ``concurrency`` is the current
-    adaptive limit; ``final`` is True for the last snapshot.
+    ``done`` how much of it is finished (``ok + failed``, each counted once its line is on
+    disk); ``concurrency`` is the adaptive limit right now and ``in_flight`` the requests
+    open, ``ceiling`` the most the limit may reach; ``final`` is True for the last snapshot.
 
     >>> def show(p: lmlink.batch.Progress) -> None:
     ...     print(f"{p.done}/{p.total} {p.tokens_per_s:.0f} tok/s")
@@ -37,6 +38,7 @@ class Progress:
     output_tokens: int
     elapsed_s: float
     final: bool = False
+    ceiling: int = 0
 
     @property
     def rate(self) -> float:
@@ -86,7 +88,11 @@ class BatchSummary:
     ``complete`` is True when every input id has a line, ``succeeded`` when every one has an
     answer; ``earlier_errors`` are the skipped ids whose line is an error (from an earlier
     run). ``cache_error`` says why the cache was turned off during the run (a full disk,
-    say), if it was.
+    say), if it was. ``concurrency`` is the most requests in flight allowed,
+    ``concurrency_range`` the lowest and highest the adaptive limit took,
+    ``concurrency_settled`` where it settled (None when nothing was sent). Percentiles come
+    from a histogram and are within 1 % (see ``lmlink.batch._stats``); counts and tokens are
+    exact.
 
     >>> summary = lmlink.run_batch("in.jsonl", "out.jsonl", model="qwen3:8b")
     >>> summary.ok, summary.failed, summary.errors, summary.latency_p95
@@ -116,6 +122,8 @@ class BatchSummary:
     stopped_by: str | None = None
     repaired_bytes: int = 0
     cache_error: str | None = None
+    concurrency_range: tuple[int, int] | None = None
+    concurrency_settled: int | None = None
     earlier_errors: int = 0
 
     @property
@@ -165,6 +173,12 @@ class BatchSummary:
             if self.ttft_p50 is not None:
                 timing += f" · TTFT p50 {_secs(self.ttft_p50)} p95 {_secs(self.ttft_p95)}"
             lines.append(timing)
+        if self.concurrency_range is not None:
+            low, high = self.concurrency_range
+            lines.append(
+                f"concurrency {low}-{high}, settled at {self.concurrency_settled}"
+                f" (at most {self.concurrency:,})"
+            )
         if self.ok and self.ok == self.cached:
             lines.append(f"every answer from the cache, in {self.elapsed_s:.1f} s")
         elif self.ok:

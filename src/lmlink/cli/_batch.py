@@ -38,6 +38,26 @@ EXIT_ERROR_LINES = 3
 ANNOUNCE_AFTER = 5.0
 
 
+class _Concurrency(click.ParamType[Any, Any]):
+    """``auto`` or an integer from 1 to 4096."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not 1 <= number <= 4096:
+            self.fail(f"{value!r} is not 'auto' or an integer from 1 to 4096", param, ctx)
+        return number
+
+
+_CONCURRENCY = _Concurrency()
+
+
 def batch_options(fn: F) -> F:
     """INPUT, -o, the server options and everything a batch run takes."""
     options = [
@@ -56,10 +76,10 @@ def batch_options(fn: F) -> F:
         click.option(
             "-c",
             "--concurrency",
-            type=click.IntRange(1, 4096),
-            default=8,
-            show_default=True,
-            help="Most requests in flight (halved on 429/503/timeouts, then grown back).",
+            type=_CONCURRENCY,
+            default=None,
+            help="Most requests in flight, or 'auto' [default: auto, finds what the server "
+            "does best; halved on 429/503/timeouts].",
         ),
         click.option("--template", default=None, help="Render each row: 'Summarise: {text}'."),
         click.option("--system", default=None, help="A system message for every item."),
@@ -127,7 +147,7 @@ def run_batch_command(
     model: str | None,
     api_key: str | None,
     timeout: float,
-    concurrency: int,
+    concurrency: int | str | None,
     template: str | None,
     system: str | None,
     temperature: float | None,
@@ -274,8 +294,8 @@ def _prepare(
 
 
 def _announce(runner: Runner, input_path: Path, output: Path) -> None:
-    total = len(runner.items)
-    pending = len(runner.pending)
+    total = runner.summary.total
+    pending = runner.pending_count
     dropped = runner.summary.retried
     line = f"lmlink: {total} {'item' if total == 1 else 'items'} from {input_path} → {output}"
     if total != pending:

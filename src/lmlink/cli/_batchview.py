@@ -50,7 +50,7 @@ def progress_line(p: Progress) -> str:
     if _generated(p):
         parts.append(f"{p.tokens_per_s:,.0f} tok/s")
     parts += [
-        f"concurrency {p.concurrency}",
+        f"in flight {p.in_flight}/{p.concurrency}",
         f"elapsed {_eta(p.elapsed_s)}",
     ]
     if not p.final:
@@ -115,7 +115,7 @@ class RichView:
         rate = f"{progress.rate:.1f}/s · "
         if _generated(progress):
             rate += f"{progress.tokens_per_s:,.0f} tok/s · "
-        stats = f"{rate}{failed} · conc {progress.concurrency} · ETA {_eta(progress.eta_s)}"
+        stats = f"{rate}{failed} · limit {progress.concurrency} · ETA {_eta(progress.eta_s)}"
         if progress.final:
             stats = f"{rate}{failed}"
         self._bar.update(

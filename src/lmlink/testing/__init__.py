@@ -25,6 +25,7 @@ from ._http import RecordedRequest, Stats
 from ._personas import PERSONAS, Persona
 from ._replies import CANNED_REPLY, DIALECTS, Faults, Reply
 from ._server import FakeServer, Responder
+from ._shapes import SHAPES, ServerShape, ShapeModel, ShapeServer, SimResult, simulate
 
 __all__ = [
     "PERSONAS",
@@ -36,6 +37,12 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "Responder",
+    "SHAPES",
+    "ServerShape",
+    "ShapeModel",
+    "ShapeServer",
+    "SimResult",
     "Stats",
     "sensible_reply",
+    "simulate",
 ]
