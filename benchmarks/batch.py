@@ -1,7 +1,7 @@
 """The batch runner, measured: adaptive concurrency on three server shapes, the runner's
 items/s against the client's requests/s, and peak memory against the number of items.
 
-    .venv/bin/python benchmarks/batch.py            # everything (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/batch.py            # everything (about 15 minutes on 2 cores)
     .venv/bin/python benchmarks/batch.py --quick    # shorter runs, smaller counts
     .venv/bin/python benchmarks/batch.py shapes     # one part: shapes, speed or memory
 
@@ -146,7 +146,7 @@ def _shape_run(
 
 
 def shapes(quick: bool, tmp: Path) -> dict[str, Any]:
-    seconds, default_seconds = (4.0, 12.0) if quick else (8.0, 45.0)
+    seconds, default_seconds = (4.0, 12.0) if quick else (8.0, 60.0)
     out: dict[str, Any] = {}
     for name, shape in SHAPES.items():
         fixed = {n: _shape_run(shape, n, seconds, tmp) for n in HAND_PICKED[name]}
@@ -286,7 +286,8 @@ def _shapes_md(shapes: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in shapes.values():
-        a, best, small = r["auto"], r["fixed"][r["best"]], r["fixed"][r["smallest_90"]]
+        fixed = {str(n): v for n, v in r["fixed"].items()}  # int keys, or str from JSON
+        a, best, small = r["auto"], fixed[str(r["best"])], fixed[str(r["smallest_90"])]
         low, high, settled = a["limits"] or (0, 0, 0)
         thr, lat = r["throughput_ratio"], r["p50_ratio"]
         lines.append(
@@ -339,7 +340,12 @@ def _memory_md(m: dict[str, Any]) -> list[str]:
 def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Batch benchmark, {res['when']}, {res['mode']} run, {res['seconds']:.0f} s; "
-        f"1-minute load average before: {res['load_before']:.1f}.",
+        f"1-minute load average before: {res['load_before']:.1f}."
+        + (
+            f" The shapes part is from a run of that part alone, {res['shapes_when']}."
+            if "shapes_when" in res
+            else ""
+        ),
         "",
     ]
     if "shapes" in res:
