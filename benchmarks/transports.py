@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import aiohttp
 import httpx
 
-from lmlink._atransport import AsyncTransport
-from lmlink._transport import SyncTransport
-from lmlink._transport_base import Timeouts
+from lmlink._http.aio import AsyncTransport
+from lmlink._http.common import Timeouts
+from lmlink._http.sync import SyncTransport
 
 IN_FLIGHT = 64
 STREAM_EVENTS = 20_000

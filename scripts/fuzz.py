@@ -16,7 +16,7 @@ The targets are the functions the CI fuzz tests use (``tests/test_fuzz_decoders.
 - ``accumulator``: the stream accumulator on arbitrary events with JSON-ish data;
 - ``errmap``: ``error_from_response`` on any status, header values and body;
 - ``payload``: ``error_from_payload`` on any JSON value;
-- ``body``: ``parse_chat_response`` / ``decode_models`` on any body;
+- ``body``: ``decode_answer`` / ``decode_models`` on any body;
 - ``client``: both clients against a raw-socket server answering with the input's bytes.
 
 With atheris installed (the ``fuzz`` group; it has wheels for Linux x86-64) each target
@@ -46,16 +46,16 @@ TARGETS = ("sse", "accumulator", "errmap", "payload", "body", "client")
 INSTRUMENTED = (
     "lmlink",
     "lmlink._sse",
-    "lmlink._stream",
+    "lmlink._answer",
     "lmlink._errmap",
     "lmlink._wire",
-    "lmlink._http",
-    "lmlink._request",
-    "lmlink._transport_base",
+    "lmlink._http.response",
+    "lmlink._http.request",
+    "lmlink._http.common",
     "lmlink._aclient",
     "lmlink._astreaming",
-    "lmlink._aconn",
-    "lmlink._atransport",
+    "lmlink._http.aio_connection",
+    "lmlink._http.aio",
 )
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 import lmlink
-from lmlink._plan import reasoning_params
+from lmlink._adapt import reasoning_params
 from lmlink.testing import FakeServer, Reply
 
 if TYPE_CHECKING:

@@ -155,10 +155,12 @@ def test_lmlink_help_documents_exit_codes_and_the_test_server() -> None:
 
 
 @pytest.fixture
-def offline() -> Iterator[str]:
-    """``python -m lmlink.testing --port 0`` as a user would start it; yields its URL."""
+def offline(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``python -m lmlink.testing --port 0`` as a user would start it (in the dialect of
+    an indirect parameter); yields its URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    cmd = [sys.executable, "-m", "lmlink.testing", "--port", "0"]
+    dialect = getattr(request, "param", "openai")
+    cmd = [sys.executable, "-m", "lmlink.testing", "--port", "0", "--dialect", dialect]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
         try:
             assert proc.stdout is not None
@@ -209,6 +211,28 @@ def test_every_readme_batch_command_works_against_the_offline_server(
     [fields] = read_jsonl(tmp_path / "fields.jsonl")
     assert fields["parsed"]["total"] == 42
     assert isinstance(fields["parsed"]["vendor"], str)
+
+
+@pytest.mark.parametrize("offline", ["openai", "ollama", "tgi"], indirect=True)
+def test_chat_and_models_work_against_the_offline_server(offline: str, tmp_path: Path) -> None:
+    """``lmlink chat``, ``chat --json``, ``chat --schema`` and ``lmlink models`` against
+    ``python -m lmlink.testing``: answers of the asked shape, exit 0."""
+    from lmlink.testing import CANNED_REPLY
+
+    chat = run_cli(["chat", "Say hi", "-e", offline])
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() == CANNED_REPLY
+    as_json = run_cli(["chat", "Say hi", "--json", "-e", offline])
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {"answer": CANNED_REPLY}
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}))
+    shaped = run_cli(["chat", "I have 7 cats", "--schema", str(schema), "-e", offline])
+    assert shaped.returncode == 0, shaped.stderr
+    assert json.loads(shaped.stdout) == {"n": 7}
+    listed = run_cli(["models", "-e", offline])
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["fake-model"]
 
 
 def test_the_readme_tells_how_to_run_the_offline_server() -> None:

@@ -214,3 +214,69 @@ def test_a_pipe_or_device_is_not_an_output(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(JournalError, match="not a regular file"):
         Journal.open(fifo)
+
+
+def test_a_header_goes_first_once_and_a_file_without_answers_is_discarded(tmp_path: Path) -> None:
+    """write_header puts the header in an empty file (once); discard removes a file this
+    run created and wrote no result to, and keeps one with results."""
+    out = tmp_path / "out.jsonl"
+    with Journal.open(out) as journal:
+        journal.write_header({"task": "batch"})
+        journal.write_header({"task": "batch"})
+        assert out.read_text() == HEAD
+        journal.discard()
+    assert not out.exists()
+    journal = Journal.open(out)
+    journal.write_header({"task": "batch"})
+    journal.append({"id": "a", "content": "x"})
+    journal.discard()
+    assert out.read_text() == HEAD + '{"id":"a","content":"x"}\n'
+
+
+@pytest.mark.parametrize(
+    "tail", [b"\0" * 10, b'{"id": "b", "con' + b"\0" * 10], ids=["nul", "torn-nul"]
+)
+def test_a_nul_tail_is_cut_like_a_torn_line(tmp_path: Path, tail: bytes) -> None:
+    """NUL bytes where the last write should be (a power cut) are a torn line."""
+    out = tmp_path / "out.jsonl"
+    good = HEAD.encode() + b'{"id": "a", "content": ""}\n'
+    out.write_bytes(good + tail)
+    with Journal.open(out) as journal:
+        assert journal.state.repaired_bytes == len(tail)
+        assert "a" in journal.state.done
+        assert len(journal.state.done) == 1
+    assert out.read_bytes() == good
+
+
+def test_an_older_output_is_refused_unless_adopted(tmp_path: Path) -> None:
+    """Result lines without a header: refused untouched; adopted, the header goes in front
+    by an atomic rewrite and every line stays."""
+    out = tmp_path / "out.jsonl"
+    old = b'{"id": "a", "content": "x", "finish_reason": "stop"}\n'
+    out.write_bytes(old)
+    with pytest.raises(JournalError, match="no header line"):
+        Journal.open(out)
+    assert out.read_bytes() == old
+    with Journal.open(out, adopt=True) as journal:
+        assert journal.state.legacy
+        journal.write_header({"task": "batch"})
+        assert not journal.state.legacy
+    assert out.read_bytes() == HEAD.encode() + old
+
+
+def test_the_check_sees_the_file_before_any_error_line_goes(tmp_path: Path) -> None:
+    """A check that refuses stops open before the retry rewrite: nothing changes."""
+    out = tmp_path / "out.jsonl"
+    out.write_text(HEAD + '{"id": "a", "error": {}}\n')
+    before = out.read_bytes()
+
+    def refuse(state: object) -> None:
+        raise JournalError("no")
+
+    with pytest.raises(JournalError, match="no"):
+        Journal.open(out, retry_errors_for={"a"}, check=refuse)
+    assert out.read_bytes() == before
+    with Journal.open(out) as journal:
+        assert journal.drop_errors({"a"}) == 1
+        assert len(journal.state.done) == 0
+    assert out.read_text() == HEAD

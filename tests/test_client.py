@@ -375,7 +375,7 @@ def test_context_overflow_in_stream_is_context_length_error(api: API, server: Fa
 def test_json_mode_and_schema(api: API, server: FakeServer) -> None:
     """response_format json/schema are sent in OpenAI form; a schema yields .parsed."""
     server.enqueue(Reply(content='{"a": 1}'))
-    assert api.chat("x", response_format="json").parsed is None
+    assert api.chat("x", response_format="json").parsed == {"a": 1}
     assert server.requests[-1].json["response_format"] == {"type": "json_object"}  # type: ignore[index]
     schema = {
         "type": "object",

@@ -39,12 +39,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import lmlink
+from lmlink._answer import AnswerDecoder, decode_answer
 from lmlink._errmap import error_from_payload, error_from_response
 from lmlink._errors import APIStatusError, ResponseTooLargeError, StreamError
 from lmlink._models import ChatResponse
 from lmlink._sse import SSEDecoder, SSEEvent
-from lmlink._stream import StreamAccumulator
-from lmlink._wire import decode_models, parse_chat_response
+from lmlink._wire import decode_models
 
 EXAMPLES = int(os.environ.get("LMLINK_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -107,7 +107,7 @@ def _check_stream_error(exc: StreamError) -> None:
 def fuzz_accumulator(events: list[tuple[str, bytes]]) -> None:
     """Events of any type and data: feed returns text or raises a typed StreamError; the
     aggregate can always be read afterwards."""
-    acc = StreamAccumulator(_REDACT)
+    acc = AnswerDecoder(_REDACT)
     for name, data in events:
         raised: lmlink.LMLinkError | None = None
         try:
@@ -169,7 +169,7 @@ def fuzz_payload(payload: Any, status: int) -> None:
 def fuzz_chat_body(body: bytes) -> None:
     """Any non-streamed 200 body or model list: a value, or an LMLinkError."""
     try:
-        resp: ChatResponse | lmlink.LMLinkError = parse_chat_response(body, redact=_REDACT)
+        resp: ChatResponse | lmlink.LMLinkError = decode_answer(body, redact=_REDACT)
     except lmlink.LMLinkError as exc:
         resp = exc
     if isinstance(resp, lmlink.LMLinkError):

@@ -18,8 +18,8 @@ from lmlink._errors import (
     DecodeError,
     ResponseTooLargeError,
 )
-from lmlink._http import MAX_HEAD, ResponseParser
-from lmlink._request import build_request, parse_url
+from lmlink._http.request import build_request, parse_url
+from lmlink._http.response import MAX_HEAD, ResponseParser
 
 WHERE = "127.0.0.1:8080"
 JSON = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[]}'

@@ -96,12 +96,14 @@ def test_a_long_retry_after_does_not_outlast_load_wait() -> None:
     assert clock.now == 1001.0
 
 
-def test_refused_connection_waits_until_the_deadline() -> None:
-    """With a total deadline, a refused connection (server starting) is retried until it."""
+def test_refused_connection_of_a_server_that_answered_waits_until_the_deadline() -> None:
+    """A server that answered before and now refuses (restarting) is retried until the
+    deadline, not max_retries times."""
     clock = Clock()
     state = RetryState(
         lmlink.RetryPolicy(max_retries=1, backoff_max=1),
         clock.now + 10,
+        answered=True,
         clock=clock,
         rand=lambda: 0.0,
     )
@@ -111,10 +113,24 @@ def test_refused_connection_waits_until_the_deadline() -> None:
     assert sum(waits) < 10
 
 
-def test_refused_connection_without_deadline_counts_retries() -> None:
-    """Without a deadline a refused connection is an ordinary retry."""
+@pytest.mark.parametrize(
+    ("deadline", "answered"),
+    [(None, False), (300.0, False), (None, True)],
+    ids=["never-answered", "never-answered-deadline", "answered-no-deadline"],
+)
+def test_refused_connection_counts_retries_unless_a_known_server_has_a_deadline(
+    deadline: float | None, answered: bool
+) -> None:
+    """A server that never answered and refuses is probably not running: max_retries
+    bounds the tries, deadline or not (and without a deadline for any server)."""
     clock = Clock()
-    state = RetryState(lmlink.RetryPolicy(max_retries=2), None, clock=clock, rand=lambda: 0.0)
+    state = RetryState(
+        lmlink.RetryPolicy(max_retries=2),
+        None if deadline is None else clock.now + deadline,
+        answered=answered,
+        clock=clock,
+        rand=lambda: 0.0,
+    )
     refused = lmlink.APIConnectionError("refused", reason="refused")
     assert len(run(state, clock, [refused] * 10)) == 2
 

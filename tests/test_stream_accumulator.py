@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 import lmlink
+from lmlink._answer import AnswerDecoder
 from lmlink._sse import SSEEvent
-from lmlink._stream import StreamAccumulator
 
 
 def ev(obj: Any, event: str = "message") -> SSEEvent:
@@ -23,8 +23,8 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **top:
     return ev({"choices": [choice], **top})
 
 
-def fold(events: list[SSEEvent]) -> tuple[str, StreamAccumulator]:
-    acc = StreamAccumulator()
+def fold(events: list[SSEEvent]) -> tuple[str, AnswerDecoder]:
+    acc = AnswerDecoder()
     out = "".join(acc.feed(e) for e in events)
     return out, acc
 
@@ -194,7 +194,7 @@ def test_malformed_chunk_is_logged_and_skipped(caplog: pytest.LogCaptureFixture)
 )
 def test_in_band_errors_raise_typed_stream_errors(event: SSEEvent, cls: type) -> None:
     """An error object inside the stream raises both StreamError and its own class."""
-    acc = StreamAccumulator()
+    acc = AnswerDecoder()
     acc.feed(chunk({"content": "partial"}))
     with pytest.raises(lmlink.StreamError) as info:
         acc.feed(event)

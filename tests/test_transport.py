@@ -26,15 +26,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from lmlink._atransport import AsyncResponse, AsyncTransport
 from lmlink._errors import (
     APIConnectionError,
     APITimeoutError,
     ConfigurationError,
     ResponseTooLargeError,
 )
-from lmlink._transport import Response, SyncTransport
-from lmlink._transport_base import Timeouts
+from lmlink._http.aio import AsyncResponse, AsyncTransport
+from lmlink._http.common import Timeouts
+from lmlink._http.sync import Response, SyncTransport
 
 JSON = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"message":{"content":"hi"}}]}'
 T = Timeouts(connect=5.0, idle=5.0, deadline=None)

@@ -7,47 +7,71 @@ diff cleanly; all decisions live in the shared pure core.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._astreaming import AsyncChatStream
-from ._atransport import AsyncResponse, AsyncTransport
-from ._base import BaseClient, Call
-from ._client import discovery_off, ports_to_probe, probe_timeouts, probe_wait, url_host
+from ._client import discovery_off, ports_to_probe, probe_timeouts, url_host
 from ._config import Timeout
-from ._discovery import Answer, Probe, ServerInfo, version_from, version_probe
-from ._errors import APIStatusError, ConfigurationError, LMLinkError
+from ._core import Call, ClientCore
+from ._discovery import Answer, ServerInfo
+from ._drivers import (
+    PROBE_TIMEOUT,
+    Sleep,
+    Steps,
+    ToolLoop,
+    probe_steps,
+    server_info_steps,
+    wait_ready_steps,
+)
+from ._errors import LMLinkError
+from ._http import AsyncHTTPResponse, AsyncTransport
+from ._http.aio import LoopPools
 from ._models import ChatResponse, ModelInfo
-from ._retry import RetryState
-from ._streaming import Delta, retry_log
-from ._wire import MessagesInput, decode_models, normalize_messages
+from ._streaming import Delta
+from ._wire import MessagesInput
+
+if TYPE_CHECKING:
+    from ._http.proxy import AsyncProxyTransport
 
 __all__ = ["AsyncClient", "adiscover"]
 
 
 T = TypeVar("T")
 
-_PROBE_TIMEOUT = 1.0
 
-
-class AsyncClient(BaseClient):
+class AsyncClient(ClientCore):
     """The asyncio twin of :class:`Client`; same constructor, awaitable methods.
 
     >>> async with lmlink.AsyncClient(model="qwen3:8b") as client:
     ...     resp = await client.chat("Say hi")
+
+    One client may serve several event loops (in several threads, or one after another):
+    each loop gets a connection pool of its own (up to ``max_connections`` each).
     """
 
-    _transport: AsyncTransport
+    _pools: LoopPools
+    _proxy_transport: AsyncProxyTransport | None = None
 
     def _setup(self) -> None:
-        self._transport = AsyncTransport(
-            verify=self._verify,
-            max_connections=self._max_connections,
-            max_body=self._max_body,
-            redact=self.redact,
-        )
+        settings = self._transport_settings()
+        if self._proxied:
+            from ._http.proxy import AsyncProxyTransport
+
+            self._proxy_transport = AsyncProxyTransport(
+                proxy=self._proxy, trust_env=self._trust_env, **settings
+            )
+        self._pools = LoopPools(redact=self.redact, **settings)
+
+    @property
+    def _transport(self) -> AsyncTransport:
+        """The running event loop's pool (or the proxy transport)."""
+        if self._proxy_transport is not None:
+            return self._proxy_transport
+        return self._pools.current()
 
     async def chat(
         self,
@@ -62,9 +86,9 @@ class AsyncClient(BaseClient):
         reasoning: Any = None,
         **extra: Any,
     ) -> ChatResponse:
-        """One chat completion, not streamed. Extra keywords go into the request body."""
+        """One chat completion, not streamed (see :meth:`Client.chat`)."""
         await self._ensure_endpoint()
-        plan = self._plan(
+        plan, options = self._plan(
             messages,
             model,
             stream=False,
@@ -76,15 +100,14 @@ class AsyncClient(BaseClient):
             reasoning=reasoning,
             extra=extra,
         )
-        started = time.monotonic()
-        while True:  # bounded: the plan runs out of fallbacks and re-asks
+        run = self._attempts(self._chat_call(plan, options), plan)
+        while True:  # bounded: by the retry budget, the plan's fallbacks and re-asks
             try:
-                resp = await self._send(self._call(plan, started), self._read_chat)
-            except APIStatusError as exc:
-                if plan.adapt(exc):
-                    continue
-                raise
-            if plan.accept(resp):
+                resp = await self._send(run.call, self._read_chat)
+            except LMLinkError as exc:
+                await asyncio.sleep(run.failed(exc))
+                continue
+            if run.accept(resp):
                 return resp
 
     def stream(
@@ -103,20 +126,32 @@ class AsyncClient(BaseClient):
         **extra: Any,
     ) -> AsyncChatStream:
         """A streamed chat, as an async context manager (see :class:`AsyncChatStream`).
-        With no endpoint configured, discovery runs when the stream is entered."""
-        plan = self._plan(
-            messages,
-            model,
-            stream=True,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            response_format=response_format,
-            tools=tools,
-            tool_choice=tool_choice,
-            reasoning=reasoning,
-            extra=extra,
+        With no endpoint configured, discovery runs when the stream is entered (and the
+        call is planned after it, so that it can use the model found)."""
+
+        def plan() -> Any:
+            return self._plan(
+                messages,
+                model,
+                stream=True,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                response_format=response_format,
+                tools=tools,
+                tool_choice=tool_choice,
+                reasoning=reasoning,
+                extra=extra,
+            )
+
+        later = self._endpoint is None and not discovery_off()
+        return AsyncChatStream(
+            self._stream_context(),
+            plan if later else plan(),
+            on_delta,
+            on_reasoning,
+            send=self._open,
+            prepare=self._ensure_endpoint,
         )
-        return AsyncChatStream(self, plan, on_delta, on_reasoning)
 
     async def chat_stream(
         self,
@@ -140,123 +175,94 @@ class AsyncClient(BaseClient):
         **kwargs: Any,
     ) -> ChatResponse:
         """The async twin of :meth:`Client.run_tools`; tools may be async functions."""
-        import inspect  # loaded by _tools anyway; kept off the import path
-
-        from ._tools import ToolSet
-
-        if max_steps < 1:
-            raise ConfigurationError(f"max_steps must be at least 1, not {max_steps}")
-        toolset = ToolSet(tools)
-        history = list(normalize_messages(messages))
-        for _ in range(max_steps):
-            resp = await self.chat(history, tools=toolset.definitions, **kwargs)
-            if not resp.tool_calls:
-                return resp
-            history.append(resp.to_message().to_dict())
-            for call in resp.tool_calls:
-                prepared = toolset.prepare(call)
-                if isinstance(prepared, str):
-                    result: Any = prepared
-                else:
-                    fn, args = prepared
-                    try:
-                        result = fn(**args)
-                        if inspect.isawaitable(result):
-                            result = await result
-                    except Exception as exc:
-                        result = f"error: {type(exc).__name__}: {exc}"
-                history.append(ToolSet.result_message(call, result))
-        return resp
+        loop = ToolLoop(messages, tools, max_steps, blocking=False)
+        while loop.turn():
+            resp = await self.chat(loop.history, tools=loop.definitions, **kwargs)
+            for call, run in loop.calls(resp):
+                try:
+                    result = run()
+                    if inspect.isawaitable(result):
+                        result = await result
+                except Exception as exc:
+                    result = loop.failure(exc)
+                loop.record(call, result)
+        return loop.answer
 
     async def models(self) -> list[ModelInfo]:
         """The models the server offers (``GET /models``)."""
         await self._ensure_endpoint()
-        return await self._send(self._prepare_get("/models"), self._read_models)
+        run = self._attempts(self._get_call("/models"))
+        while True:  # bounded: by the retry budget
+            try:
+                return await self._send(run.call, self._read_models)
+            except LMLinkError as exc:
+                await asyncio.sleep(run.failed(exc))
 
     async def server_info(self) -> ServerInfo:
         """Which server this is (kind, version, models) and what calls learned about it."""
         await self._ensure_endpoint()
-        probe = Probe(self._url(""))
-        models, root = await asyncio.gather(self._get(probe.models_url), self._get(probe.root_url))
-        info = probe.info(models, root)
-        where = version_probe(info.kind, probe.endpoint)
-        if where is not None:
-            info.version = version_from(await self._get(where[0]), where[1])
-        return self._learn(info)
+        return self._learn(await self._drive(server_info_steps(self._url(""))))
 
     async def wait_ready(self, timeout: float = 300.0) -> ServerInfo:
         """Wait until the server is ready (see :meth:`Client.wait_ready`)."""
         await self._ensure_endpoint()
-        deadline = time.monotonic() + timeout
-        wait = 0.1
-        while True:  # bounded: by the deadline
-            info = await self._ready_info(deadline)
-            if info is not None:
-                return info
-            if time.monotonic() + wait > deadline:
-                raise self._not_ready(timeout)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 2.0)
+        return self._learn(await self._drive(wait_ready_steps(self._url(""), timeout)))
 
-    async def _ready_info(self, deadline: float) -> ServerInfo | None:
-        probe = Probe(self._url(""))
-        models = await self._get(probe.models_url, probe_wait(deadline))
-        if models is None or models[0] != 200:
-            return None  # no need to ask /health
-        health = await self._get(probe.health_url, probe_wait(deadline))
-        if not probe.ready(models, health):
-            return None
-        return self._learn(probe.info(models, None))
+    async def _drive(self, steps: Steps[T]) -> T:
+        """Run a driver of ``_drivers``: each round of GETs at the same time, its sleeps."""
+        answer: Any = None
+        while True:  # bounded: by the driver
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+                answer = None
+            else:
+                answer = tuple(await asyncio.gather(*(self._get(g.url, g.timeout) for g in step)))
 
-    async def _get(self, url: str, timeout: float = _PROBE_TIMEOUT) -> Answer:
+    async def _get(self, url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
         """One GET, no retries: (status, headers, body), or None if nothing answered."""
         try:
             async with await self._transport.request(
                 "GET", url, self._get_headers, None, probe_timeouts(timeout)
             ) as resp:
+                self._answered = True
                 return resp.status, resp.headers, await resp.read(1 << 20)
         except LMLinkError:
             return None
 
     async def _ensure_endpoint(self) -> None:
         if self._endpoint is None and not discovery_off():
-            found = await adiscover()
-            if found:
-                self._use_discovered(found[0])
+            self._use_discovered(await adiscover())
 
-    async def _send(self, call: Call, read: Callable[[Call, AsyncResponse], Awaitable[T]]) -> T:
-        deadline = self._deadline(call.started)
-        state: RetryState | None = None
-        while True:  # bounded: state.delay_for raises once the retry budget is spent
-            try:
-                resp = await self._transport.request(
-                    call.method, call.url, call.headers, call.body, self._timeouts(deadline)
-                )
-                async with resp:
-                    return await read(call, resp)
-            except LMLinkError as exc:
-                self._scrub(exc)
-                state = state or self._retry_state(deadline)
-                delay = state.delay_for(exc)
-                retry_log(state, exc, delay)
-                await asyncio.sleep(delay)
+    async def _open(self, call: Call) -> AsyncHTTPResponse:
+        """Send ``call``; return once the response head has arrived."""
+        resp = await self._transport.request(
+            call.method, call.url, call.headers, call.body, call.timeouts()
+        )
+        self._answered = True
+        return resp
 
-    async def _read_chat(self, call: Call, resp: AsyncResponse) -> ChatResponse:
+    async def _send(self, call: Call, read: Callable[[Call, AsyncHTTPResponse], Awaitable[T]]) -> T:
+        """One attempt: send ``call``, read the answer with ``read``."""
+        async with await self._open(call) as resp:
+            return await read(call, resp)
+
+    async def _read_chat(self, call: Call, resp: AsyncHTTPResponse) -> ChatResponse:
         ttft = time.monotonic() - call.started
         body = await resp.read(self._max_body)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, resp.headers, body)
-        return self._finish_chat(call, body, ttft)
+        return self._chat_answer(call, resp.status, resp.headers, body, ttft)
 
-    async def _read_models(self, call: Call, resp: AsyncResponse) -> list[ModelInfo]:
-        body = await resp.read(self._max_body)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, resp.headers, body)
-        return decode_models(body, self.redact)
+    async def _read_models(self, call: Call, resp: AsyncHTTPResponse) -> list[ModelInfo]:
+        return self._models_answer(resp.status, resp.headers, await resp.read(self._max_body))
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        await self._transport.aclose()
+        if self._proxy_transport is not None:
+            await self._proxy_transport.aclose()
+        await self._pools.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -276,14 +282,9 @@ async def adiscover(
     """The async twin of :func:`discover`."""
 
     async def probe(port: int) -> ServerInfo | None:
-        async with AsyncClient(
-            endpoint=f"http://{url_host(host)}:{port}/v1", timeout=Timeout(timeout, timeout)
-        ) as c:
-            p = Probe(c._url(""))
-            models = await c._get(p.models_url, timeout)
-            if models is None:
-                return None
-            return p.info(models, await c._get(p.root_url, timeout))
+        url = f"http://{url_host(host)}:{port}/v1"
+        async with AsyncClient(endpoint=url, timeout=Timeout(timeout, timeout)) as c:
+            return await c._drive(probe_steps(url, timeout))
 
     found = await asyncio.gather(*(probe(port) for port in ports_to_probe(ports)))
-    return [f for f in found if f is not None and f.models]
+    return [f for f in found if f is not None]

@@ -5,20 +5,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from ._atransport import AsyncResponse
+from ._core import Attempts, Call, StreamContext
 from ._errors import LMLinkError
+from ._http import AsyncHTTPResponse
 from ._models import ChatResponse
-from ._plan import ChatPlan
-from ._retry import RetryState
-from ._streaming import AFTER_DONE, Delta, StreamCore, broken
-
-if TYPE_CHECKING:
-    from ._aclient import AsyncClient
+from ._streaming import AFTER_DONE, Delta, Planned, StreamCore
 
 __all__ = ["AsyncChatStream"]
 
@@ -33,54 +27,38 @@ class AsyncChatStream(StreamCore):
 
     def __init__(
         self,
-        client: AsyncClient,
-        plan: ChatPlan,
+        context: StreamContext,
+        planned: Planned,
         on_delta: Delta | None = None,
         on_reasoning: Delta | None = None,
+        *,
+        send: Callable[[Call], Awaitable[AsyncHTTPResponse]],
+        prepare: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(client, plan, on_delta, on_reasoning)
-        self._owner = client
-        self._transport = client._transport
-        self._resp: AsyncResponse | None = None
+        super().__init__(context, planned, on_delta, on_reasoning)
+        self._send = send
+        self._prepare = prepare
+        self._resp: AsyncHTTPResponse | None = None
         self._chunks: AsyncIterator[bytes] | None = None
 
     async def __aenter__(self) -> AsyncChatStream:
-        await self._owner._ensure_endpoint()
-        self._call = self._client._call(self._plan, self._started)
-        deadline = self._client._deadline(self._started)
-        state: RetryState | None = None
-        while True:  # bounded: by the retry budget and the plan's fallbacks
+        await self._prepare()  # discovery, when no endpoint is configured
+        run = self._begin()
+        while True:  # bounded: by the attempt loop (retry budget, the plan's fallbacks)
             try:
-                await self._open(deadline)
+                await self._open(run)
                 return self
             except LMLinkError as exc:
                 await self._close_response()
-                delay, state = self._after_failure(exc, state)
-                if delay:
-                    await asyncio.sleep(delay)
+                await asyncio.sleep(self._failed(exc))
             except BaseException:
                 await self._close_response()
                 raise
 
-    async def _open(self, deadline: float | None) -> None:
-        call = self._call
-        assert call is not None
-        timeouts = self._client._timeouts(deadline)
-        resp = await self._transport.request(
-            call.method, call.url, call.headers, call.body, timeouts
-        )
-        self._resp = resp
-        if resp.status >= 300:
-            body = await resp.read(self._client._max_body)
-            raise self._client._status_error(resp.status, resp.headers, body)
-        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-            # The server answered with one JSON body (it ignored "stream": true).
-            body = await resp.read(self._client._max_body)
-            self._response = self._client._finish_chat(call, body, time.monotonic() - call.started)
-            self._plan.accept(self._response)
-            self._ended = True
-            if self._response.content:
-                self._buffer.append(self._response.content)
+    async def _open(self, run: Attempts) -> None:
+        resp = self._resp = await self._send(run.call)
+        if not self._is_stream(resp.status, resp.headers):
+            self._whole(resp.status, resp.headers, await resp.read(self._context.max_body))
             return
         self._chunks = resp.aiter_bytes()
         # Read up to the first piece of output, so that failures before it can be retried.
@@ -89,20 +67,19 @@ class AsyncChatStream(StreamCore):
 
     async def _pull(self) -> None:
         assert self._chunks is not None
-        if self._acc.done:  # [DONE] came with deltas; they are handed out now
-            await self._drain()
-            return
-        try:
-            data = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            await self._close_response()
-            self._finish()
-            return
-        except LMLinkError as exc:
-            raise broken(exc, self._acc) from exc
-        self._buffer.extend(self._feed(data))
-        if self._acc.done and not self._buffer:
-            await self._drain()
+        self._raise_failure()
+        if not self._acc.done:  # else [DONE] came with deltas, handed out by now
+            try:
+                data = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                await self._close_response()
+                self._finish()
+                return
+            except LMLinkError as exc:
+                raise self._broken(exc) from exc
+            if not self._took(data):
+                return
+        await self._drain()
 
     async def _drain(self) -> None:
         """After [DONE]: the end of the body, if it follows within a moment (then the
@@ -124,7 +101,7 @@ class AsyncChatStream(StreamCore):
                 if on_delta is not None:
                     on_delta(text)
                 yield text
-            elif self._ended:
+            elif self._ended and self._failure is None:
                 return
             else:
                 await self._pull()

@@ -2,10 +2,11 @@
 is in ``_aclient.py``, loaded only when used so that ``import lmlink`` does not pay for
 asyncio.
 
-Everything that decides anything lives in the pure core (``_base``, ``_plan``, ``_wire``,
-``_stream``, ``_retry``, ``_discovery``, ``_tools``); these classes only send, read and
-sleep. The sync and async halves are written line for line in parallel so that they diff
-cleanly: change one, change both (``diff _client.py _aclient.py``).
+Everything that decides anything lives in the pure core: ``_core`` (settings, requests, the
+attempt loop's decisions), ``_adapt`` (adapting to refusals, re-asking), ``_answer`` (the
+one answer decoder), ``_drivers`` (server info, readiness, discovery probes, the tool loop),
+``_retry``. These classes only send, read and sleep, in loops written line for line in
+parallel with the async twin (``diff _client.py _aclient.py``).
 """
 
 from __future__ import annotations
@@ -16,39 +17,41 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._base import BaseClient, Call
 from ._config import Timeout
-from ._discovery import DEFAULT_PORTS, Answer, Probe, ServerInfo, version_from, version_probe
-from ._errors import APIStatusError, ConfigurationError, LMLinkError
+from ._core import Call, ClientCore
+from ._discovery import DEFAULT_PORTS, Answer, ServerInfo
+from ._drivers import (
+    PROBE_TIMEOUT,
+    Sleep,
+    Steps,
+    ToolLoop,
+    probe_steps,
+    server_info_steps,
+    wait_ready_steps,
+)
+from ._errors import ConfigurationError, LMLinkError
+from ._http import HTTPResponse, Transport
+from ._http.common import Timeouts
+from ._http.sync import SyncTransport
 from ._models import ChatResponse, ModelInfo
-from ._retry import RetryState
-from ._streaming import ChatStream, Delta, retry_log
-from ._transport import Response, SyncTransport
-from ._transport_base import Timeouts
-from ._wire import MessagesInput, decode_models, normalize_messages
+from ._streaming import ChatStream, Delta
+from ._wire import MessagesInput
 
 __all__ = ["Client", "discover", "discovery_off", "ports_to_probe", "probe_timeouts"]
 
 
 T = TypeVar("T")
 
-_PROBE_TIMEOUT = 1.0
-
 
 def probe_timeouts(seconds: float) -> Timeouts:
     return Timeouts(seconds, seconds, time.monotonic() + seconds)
-
-
-def probe_wait(deadline: float) -> float:
-    """How long one readiness probe may take: its usual second, or what is left."""
-    return min(_PROBE_TIMEOUT, max(deadline - time.monotonic(), 0.05))
 
 
 def discovery_off() -> bool:
     return os.environ.get("LMLINK_NO_DISCOVERY", "").strip() not in ("", "0")
 
 
-class Client(BaseClient):
+class Client(ClientCore):
     """A blocking client for an OpenAI-compatible server.
 
     >>> with lmlink.Client(endpoint="http://127.0.0.1:11434/v1", model="qwen3:8b") as client:
@@ -57,19 +60,25 @@ class Client(BaseClient):
     Settings not given come from ``LMLINK_ENDPOINT`` / ``OPENAI_BASE_URL``, ``LMLINK_MODEL``
     and ``LMLINK_API_KEY`` / ``OPENAI_API_KEY``; with no endpoint at all, the first local
     server :func:`discover` finds is used. ``timeout`` is the idle timeout in seconds, or a
-    :class:`Timeout`. Safe to share between threads.
+    :class:`Timeout`. ``proxy="http://proxy:3128"`` or ``trust_env=True`` (``HTTP_PROXY``
+    and friends) send requests through a proxy (needs ``lmlink[proxy]``); by default the
+    server is reached directly. Safe to share between threads, and across ``fork()`` (a
+    child process opens connections of its own).
     """
 
-    _transport: SyncTransport
+    _transport: Transport
     _sleep: Callable[[float], None]
 
     def _setup(self) -> None:
-        self._transport = SyncTransport(
-            verify=self._verify,
-            max_connections=self._max_connections,
-            max_body=self._max_body,
-            redact=self.redact,
-        )
+        settings = self._transport_settings()
+        if self._proxied:
+            from ._http.proxy import ProxyTransport
+
+            self._transport = ProxyTransport(
+                proxy=self._proxy, trust_env=self._trust_env, **settings
+            )
+        else:
+            self._transport = SyncTransport(redact=self.redact, **settings)
         self._sleep = time.sleep
 
     def chat(
@@ -85,12 +94,14 @@ class Client(BaseClient):
         reasoning: Any = None,
         **extra: Any,
     ) -> ChatResponse:
-        """One chat completion, not streamed. Extra keywords go into the request body.
+        """One chat completion, not streamed. ``timeout=`` (seconds or a Timeout),
+        ``headers=`` and ``extra_body=`` (fields merged into the body) apply to this call;
+        other extra keywords go into the request body.
 
         >>> client.chat([{"role": "user", "content": "2+2?"}], max_tokens=8).content
         """
         self._ensure_endpoint()
-        plan = self._plan(
+        plan, options = self._plan(
             messages,
             model,
             stream=False,
@@ -102,15 +113,14 @@ class Client(BaseClient):
             reasoning=reasoning,
             extra=extra,
         )
-        started = time.monotonic()
-        while True:  # bounded: the plan runs out of fallbacks and re-asks
+        run = self._attempts(self._chat_call(plan, options), plan)
+        while True:  # bounded: by the retry budget, the plan's fallbacks and re-asks
             try:
-                resp = self._send(self._call(plan, started), self._read_chat)
-            except APIStatusError as exc:
-                if plan.adapt(exc):
-                    continue
-                raise
-            if plan.accept(resp):
+                resp = self._send(run.call, self._read_chat)
+            except LMLinkError as exc:
+                self._sleep(run.failed(exc))
+                continue
+            if run.accept(resp):
                 return resp
 
     def stream(
@@ -130,7 +140,7 @@ class Client(BaseClient):
     ) -> ChatStream:
         """A streamed chat, as a context manager to iterate (see :class:`ChatStream`)."""
         self._ensure_endpoint()
-        plan = self._plan(
+        planned = self._plan(
             messages,
             model,
             stream=True,
@@ -142,7 +152,14 @@ class Client(BaseClient):
             reasoning=reasoning,
             extra=extra,
         )
-        return ChatStream(self, plan, on_delta, on_reasoning)
+        return ChatStream(
+            self._stream_context(),
+            planned,
+            on_delta,
+            on_reasoning,
+            send=self._open,
+            sleep=self._sleep,
+        )
 
     def chat_stream(
         self,
@@ -177,33 +194,16 @@ class Client(BaseClient):
         ...     return a + b
         >>> client.run_tools("What is 2+3? Use the tool.", [add]).content
         """
-        import inspect  # loaded by _tools anyway; kept off the import path
-
-        from ._tools import ToolSet
-
-        if max_steps < 1:
-            raise ConfigurationError(f"max_steps must be at least 1, not {max_steps}")
-        toolset = ToolSet(tools)
-        history = list(normalize_messages(messages))
-        for _ in range(max_steps):
-            resp = self.chat(history, tools=toolset.definitions, **kwargs)
-            if not resp.tool_calls:
-                return resp
-            history.append(resp.to_message().to_dict())
-            for call in resp.tool_calls:
-                prepared = toolset.prepare(call)
-                if isinstance(prepared, str):
-                    result: Any = prepared
-                else:
-                    fn, args = prepared
-                    if inspect.iscoroutinefunction(fn):
-                        raise ConfigurationError(f"tool {call.name} is async: use AsyncClient")
-                    try:
-                        result = fn(**args)
-                    except Exception as exc:
-                        result = f"error: {type(exc).__name__}: {exc}"
-                history.append(ToolSet.result_message(call, result))
-        return resp
+        loop = ToolLoop(messages, tools, max_steps, blocking=True)
+        while loop.turn():
+            resp = self.chat(loop.history, tools=loop.definitions, **kwargs)
+            for call, run in loop.calls(resp):
+                try:
+                    result = run()
+                except Exception as exc:
+                    result = loop.failure(exc)
+                loop.record(call, result)
+        return loop.answer
 
     def models(self) -> list[ModelInfo]:
         """The models the server offers (``GET /models``).
@@ -211,7 +211,12 @@ class Client(BaseClient):
         >>> [m.id for m in client.models()]
         """
         self._ensure_endpoint()
-        return self._send(self._prepare_get("/models"), self._read_models)
+        run = self._attempts(self._get_call("/models"))
+        while True:  # bounded: by the retry budget
+            try:
+                return self._send(run.call, self._read_models)
+            except LMLinkError as exc:
+                self._sleep(run.failed(exc))
 
     def server_info(self) -> ServerInfo:
         """Which server this is (kind, version, models) and what calls learned about it.
@@ -220,84 +225,64 @@ class Client(BaseClient):
         'ollama'
         """
         self._ensure_endpoint()
-        probe = Probe(self._url(""))
-        info = probe.info(self._get(probe.models_url), self._get(probe.root_url))
-        where = version_probe(info.kind, probe.endpoint)
-        if where is not None:
-            info.version = version_from(self._get(where[0]), where[1])
-        return self._learn(info)
+        return self._learn(self._drive(server_info_steps(self._url(""))))
 
     def wait_ready(self, timeout: float = 300.0) -> ServerInfo:
         """Wait until the server answers with a model list and reports itself healthy
         (llama.cpp and SGLang answer 503 while they load); raise APITimeoutError after
         ``timeout`` seconds."""
         self._ensure_endpoint()
-        deadline = time.monotonic() + timeout
-        wait = 0.1
-        while True:  # bounded: by the deadline
-            info = self._ready_info(deadline)
-            if info is not None:
-                return info
-            if time.monotonic() + wait > deadline:
-                raise self._not_ready(timeout)
-            self._sleep(wait)
-            wait = min(wait * 2, 2.0)
+        return self._learn(self._drive(wait_ready_steps(self._url(""), timeout)))
 
-    def _ready_info(self, deadline: float) -> ServerInfo | None:
-        probe = Probe(self._url(""))
-        models = self._get(probe.models_url, probe_wait(deadline))
-        if models is None or models[0] != 200:
-            return None  # no need to ask /health
-        health = self._get(probe.health_url, probe_wait(deadline))
-        if not probe.ready(models, health):
-            return None
-        return self._learn(probe.info(models, None))
+    def _drive(self, steps: Steps[T]) -> T:
+        """Run a driver of ``_drivers``: its GETs one after another, its sleeps."""
+        answer: Any = None
+        while True:  # bounded: by the driver
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if isinstance(step, Sleep):
+                self._sleep(step.seconds)
+                answer = None
+            else:
+                answer = tuple(self._get(get.url, get.timeout) for get in step)
 
-    def _get(self, url: str, timeout: float = _PROBE_TIMEOUT) -> Answer:
+    def _get(self, url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
         """One GET, no retries: (status, headers, body), or None if nothing answered."""
         try:
             with self._transport.request(
                 "GET", url, self._get_headers, None, probe_timeouts(timeout)
             ) as resp:
+                self._answered = True
                 return resp.status, resp.headers, resp.read(1 << 20)
         except LMLinkError:
             return None
 
     def _ensure_endpoint(self) -> None:
         if self._endpoint is None and not discovery_off():
-            found = discover()
-            if found:
-                self._use_discovered(found[0])
+            self._use_discovered(discover())
 
-    def _send(self, call: Call, read: Callable[[Call, Response], T]) -> T:
-        deadline = self._deadline(call.started)
-        state: RetryState | None = None
-        while True:  # bounded: state.delay_for raises once the retry budget is spent
-            try:
-                resp = self._transport.request(
-                    call.method, call.url, call.headers, call.body, self._timeouts(deadline)
-                )
-                with resp:
-                    return read(call, resp)
-            except LMLinkError as exc:
-                self._scrub(exc)
-                state = state or self._retry_state(deadline)
-                delay = state.delay_for(exc)
-                retry_log(state, exc, delay)
-                self._sleep(delay)
+    def _open(self, call: Call) -> HTTPResponse:
+        """Send ``call``; return once the response head has arrived."""
+        resp = self._transport.request(
+            call.method, call.url, call.headers, call.body, call.timeouts()
+        )
+        self._answered = True
+        return resp
 
-    def _read_chat(self, call: Call, resp: Response) -> ChatResponse:
+    def _send(self, call: Call, read: Callable[[Call, HTTPResponse], T]) -> T:
+        """One attempt: send ``call``, read the answer with ``read``."""
+        with self._open(call) as resp:
+            return read(call, resp)
+
+    def _read_chat(self, call: Call, resp: HTTPResponse) -> ChatResponse:
         ttft = time.monotonic() - call.started
         body = resp.read(self._max_body)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, resp.headers, body)
-        return self._finish_chat(call, body, ttft)
+        return self._chat_answer(call, resp.status, resp.headers, body, ttft)
 
-    def _read_models(self, call: Call, resp: Response) -> list[ModelInfo]:
-        body = resp.read(self._max_body)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, resp.headers, body)
-        return decode_models(body, self.redact)
+    def _read_models(self, call: Call, resp: HTTPResponse) -> list[ModelInfo]:
+        return self._models_answer(resp.status, resp.headers, resp.read(self._max_body))
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -346,15 +331,11 @@ def discover(
     def probe(port: int) -> ServerInfo | None:
         url = f"http://{url_host(host)}:{port}/v1"
         with Client(endpoint=url, timeout=Timeout(timeout, timeout)) as c:
-            p = Probe(c._url(""))
-            models = c._get(p.models_url, timeout)
-            if models is None:
-                return None
-            return p.info(models, c._get(p.root_url, timeout))
+            return c._drive(probe_steps(url, timeout))
 
     from concurrent.futures import ThreadPoolExecutor
 
     ports = ports_to_probe(ports)
     with ThreadPoolExecutor(max_workers=len(ports) or 1) as pool:
         found = list(pool.map(probe, ports))
-    return [f for f in found if f is not None and f.models]
+    return [f for f in found if f is not None]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from ._errors import ConfigurationError
-from ._record import FrozenRecord
+from ._values import FrozenRecord
 
 __all__ = [
     "RetryPolicy",
@@ -41,8 +41,10 @@ class Timeout(FrozenRecord):
     - ``idle``: the longest wait for any byte: the time to the first token, every gap
       between streamed chunks, and for a non-streamed call the whole generation.
     - ``total``: one deadline for the whole call, across every retry and backoff wait.
-      With a total deadline set, lmlink also keeps retrying a server that refuses
-      connections (one that is starting up) until the deadline.
+      With a total deadline set, lmlink also keeps retrying a server that answered this
+      client before and now refuses connections (one that is restarting) until the
+      deadline; a server that never answered is tried ``max_retries`` times, then
+      ``APIConnectionError`` says so ("is the server running?").
 
     A plain number given as ``timeout=`` is the idle timeout.
 
@@ -171,6 +173,11 @@ def resolve_endpoint(value: str | None, env: Mapping[str, str] | None = None) ->
             f"endpoint must be an http:// or https:// URL such as http://127.0.0.1:8080/v1, "
             f"not {raw!r}"
         )
+    if "?" in raw or "#" in raw:
+        raise ConfigurationError(
+            f"endpoint must not have a ?query or #fragment (requests would go to the wrong "
+            f"path): {raw.split('?')[0].split('#')[0]!r} is the base URL"
+        )
     url = raw.strip().rstrip("/")
     if not parts.path.strip("/"):
         url += "/v1"
@@ -179,7 +186,9 @@ def resolve_endpoint(value: str | None, env: Mapping[str, str] | None = None) ->
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     """``url`` without a ``user:password@`` part; that part as an ``Authorization: Basic``
-    value, and the password (to blank out of messages). None, None when there is none."""
+    value, and the secret to blank out of messages: the password, or the user name when
+    there is no password (a token given as ``http://TOKEN@host/v1``). None, None when there
+    is no such part."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, None, None
@@ -196,5 +205,6 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
         netloc = f"{netloc}:{port}"
     clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     password = unquote(parts.password or "")
-    pair = f"{unquote(parts.username or '')}:{password}".encode()
-    return clean, base64.b64encode(pair).decode("ascii"), password or None
+    user = unquote(parts.username or "")
+    pair = f"{user}:{password}".encode()
+    return clean, base64.b64encode(pair).decode("ascii"), password or user or None

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import _json
-from ._record import Record
+from ._values import Record
 
 __all__ = ["DEFAULT_PORTS", "KINDS", "Probe", "ServerInfo", "identify"]
 

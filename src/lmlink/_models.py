@@ -1,5 +1,5 @@
 """The values lmlink hands back and forth: :class:`Message`, :class:`ChatResponse`,
-:class:`ToolCall`, :class:`ModelInfo`. Plain slotted classes (see :mod:`._record`): cheap to
+:class:`ToolCall`, :class:`ModelInfo`. Plain slotted classes (see :mod:`._values`): cheap to
 build on the hot path, easy to read, easy to pickle.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._record import FrozenRecord, Record
+from ._values import FrozenRecord, Record
 
 __all__ = ["ChatResponse", "Message", "ModelInfo", "ToolCall"]
 
@@ -85,13 +85,30 @@ class ChatResponse(Record):
     - ``parsed``: the validated object when ``response_format`` was a schema or model.
     - ``ttft_s``: seconds to the first token (to the response headers when not streamed);
       ``latency_s``: seconds for the whole call, retries included;
-      ``tokens_per_s``: output tokens per second after the first token.
+      ``tokens_per_s``: output tokens per second: after the first token when streamed,
+      over the whole call when not (a plain answer's text arrives all at once).
+    - ``streamed``: whether the text arrived as a stream.
 
     >>> resp = client.chat("Say hi")
     >>> print(resp.content, resp.output_tokens, resp.tokens_per_s)
     """
 
     __slots__ = (  # noqa: RUF023 (the fields' order)
+        "content",
+        "reasoning",
+        "prompt_tokens",
+        "output_tokens",
+        "model",
+        "finish_reason",
+        "tool_calls",
+        "parsed",
+        "ttft_s",
+        "latency_s",
+        "finish_reason_raw",
+        "streamed",
+    )
+    # Two answers with the same text are equal however they arrived.
+    _compared = _shown = (
         "content",
         "reasoning",
         "prompt_tokens",
@@ -118,6 +135,7 @@ class ChatResponse(Record):
         ttft_s: float | None = None,
         latency_s: float | None = None,
         finish_reason_raw: str | None = None,
+        streamed: bool = False,
     ) -> None:
         self.content = content
         self.reasoning = reasoning
@@ -130,13 +148,15 @@ class ChatResponse(Record):
         self.ttft_s = ttft_s
         self.latency_s = latency_s
         self.finish_reason_raw = finish_reason_raw
+        self.streamed = streamed
 
     @property
     def tokens_per_s(self) -> float | None:
-        """Output tokens per second of generation (after the first token), when known."""
+        """Output tokens per second of generation, when known: after the first token of
+        a stream, over the whole call for a plain answer."""
         if not self.output_tokens or self.latency_s is None:
             return None
-        span = self.latency_s - (self.ttft_s or 0.0)
+        span = self.latency_s - (self.ttft_s or 0.0) if self.streamed else self.latency_s
         if span <= 0:
             span = self.latency_s
         return self.output_tokens / span if span > 0 else None

@@ -118,18 +118,32 @@ class RetryState:
     >>> delay = state.delay_for(exc)   # raises exc when it must not be retried
     """
 
-    __slots__ = ("_clock", "_counted", "_load_started", "_policy", "_rand", "deadline", "retries")
+    __slots__ = (
+        "_clock",
+        "_counted",
+        "_load_started",
+        "_policy",
+        "_rand",
+        "answered",
+        "deadline",
+        "retries",
+    )
 
     def __init__(
         self,
         policy: RetryPolicy,
         deadline: float | None,
         *,
+        answered: bool = False,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = _random.random,
     ) -> None:
         self._policy = policy
         self.deadline = deadline
+        # Whether this server has answered this client before: then, with a deadline, a
+        # refused connection is a restart (waited for like a loading model); otherwise the
+        # server is probably not running, and max_retries bounds the tries.
+        self.answered = answered
         self._clock = clock
         self._rand = rand
         self.retries = 0  # every retry granted so far
@@ -144,10 +158,12 @@ class RetryState:
         if not is_retryable(exc, policy):
             raise exc
         now = self._clock()
-        # Waiting for a server that is loading, or (with a deadline) one not yet listening,
-        # is bounded by time, not by the retry count.
+        # Waiting for a server that is loading, or (with a deadline) restarting after it
+        # answered, is bounded by time, not by the retry count. One that never answered and
+        # refuses is probably not running: max_retries tells the caller soon.
         waiting = _is_loading(exc) or (
-            self.deadline is not None
+            self.answered
+            and self.deadline is not None
             and isinstance(exc, APIConnectionError)
             and exc.reason == "refused"
         )

@@ -1,46 +1,45 @@
 """Streams: :class:`ChatStream` (here) and ``AsyncChatStream`` (``_astreaming.py``), two thin
-I/O shells around one shared core (:class:`StreamCore`: decoder, accumulator, buffered
-deltas, timings).
+I/O shells around one shared core (:class:`StreamCore`: decoder, buffered deltas, timings,
+and the decisions of opening a stream).
 
 Opening a stream reads up to the first piece of output, so that every failure before it
-(a refusal, a 503, a connection cut, an in-band error) can be retried or adapted to like a
-plain call; after that nothing is retried, because the caller has seen text.
+(a refusal, a 503, a connection cut, an in-band error) goes through the same attempt loop as
+a plain call (retried, or adapted to); after that nothing is retried, because the caller
+has seen text. Text that arrived before a failure is handed out first, in order, then the
+failure is raised.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._base import BaseClient, Call
+from ._adapt import ChatPlan
+from ._answer import AnswerDecoder
+from ._core import Attempts, Call, StreamContext
 from ._errors import (
-    APIStatusError,
     ConfigurationError,
     LMLinkError,
     ResponseTooLargeError,
     stream_variant,
 )
-from ._log import log
+from ._http import HTTPResponse
 from ._models import ChatResponse
-from ._plan import ChatPlan
-from ._retry import RetryState, reached_caller
+from ._options import CallOptions
 from ._sse import SSEDecoder
-from ._stream import StreamAccumulator
-from ._transport import Response
 
-if TYPE_CHECKING:
-    from ._client import Client
-
-__all__ = ["ChatStream", "Delta", "StreamCore", "broken", "retry_log"]
+__all__ = ["ChatStream", "Delta", "Planned", "StreamCore", "broken"]
 
 
 Delta = Callable[[str], Any]
+# A stream's plan and options, or (the async client before discovery) how to make them.
+Planned = tuple[ChatPlan, CallOptions] | Callable[[], tuple[ChatPlan, CallOptions]]
 
 
-def broken(exc: LMLinkError, acc: StreamAccumulator) -> LMLinkError:
+def broken(exc: LMLinkError, acc: AnswerDecoder) -> LMLinkError:
     """A transport failure in mid-stream, re-raised as a StreamError carrying the partial."""
     attrs = {k: v for k, v in exc.__dict__.items() if k != "message"}
     partial = acc.partial()
@@ -49,70 +48,111 @@ def broken(exc: LMLinkError, acc: StreamAccumulator) -> LMLinkError:
     return stream_variant(type(exc))(message, partial=partial, **attrs)
 
 
-def retry_log(state: RetryState, exc: LMLinkError, delay: float) -> None:
-    log.info("lmlink: retry %d in %.2f s after: %s", state.retries, delay, exc)
-
-
 # After [DONE], how long the end of the body may take before the connection is given up
 # rather than reused: servers send it at once, a broken one might never.
 AFTER_DONE = 0.25
 
 
 class StreamCore:
-    """State shared by the two stream shells: decoder, accumulator, buffered deltas."""
+    """State and decisions shared by the two stream shells."""
 
     def __init__(
-        self, client: BaseClient, plan: ChatPlan, on_delta: Delta | None, on_reasoning: Delta | None
+        self,
+        context: StreamContext,
+        planned: Planned,
+        on_delta: Delta | None,
+        on_reasoning: Delta | None,
     ) -> None:
-        self._client = client
-        self._plan = plan
+        self._context = context
+        self._planned = planned
+        self._run: Attempts | None = None
         self._started = time.monotonic()
-        self._call: Call | None = None
         self._on_delta = on_delta
         self._on_reasoning = on_reasoning
         self._decoder = SSEDecoder()
-        self._acc = client._accumulator()
+        self._acc = context.decoder()
         self._buffer: deque[str] = deque()  # deltas read but not yet handed out
+        self._failure: LMLinkError | None = None  # raised once the buffer is handed out
         self._received = 0  # body bytes of this attempt, against max_response_bytes
         self._ttft: float | None = None
         self._ended = False
         self._response: ChatResponse | None = None
 
-    def _after_failure(
-        self, exc: LMLinkError, state: RetryState | None
-    ) -> tuple[float, RetryState | None]:
-        """Adapt the request to a refusal (no wait), or return the retry wait."""
-        self._client._scrub(exc)
+    def _begin(self) -> Attempts:
+        """The attempts of this stream (planned now if the plan waited for discovery)."""
+        planned = self._planned
+        plan, options = planned() if callable(planned) else planned
+        self._run = self._context.attempts(plan, options, self._started)
+        return self._run
+
+    def _failed(self, exc: LMLinkError) -> float:
+        """An attempt failed before any output: start over, after the wait the attempt loop
+        decides (it raises when there is no next attempt)."""
         self._decoder = SSEDecoder()
-        self._acc = self._client._accumulator()
+        self._acc = self._context.decoder()
         self._buffer.clear()
+        self._failure = None
         self._received = 0
-        if isinstance(exc, APIStatusError) and not reached_caller(exc) and self._plan.adapt(exc):
-            self._call = self._client._call(self._plan, self._started)
-            return 0.0, state
-        state = state or self._client._retry_state(self._client._deadline(self._started))
-        delay = state.delay_for(exc)
-        retry_log(state, exc, delay)
-        return delay, state
+        assert self._run is not None
+        return self._run.failed(exc)
+
+    def _is_stream(self, status: int, headers: Mapping[str, str]) -> bool:
+        """Whether the response is an event stream; else its body is read whole and given
+        to :meth:`_whole` (an error status, or a server that ignored ``"stream": true``)."""
+        return status < 300 and headers.get("content-type", "").startswith("text/event-stream")
+
+    def _whole(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        """A response that is not a stream: the error it reports, or the whole answer as
+        one delta."""
+        assert self._run is not None
+        resp = self._context.answer(self._run.call, status, headers, body)
+        self._run.accept(resp)
+        self._response = resp
+        self._ended = True
+        if resp.content:
+            self._buffer.append(resp.content)
 
     def _feed(self, data: bytes) -> list[str]:
+        """The content deltas ``data`` completes. A failure among its events is kept for
+        after them (:meth:`_raise_failure`): what arrived before it is handed out first."""
         self._received += len(data)
-        if self._received > self._client._max_body:
-            raise self._too_large()
+        if self._received > self._context.max_body:
+            raise self._context.scrub(self._too_large())
         out: list[str] = []
         acc = self._acc
-        for event in self._decoder.feed(data):
-            text = acc.feed(event)
-            if acc.reasoning_delta and self._on_reasoning is not None:
-                self._on_reasoning(acc.reasoning_delta)
-            if text:
-                out.append(text)
-            if self._ttft is None and acc.output_seen:
-                self._ttft = time.monotonic() - self._started
+        try:
+            for event in self._decoder.feed(data):
+                text = acc.feed(event)
+                if acc.reasoning_delta and self._on_reasoning is not None:
+                    self._on_reasoning(acc.reasoning_delta)
+                if text:
+                    out.append(text)
+                if self._ttft is None and acc.output_seen:
+                    self._ttft = time.monotonic() - self._started
+        except LMLinkError as exc:
+            if not out:
+                raise self._context.scrub(exc) from None
+            self._failure = exc
         return out
 
+    def _took(self, data: bytes) -> bool:
+        """Fold one read in; whether the stream is now over with nothing left to hand out
+        (``[DONE]`` arrived: the shell drains the rest of the body)."""
+        self._buffer.extend(self._feed(data))
+        return self._acc.done and not self._buffer
+
+    def _raise_failure(self) -> None:
+        exc = self._failure
+        if exc is not None:
+            self._failure = None
+            self._ended = True
+            raise self._context.scrub(exc)
+
+    def _broken(self, exc: LMLinkError) -> LMLinkError:
+        return self._context.scrub(broken(exc, self._acc))
+
     def _too_large(self) -> LMLinkError:
-        limit = self._client._max_body
+        limit = self._context.max_body
         return stream_variant(ResponseTooLargeError)(
             f"the stream went over max_response_bytes ({limit} bytes); the text so far is in "
             ".partial",
@@ -131,19 +171,18 @@ class StreamCore:
             self._buffer.append(tail)
         if not acc.finished:
             why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
-            raise acc.truncated_error(why)
-        return self._complete()
-
-    def _complete(self) -> ChatResponse:
-        out = self._acc.response()
+            raise self._context.scrub(acc.truncated_error(why))
+        out = acc.response()
         out.ttft_s = self._ttft
         out.latency_s = time.monotonic() - self._started
-        self._plan.accept(out)
+        out.streamed = True
+        assert self._run is not None
+        self._run.accept(out)
         self._response = out
         return out
 
     def _check_entered(self, usage: str) -> None:
-        if self._call is None:
+        if self._run is None:
             raise ConfigurationError(f"a stream is read inside its context manager: {usage}")
 
     @property
@@ -156,6 +195,7 @@ class StreamCore:
         out = self._acc.response()
         out.ttft_s = self._ttft
         out.latency_s = time.monotonic() - self._started
+        out.streamed = True
         if self._buffer:
             unseen = "".join(self._buffer)
             if out.content.endswith(unseen):
@@ -177,51 +217,37 @@ class ChatStream(StreamCore):
 
     def __init__(
         self,
-        client: Client,
-        plan: ChatPlan,
+        context: StreamContext,
+        planned: Planned,
         on_delta: Delta | None = None,
         on_reasoning: Delta | None = None,
+        *,
+        send: Callable[[Call], HTTPResponse],
+        sleep: Callable[[float], None],
     ) -> None:
-        super().__init__(client, plan, on_delta, on_reasoning)
-        self._transport = client._transport
-        self._resp: Response | None = None
+        super().__init__(context, planned, on_delta, on_reasoning)
+        self._send = send
+        self._sleep = sleep
+        self._resp: HTTPResponse | None = None
         self._chunks: Iterator[bytes] | None = None
-        self._sleep = client._sleep
 
     def __enter__(self) -> ChatStream:
-        self._call = self._client._call(self._plan, self._started)
-        deadline = self._client._deadline(self._started)
-        state: RetryState | None = None
-        while True:  # bounded: by the retry budget and the plan's fallbacks
+        run = self._begin()
+        while True:  # bounded: by the attempt loop (retry budget, the plan's fallbacks)
             try:
-                self._open(deadline)
+                self._open(run)
                 return self
             except LMLinkError as exc:
                 self._close_response()
-                delay, state = self._after_failure(exc, state)
-                if delay:
-                    self._sleep(delay)
+                self._sleep(self._failed(exc))
             except BaseException:
                 self._close_response()
                 raise
 
-    def _open(self, deadline: float | None) -> None:
-        call = self._call
-        assert call is not None
-        timeouts = self._client._timeouts(deadline)
-        resp = self._transport.request(call.method, call.url, call.headers, call.body, timeouts)
-        self._resp = resp
-        if resp.status >= 300:
-            body = resp.read(self._client._max_body)
-            raise self._client._status_error(resp.status, resp.headers, body)
-        if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-            # The server answered with one JSON body (it ignored "stream": true).
-            body = resp.read(self._client._max_body)
-            self._response = self._client._finish_chat(call, body, time.monotonic() - call.started)
-            self._plan.accept(self._response)
-            self._ended = True
-            if self._response.content:
-                self._buffer.append(self._response.content)
+    def _open(self, run: Attempts) -> None:
+        resp = self._resp = self._send(run.call)
+        if not self._is_stream(resp.status, resp.headers):
+            self._whole(resp.status, resp.headers, resp.read(self._context.max_body))
             return
         self._chunks = resp.iter_bytes()
         # Read up to the first piece of output, so that failures before it can be retried.
@@ -230,20 +256,19 @@ class ChatStream(StreamCore):
 
     def _pull(self) -> None:
         assert self._chunks is not None
-        if self._acc.done:  # [DONE] came with deltas; they are handed out now
-            self._drain()
-            return
-        try:
-            data = next(self._chunks)
-        except StopIteration:
-            self._close_response()
-            self._finish()
-            return
-        except LMLinkError as exc:
-            raise broken(exc, self._acc) from exc
-        self._buffer.extend(self._feed(data))
-        if self._acc.done and not self._buffer:
-            self._drain()
+        self._raise_failure()
+        if not self._acc.done:  # else [DONE] came with deltas, handed out by now
+            try:
+                data = next(self._chunks)
+            except StopIteration:
+                self._close_response()
+                self._finish()
+                return
+            except LMLinkError as exc:
+                raise self._broken(exc) from exc
+            if not self._took(data):
+                return
+        self._drain()
 
     def _drain(self) -> None:
         """After [DONE]: the end of the body, if it follows within a moment (then the
@@ -262,7 +287,7 @@ class ChatStream(StreamCore):
                 if on_delta is not None:
                     on_delta(text)
                 yield text
-            elif self._ended:
+            elif self._ended and self._failure is None:
                 return
             else:
                 self._pull()

@@ -61,13 +61,14 @@ def _first_json_value(text: str, tries: int = 32) -> str | None:
 class OutputSpec:
     """What a call's ``response_format`` asks for, and how to check the answer."""
 
-    __slots__ = ("model", "name", "schema")
+    __slots__ = ("any_json", "model", "name", "schema")
 
     def __init__(
         self, schema: Mapping[str, Any] | None, model: type | None, name: str | None = None
     ) -> None:
         self.schema = schema
         self.model = model
+        self.any_json = schema is None and model is None  # response_format="json"
         if schema is not None:
             _validator(schema)  # a broken schema fails before anything is sent
         title = schema.get("title") if schema is not None else None
@@ -84,9 +85,12 @@ class OutputSpec:
 
     @classmethod
     def of(cls, response_format: Any) -> OutputSpec | None:
-        """The spec for a schema dict or pydantic class; None for ``None``/``"json"``."""
-        if response_format is None or isinstance(response_format, str):
+        """The spec for a schema dict or pydantic class, or for any JSON value (``"json"``,
+        ``{"type": "json_object"}``); None for ``None`` and plain text."""
+        if response_format is None:
             return None
+        if isinstance(response_format, str):
+            return cls(None, None) if response_format in ("json", "json_object") else None
         if isinstance(response_format, Mapping):
             kind = response_format.get("type")
             if kind == "json_schema":
@@ -100,7 +104,9 @@ class OutputSpec:
             carried = response_format.get("schema" if kind == "json_object" else "value")
             if kind in ("json_object", "json") and isinstance(carried, Mapping):
                 return cls(carried, None)
-            if kind in ("json_object", "text", "json", "regex"):
+            if kind == "json_object":
+                return cls(None, None)
+            if kind in ("text", "json", "regex"):
                 return None
             return cls(response_format, None)
         if isinstance(response_format, type) and hasattr(response_format, "model_validate_json"):
@@ -113,7 +119,7 @@ class OutputSpec:
         if self.model is not None:
             return self._parse_model(text, candidate)
         try:
-            value = _json.loads(candidate)
+            value = _json.loads_exact(candidate)
         except ValueError as exc:
             raise _failure(text, f"not valid JSON: {exc}") from exc
         if isinstance(value, (dict, list)):

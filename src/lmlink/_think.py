@@ -58,11 +58,24 @@ class ThinkSplitter:
     def feed(self, text: str) -> tuple[str, str]:
         """Split one delta; returns the content and reasoning it adds."""
         # The fast path: answer text, and no tag can start in this delta.
-        if self._state == _CONTENT and (
+        state = self._state
+        if state == _CONTENT and (
             self._closed or self._separated or ("<" not in text and not self._pending)
         ):
             if text:
                 self._content.append(text)
+            return text, ""
+        if (
+            state == _START
+            and text
+            and "<" not in text
+            and not self._pending
+            and not text.isspace()
+        ):
+            # The first text, with no tag in it: the answer has begun (a plain answer's
+            # whole content, nearly always).
+            self._state = _CONTENT
+            self._content.append(text)
             return text, ""
         if self._pending:
             text = self._pending + text
@@ -151,5 +164,8 @@ class ThinkSplitter:
 
     def finish(self) -> tuple[str, str]:
         """The whole content and reasoning (after :meth:`flush`)."""
-        self.flush()
-        return "".join(self._content), "".join(self._reasoning)
+        if self._pending:
+            self.flush()
+        content = self._content
+        text = content[0] if len(content) == 1 else "".join(content)
+        return text, "".join(self._reasoning) if self._reasoning else ""

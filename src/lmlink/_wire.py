@@ -12,17 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _json
-from ._errmap import error_from_payload
 from ._errors import ConfigurationError, DecodeError, clip
-from ._models import ChatResponse, Message, ModelInfo, ToolCall
-from ._think import ThinkSplitter
+from ._models import Message, ModelInfo
 
 __all__ = [
     "build_chat_body",
     "decode_models",
     "finish_word",
     "normalize_messages",
-    "parse_chat_response",
     "response_format_payload",
 ]
 
@@ -181,97 +178,6 @@ def _text_part(part: Any) -> str:
         text = part.get("text")
         return _json.as_str(text) if text else ""
     return _json.as_str(part)
-
-
-def tool_call_from(item: Any, position: int) -> ToolCall | None:
-    """A complete tool call from a non-streamed ``message.tool_calls`` entry."""
-    if not isinstance(item, dict):
-        return None
-    fn = item.get("function") or {}
-    if not isinstance(fn, dict):
-        return None
-    args = fn.get("arguments")
-    if args is None:
-        args = ""
-    elif not isinstance(args, str):
-        args = _json.text(args)
-    return ToolCall(
-        id=_json.as_str(item.get("id") or f"call_{position}"),
-        name=_json.as_str(fn.get("name") or ""),
-        arguments=args,
-        type=_json.as_str(item.get("type") or "function"),
-    )
-
-
-def usage_of(payload: dict[str, Any]) -> tuple[int | None, int | None] | None:
-    """``(prompt_tokens, completion_tokens)`` from a body or chunk, or None if absent."""
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    output = usage.get("completion_tokens")
-    return (
-        prompt if isinstance(prompt, int) else None,
-        output if isinstance(output, int) else None,
-    )
-
-
-def parse_chat_response(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:
-    """The ChatResponse of a non-streamed 200 body (raises the error an in-band body reports)."""
-    payload = loads(body, "the response body", redact)
-    if not isinstance(payload, dict):
-        shown = clip(redact(_json.text(payload)), 200)
-        raise DecodeError(f"the response body is not a JSON object: {shown}")
-    if "error" in payload or payload.get("object") == "error":
-        text = body.decode("utf-8", "replace")
-        err = error_from_payload(payload, body_text=text, redact=redact)
-        if err is not None:
-            raise err
-    choices = payload.get("choices")
-    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        raise DecodeError(
-            "the response has no choices: " + clip(redact(body.decode("utf-8", "replace")), 200)
-        )
-    choice = choices[0]
-    message = choice.get("message") or {}
-    if not isinstance(message, dict):
-        message = {}
-    reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-    if not isinstance(reasoning, str):
-        reasoning = text_of(reasoning)
-    content = text_of(message.get("content"))
-    inline = ""
-    if "<" in content:  # only then can a <think> tag be there
-        splitter = ThinkSplitter()
-        if reasoning:
-            splitter.separate()
-        splitter.feed(content)
-        content, inline = splitter.finish()
-    if inline:
-        reasoning = f"{reasoning}{inline}" if reasoning else inline
-    if reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
-        reasoning = ""
-    calls = []
-    raw_calls = message.get("tool_calls")
-    if isinstance(raw_calls, list):
-        for i, item in enumerate(raw_calls):
-            call = tool_call_from(item, i)
-            if call is not None:
-                calls.append(call)
-    raw_finish = choice.get("finish_reason")
-    raw_finish = raw_finish if isinstance(raw_finish, str) else None
-    usage = usage_of(payload) or (None, None)
-    model = payload.get("model")
-    return ChatResponse(
-        content=content,
-        reasoning=reasoning,
-        prompt_tokens=usage[0],
-        output_tokens=usage[1],
-        model=model if isinstance(model, str) else None,
-        finish_reason=finish_word(raw_finish),
-        tool_calls=calls,
-        finish_reason_raw=raw_finish,
-    )
 
 
 def decode_models(body: bytes, redact: Callable[[str], str] = str) -> list[ModelInfo]:

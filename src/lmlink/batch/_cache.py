@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from lmlink import _json
 from lmlink._errors import ConfigurationError
 from lmlink._log import log
 
@@ -135,8 +136,8 @@ class ResponseCache:
         if row is None:
             return None
         try:
-            value = orjson.loads(row[0])
-        except orjson.JSONDecodeError:
+            value = _json.loads_exact(row[0])
+        except ValueError:
             return None
         if not isinstance(value, dict):
             return None
@@ -149,7 +150,7 @@ class ResponseCache:
 
         if self.error is not None:
             return
-        blob = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+        blob = _json.dumps_record(value)
         try:
             self._conn().execute(
                 "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",

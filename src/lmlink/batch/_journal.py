@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from lmlink import _json
 from lmlink._errors import ConfigurationError
 from lmlink._log import log
 
@@ -102,8 +103,8 @@ class JournalState:
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
-    """One output line, newline included."""
-    return orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+    """One output line, newline included (integers past 64 bits written exactly)."""
+    return _json.dumps_record(record) + b"\n"
 
 
 class Journal:

@@ -13,10 +13,12 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 
 from ._answers import sensible_reply
+from ._http import RecordedRequest
 from ._replies import DIALECTS, Reply
 from ._server import FakeServer
 
@@ -37,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
     args = parser.parse_args(argv)
     default = Reply(dialect=args.dialect, delay=args.delay)
+
+    def respond(request: RecordedRequest) -> Reply | None:
+        shaped = sensible_reply(request)  # in the dialect and pace asked for, like the rest
+        return None if shaped is None else dataclasses.replace(default, content=shaped.content)
+
     server = FakeServer(
-        args.model, host=args.host, port=args.port, default=default, responder=sensible_reply
+        args.model, host=args.host, port=args.port, default=default, responder=respond
     )
     try:
         server.start()

@@ -4,7 +4,7 @@
 pool key, the address, and the request line's tail with its ``Host`` header.
 :func:`build_request` turns a call into one ``bytes`` for a single write, and refuses a
 CR or LF anywhere in the method or headers (no header injection). The response side is
-:mod:`lmlink._http`.
+:mod:`lmlink._http.response`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from ._errors import ConfigurationError
+from lmlink._errors import ConfigurationError
 
 __all__ = ["Target", "build_request", "parse_url"]
 

@@ -1,4 +1,4 @@
-"""One asyncio connection of :class:`~lmlink._atransport.AsyncTransport`: the protocol that
+"""One asyncio connection of :class:`~lmlink._http.aio.AsyncTransport`: the protocol that
 feeds a response parser and wakes the coroutine waiting for it, with lazily re-armed timers
 (see the transport's docstring for the design)."""
 
@@ -9,13 +9,14 @@ import socket
 from contextlib import suppress
 from typing import TYPE_CHECKING, cast
 
-from ._errors import APIConnectionError, LMLinkError
-from ._http import ResponseParser
-from ._request import Target
-from ._transport_base import Timeouts, budget, io_error, timeout_error
+from lmlink._errors import APIConnectionError, LMLinkError
+
+from .common import Timeouts, budget, io_error, timeout_error
+from .request import Target
+from .response import ResponseParser
 
 if TYPE_CHECKING:
-    from ._atransport import AsyncTransport
+    from .aio import AsyncTransport
 
 __all__ = ["AsyncConnection"]
 

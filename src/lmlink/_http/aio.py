@@ -1,7 +1,7 @@
 """Asyncio HTTP/1.1 transport on ``asyncio.Protocol``, with a keep-alive pool.
 
-The protocol logic lives in :mod:`lmlink._request` and :mod:`lmlink._http` (sans-I/O). Each
-connection is an :class:`~lmlink._aconn.AsyncConnection` protocol: ``data_received`` pushes
+The protocol logic lives in :mod:`.request` and :mod:`.response` (sans-I/O). Each
+connection is an :class:`~.aio_connection.AsyncConnection` protocol: ``data_received`` pushes
 bytes straight into the response parser (no stream reader, no intermediate buffer) and wakes
 the one coroutine waiting on that connection through a bare future. Timeouts cost no task and
 no ``wait_for``: each connection keeps at most one ``loop.call_at`` timer, which is re-armed
@@ -19,29 +19,32 @@ a cancelled wait aborts its connection and re-raises ``CancelledError``.
 from __future__ import annotations
 
 import asyncio
-import ssl
+import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from time import monotonic
 from typing import Any, cast
 
-from ._aconn import AsyncConnection
-from ._errors import APIConnectionError, ConfigurationError, LMLinkError
-from ._http import ResponseParser
-from ._request import Target, build_request, parse_url
-from ._transport_base import (
+from lmlink._errors import APIConnectionError, ConfigurationError, LMLinkError
+
+from .aio_connection import AsyncConnection
+from .common import (
     DEFAULT_LIMIT,
     ResponseBase,
     Timeouts,
+    TransportSettings,
     connect_budget,
     connect_error,
-    make_ssl_context,
+    forget_after_fork,
     readable,
+    stale,
     timeout_error,
     within,
 )
+from .request import Target, build_request, parse_url
+from .response import ResponseParser
 
-__all__ = ["AsyncResponse", "AsyncTransport"]
+__all__ = ["AsyncResponse", "AsyncTransport", "LoopPools"]
 
 _READ_BUFFER = 64 * 1024
 _CLOSED = object()  # a pool waiter's result when the transport is closed under it
@@ -130,25 +133,13 @@ class AsyncResponse(ResponseBase[AsyncConnection]):
         self._close()
 
 
-class AsyncTransport:
-    """Asyncio HTTP/1.1 client with a keep-alive pool. Bound to one event loop at a time."""
+class AsyncTransport(TransportSettings):
+    """Asyncio HTTP/1.1 client with a keep-alive pool, for one event loop (a client that
+    several loops use has one per loop: :class:`LoopPools`)."""
 
-    def __init__(
-        self,
-        *,
-        verify: bool | ssl.SSLContext = True,
-        max_connections: int = 256,
-        max_body: int | None = None,
-        redact: Callable[[str], str] | None = None,
-    ) -> None:
-        if max_connections < 1:
-            raise ConfigurationError("max_connections must be at least 1")
-        self._max_body = max_body  # the decompressed-size cap of every response body
-        self._redact = redact  # blanks the API key in quoted server bytes
-        self._verify = verify
-        self._ssl: ssl.SSLContext | None = None
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
         self._read_view = memoryview(bytearray(_READ_BUFFER))
-        self._max = max_connections
         self._idle: dict[_Key, list[AsyncConnection]] = {}
         self._total = 0  # open connections, busy or idle, plus connects under way
         self._waiters: deque[tuple[_Key, asyncio.Future[_Handoff]]] = deque()
@@ -181,10 +172,14 @@ class AsyncTransport:
                     await conn.wait(timeouts, start, writing=True)
                 while not parser.head_done:
                     await conn.wait(timeouts, start)
-            except APIConnectionError as exc:
-                if conn.used and not parser.received and exc.reason in ("closed", "reset"):
-                    # A kept-alive connection the server had already closed: nothing of
-                    # this request was processed, so send it again on a fresh one.
+            except LMLinkError as exc:
+                if parser.head_done:  # the head, some body, then a broken frame: the
+                    conn.used += 1  # body is handed out first, then conn.exc is raised
+                    return AsyncResponse(self, conn, parser, timeouts, start)
+                if not isinstance(exc, APIConnectionError):
+                    self._discard(conn)
+                    raise
+                if stale(conn.used, parser, exc):
                     self._replace(conn)
                     conn = await self._connect_in_slot(target, timeouts, start)
                     continue
@@ -200,6 +195,10 @@ class AsyncTransport:
 
     async def aclose(self) -> None:
         """Close every pooled connection; responses still open close theirs when done."""
+        self.close_now()
+
+    def close_now(self) -> None:
+        """:meth:`aclose`, callable from the event loop's own callbacks."""
         self._closed = True
         for idle in self._idle.values():
             for conn in idle:
@@ -210,7 +209,7 @@ class AsyncTransport:
         self._idle.clear()
         while self._waiters:
             _, fut = self._waiters.popleft()
-            if not fut.done():
+            if not fut.done() and not fut.get_loop().is_closed():
                 fut.set_result(_CLOSED)
 
     async def __aenter__(self) -> AsyncTransport:
@@ -308,9 +307,7 @@ class AsyncTransport:
         conn = AsyncConnection(self, loop, target)
         context = None
         if target.https:
-            if self._ssl is None:
-                self._ssl = make_ssl_context(self._verify)
-            context = self._ssl
+            context = self._ssl_context()
         task = loop.create_task(
             loop.create_connection(
                 lambda: conn,
@@ -386,6 +383,63 @@ class AsyncTransport:
             conn.idle = False
             self._idle[conn.key].remove(conn)
             self._discard(conn)
+
+
+class LoopPools:
+    """One :class:`AsyncTransport` (pool) per event loop, for a client that several loops
+    use: connections belong to the loop that opened them, so two loops (in two threads, or
+    one after another) never share one, and never read each other's answers. A pool whose
+    loop has closed is dropped when another loop first calls; after ``fork()`` the child
+    starts with none.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._pools: dict[asyncio.AbstractEventLoop, AsyncTransport] = {}
+        # The last (loop, pool) pair, one tuple so that a thread never reads half of it.
+        self._last: tuple[asyncio.AbstractEventLoop, AsyncTransport] | None = None
+        self._closed = False
+        forget_after_fork(self)
+
+    def current(self) -> AsyncTransport:
+        """The running loop's pool (made on first use)."""
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError("this transport (client) is closed")
+            pool = self._pools.get(loop)
+            if pool is None:
+                for old, spent in list(self._pools.items()):
+                    if old.is_closed():  # its sockets can only be shut down now
+                        del self._pools[old]
+                        spent.close_now()
+                pool = self._pools[loop] = AsyncTransport(**self._settings)
+            self._last = (loop, pool)
+        return pool
+
+    async def aclose(self) -> None:
+        """Close every loop's pooled connections (each on its own loop)."""
+        here = asyncio.get_running_loop()
+        with self._lock:
+            self._closed = True
+            pools, self._pools, self._last = self._pools, {}, None
+        for loop, pool in pools.items():
+            if loop is here or loop.is_closed():
+                pool.close_now()
+            else:
+                try:
+                    loop.call_soon_threadsafe(pool.close_now)
+                except RuntimeError:  # closed in the meantime
+                    pool.close_now()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._pools = {}
+        self._last = None
 
 
 def _pool_timeout(fut: asyncio.Future[_Handoff]) -> None:

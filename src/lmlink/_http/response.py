@@ -1,8 +1,8 @@
 """Sans-I/O HTTP/1.1 for the transports: the response parser.
 
-Nothing here touches a socket (the request side is :mod:`lmlink._request`).
+Nothing here touches a socket (the request side is :mod:`lmlink._http.request`).
 :class:`ResponseParser` is an incremental state machine: the sync and async shells
-(``_transport`` and ``_atransport``) push whatever bytes they received into
+(``sync`` and ``aio``) push whatever bytes they received into
 :meth:`ResponseParser.feed` (and :meth:`~ResponseParser.feed_eof` at EOF), then read its
 public state: ``head_done``, the parsed head, ``body`` (a list of decoded body pieces the
 shell drains with :meth:`~ResponseParser.take`), ``done`` and ``keep_alive``. The logic is
@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable
 from typing import NoReturn
 
-from ._errors import APIConnectionError, DecodeError, ResponseTooLargeError
+from lmlink._errors import APIConnectionError, DecodeError, ResponseTooLargeError
 
 __all__ = ["MAX_HEAD", "ResponseParser"]
 

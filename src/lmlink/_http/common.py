@@ -2,21 +2,31 @@
 
 :class:`Timeouts` and the wait budget (``min(idle, deadline - now)``), the TLS context,
 :class:`ResponseBase` (the parsed head, the size cap, handing a connection back to its
-pool) and the builders of every transport error, so both shells word their failures the
-same way. The shells themselves are :mod:`lmlink._transport` and :mod:`lmlink._atransport`.
+pool), the builders of every transport error, so both shells word their failures the
+same way, and fork safety (:func:`forget_after_fork`). The shells themselves are
+:mod:`lmlink._http.sync` and :mod:`lmlink._http.aio`.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import sys
+import weakref
+from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
-from ._errors import APIConnectionError, APITimeoutError, ResponseTooLargeError
-from ._http import ResponseParser
+from lmlink._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    ConfigurationError,
+    ResponseTooLargeError,
+)
+
+from .response import ResponseParser
 
 if TYPE_CHECKING:
     import ssl
@@ -25,12 +35,15 @@ __all__ = [
     "DEFAULT_LIMIT",
     "ResponseBase",
     "Timeouts",
+    "TransportSettings",
     "budget",
     "connect_budget",
     "connect_error",
+    "forget_after_fork",
     "io_error",
     "make_ssl_context",
     "readable",
+    "stale",
     "timeout_error",
     "too_large",
     "within",
@@ -49,6 +62,29 @@ class Timeouts(NamedTuple):
     connect: float | None  # TCP connect + TLS handshake
     idle: float | None  # longest wait for any byte (each read wait; also each write wait)
     deadline: float | None  # absolute time.monotonic() value; no wait goes past it
+
+
+class _ForkAware(Protocol):
+    def _after_fork(self) -> None: ...
+
+
+_FORK_AWARE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_FORK_AWARE):
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forget_after_fork(pool: _ForkAware) -> None:
+    """Have ``pool._after_fork()`` called in every child process forked from now on: a
+    child must never read or write the parent's pooled sockets (they are the same
+    connections, so the two would read each other's answers)."""
+    _FORK_AWARE.add(pool)
 
 
 def make_ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
@@ -74,6 +110,13 @@ def readable(sock: Any) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def stale(used: int, parser: ResponseParser, exc: APIConnectionError) -> bool:
+    """Whether a request failed on a kept-alive connection the server had already closed
+    (RFC 9112 section 9.3.1): nothing of it was processed, so it is sent again, once, on a
+    fresh connection."""
+    return bool(used) and not parser.received and exc.reason in ("closed", "reset")
 
 
 def within(timeouts: Timeouts, seconds: float) -> Timeouts:
@@ -107,6 +150,33 @@ def connect_budget(timeouts: Timeouts, start: float) -> tuple[float | None, str,
     return connect, "connect", connect or 0.0
 
 
+class TransportSettings:
+    """What both transport shells are made with, checked once: the TLS setting (its
+    context made on the first https request), the connection cap, the decompressed-size cap
+    of every body, and what blanks the client's secrets in quoted server bytes."""
+
+    def __init__(
+        self,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        max_connections: int = 256,
+        max_body: int | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be at least 1")
+        self._max_body = max_body
+        self._redact = redact
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
+        self._max = max_connections
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = make_ssl_context(self._verify)
+        return self._ssl
+
+
 class _Pool(Protocol[_C_contra]):
     def _release(self, conn: _C_contra) -> None: ...
     def _discard(self, conn: _C_contra) -> None: ...
@@ -118,6 +188,7 @@ class ResponseBase(Generic[_C]):
 
     __slots__ = (
         "_conn",
+        "_error",
         "_parser",
         "_pool",
         "_start",
@@ -140,6 +211,9 @@ class ResponseBase(Generic[_C]):
         self._parser = parser
         self._timeouts = timeouts
         self._start = start
+        # A failure that came in the same read as the head (a broken frame after the first
+        # body bytes): raised once the body that preceded it has been handed out.
+        self._error: Exception | None = None
         if parser.done:
             self._close()
 
@@ -150,6 +224,8 @@ class ResponseBase(Generic[_C]):
             raise too_large(parser.where, limit)
 
     def _live(self) -> _C:
+        if self._error is not None:
+            raise self._error
         conn = self._conn
         if conn is None:
             raise APIConnectionError(

@@ -1,8 +1,8 @@
 """Blocking HTTP/1.1 transport on plain ``socket`` (and ``ssl``), with a keep-alive pool.
 
-The protocol logic lives in :mod:`lmlink._request` and :mod:`lmlink._http` (sans-I/O); this
-shell only moves bytes: :meth:`SyncTransport.request` takes a pooled connection (or opens
-one), writes the request with one ``sendall`` and reads until the parser has the response
+The protocol logic lives in :mod:`.request` and :mod:`.response` (sans-I/O); this shell
+only moves bytes: :meth:`SyncTransport.request` takes a pooled connection (or opens one),
+writes the request with one ``sendall`` and reads until the parser has the response
 head; :class:`Response` reads the rest on demand. Every wait is bounded by
 ``min(idle, deadline - now)`` through the socket's own timeout (no extra threads or
 selectors). A finished response hands its connection straight back to the pool; an abandoned
@@ -11,36 +11,38 @@ origin, LIFO (the most recently used connection is the likeliest to be alive), c
 ``max_connections`` open sockets across origins, and thread-safe. A reused connection found
 dead before any response byte (the server closed it while it idled, RFC 9112 section 9.3.1)
 is replaced and the request sent once more; every pooled connection is polled before reuse,
-and one with EOF or stray bytes waiting is replaced.
+and one with EOF or stray bytes waiting is replaced. A server that answers before it has
+read the whole request (a proxy's 413) is heard rather than reported as a broken pipe, and
+a forked child starts with an empty pool (never the parent's sockets).
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Any
 
-from ._errors import APIConnectionError, ConfigurationError, LMLinkError
-from ._http import ResponseParser
-from ._request import Target, build_request, parse_url
-from ._transport_base import (
+from lmlink._errors import APIConnectionError, APITimeoutError, ConfigurationError, LMLinkError
+
+from .common import (
     DEFAULT_LIMIT,
     ResponseBase,
     Timeouts,
+    TransportSettings,
     budget,
     connect_budget,
     connect_error,
+    forget_after_fork,
     io_error,
-    make_ssl_context,
     readable,
+    stale,
     timeout_error,
     within,
 )
-
-if TYPE_CHECKING:
-    import ssl
+from .request import Target, build_request, parse_url
+from .response import ResponseParser
 
 __all__ = ["Response", "SyncTransport"]
 
@@ -100,6 +102,8 @@ class Response(ResponseBase["_Conn"]):
                     _receive(self._live(), parser, self._timeouts, self._start)
                 except BaseException:
                     self._close()
+                    if parser.body:  # what arrived before the failure, then the failure
+                        yield parser.take()
                     raise
 
     def discard_rest(self, grace: float) -> None:
@@ -161,29 +165,41 @@ def _send(conn: _Conn, data: bytes, where: str, timeouts: Timeouts, start: float
         raise io_error(exc, where, False, False) from exc
 
 
-class SyncTransport:
+def _answered_early(conn: _Conn, parser: ResponseParser, timeouts: Timeouts, start: float) -> bool:
+    """After a failed send: whether the server answered before it stopped reading (a
+    proxy's 413 for a body too large, a 401 before the body). Its answer is read into
+    ``parser`` and is the outcome of the request, rather than the broken pipe."""
+    try:
+        while not parser.head_done:
+            _receive(conn, parser, within(timeouts, 1.0), start)
+    except LMLinkError:
+        return False
+    return True
+
+
+class SyncTransport(TransportSettings):
     """Blocking HTTP/1.1 client with a keep-alive pool; safe to share between threads."""
 
-    def __init__(
-        self,
-        *,
-        verify: bool | ssl.SSLContext = True,
-        max_connections: int = 256,
-        max_body: int | None = None,
-        redact: Callable[[str], str] | None = None,
-    ) -> None:
-        if max_connections < 1:
-            raise ConfigurationError("max_connections must be at least 1")
-        self._max_body = max_body  # the decompressed-size cap of every response body
-        self._redact = redact  # blanks the API key in quoted server bytes
-        self._verify = verify
-        self._ssl: ssl.SSLContext | None = None
-        self._max = max_connections
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._total = 0  # open sockets, busy or idle, plus connects under way
         self._closed = False
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: start with an empty pool. The inherited sockets are closed
+        in this process only (the parent's connections stay open), and the lock is new (a
+        thread of the parent may have held it at the fork)."""
+        conns = [c for idle in self._idle.values() for c in idle]
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._idle = {}
+        self._total = 0
+        for conn in conns:
+            conn.sock.close()  # this process's descriptor only: no shutdown, no TLS goodbye
 
     def request(
         self,
@@ -201,13 +217,27 @@ class SyncTransport:
         while True:
             parser = ResponseParser(target.where, method == "HEAD", self._max_body, self._redact)
             try:
-                _send(conn, data, target.where, timeouts, start)
+                try:
+                    _send(conn, data, target.where, timeouts, start)
+                except APIConnectionError as exc:
+                    # A broken pipe may follow an answer the server sent before it stopped
+                    # reading; a send that timed out has nothing to hear.
+                    if isinstance(exc, APITimeoutError) or not _answered_early(
+                        conn, parser, timeouts, start
+                    ):
+                        raise
                 while not parser.head_done:
                     _receive(conn, parser, timeouts, start)
-            except APIConnectionError as exc:
-                if conn.used and not parser.received and exc.reason in ("closed", "reset"):
-                    # A kept-alive connection the server had already closed: nothing of
-                    # this request was processed, so send it again on a fresh one.
+            except LMLinkError as exc:
+                if parser.head_done:  # the head, some body, then a broken frame
+                    resp = Response(self, conn, parser, timeouts, start)
+                    resp._error = exc
+                    conn.used += 1
+                    return resp
+                if not isinstance(exc, APIConnectionError):
+                    self._discard(conn)
+                    raise
+                if stale(conn.used, parser, exc):
                     conn.sock.close()
                     try:
                         conn = self._connect(target, timeouts, start)
@@ -296,11 +326,9 @@ class SyncTransport:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if target.https:
-                if self._ssl is None:
-                    self._ssl = make_ssl_context(self._verify)
                 if wait is not None:  # the handshake gets what the TCP connect left over
                     sock.settimeout(max(wait - (monotonic() - began), 1e-3))
-                sock = self._ssl.wrap_socket(sock, server_hostname=target.host)
+                sock = self._ssl_context().wrap_socket(sock, server_hostname=target.host)
         except TimeoutError as exc:
             sock.close()
             raise timeout_error(phase, limit, target.where, False) from exc

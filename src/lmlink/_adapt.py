@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _json
@@ -219,7 +219,7 @@ class ChatPlan:
         "caps",
         "errors",
         "messages",
-        "redact",
+        "reasked",
         "spec",
         "stream",
     )
@@ -231,10 +231,9 @@ class ChatPlan:
         *,
         stream: bool,
         reasks: int,
-        redact: Callable[[str], str] = str,
     ) -> None:
         self.spec = spec
-        self.redact = redact  # the client's: validators quote the answer, which may echo the key
+        self.reasked = ""  # why the last answer was asked for again
         self.caps = caps
         self.stream = stream
         self.messages = spec.messages
@@ -243,11 +242,12 @@ class ChatPlan:
         self._learn = True  # whether the form that works may be remembered for later calls
         self._params = {**reasoning_params(spec.reasoning, caps.kind), **spec.extra}
         rf = spec.response_format
+        output = spec.output
         if rf is None:
             self._forms: tuple[str, ...] = ()
-        elif spec.output is not None:
+        elif output is not None and not output.any_json:
             self._forms = SCHEMA_FORMS
-        elif rf == "json" or (isinstance(rf, Mapping) and rf.get("type") == "json_object"):
+        elif output is not None:  # any JSON value: "json", {"type": "json_object"}
             self._forms = JSON_FORMS
         else:
             self._forms = ("as_given",)
@@ -299,7 +299,9 @@ class ChatPlan:
 
     def _schema(self) -> Any:
         output = self.spec.output
-        return output.wire_schema() if output is not None else {"type": "object"}
+        if output is None or output.any_json:
+            return {"type": "object"}
+        return output.wire_schema()
 
     def _wire_format(self, form: str | None) -> Any:
         if form is None or form == "prompt":
@@ -322,7 +324,7 @@ class ChatPlan:
 
     def _schema_instruction(self) -> dict[str, Any]:
         text = "Reply with JSON only, no prose and no code fences."
-        if self.spec.output is not None:
+        if self.spec.output is not None and not self.spec.output.any_json:
             schema = _json.dumps(self._schema()).decode()
             text = (
                 f"Reply with one JSON value matching this JSON schema, and nothing else: {schema}"
@@ -390,18 +392,13 @@ class ChatPlan:
             resp.parsed = output.parse(resp.content)
         except StructuredOutputError as exc:
             self.errors.extend(exc.errors)
-            redact = self.redact
             if self._reasks <= 0 or self.stream:
+                # The client blanks its secrets out of it on the way out (Attempts.accept).
                 raise StructuredOutputError(
-                    redact(exc.message),
-                    raw=redact(resp.content),
-                    errors=[redact(e) for e in self.errors],
+                    exc.message, raw=resp.content, errors=list(self.errors)
                 ) from None
             self._reasks -= 1
-            log.info(
-                "lmlink: the answer did not match the schema; asking again: %s",
-                redact(exc.message),
-            )
+            self.reasked = exc.message
             self.messages = [
                 *self.messages,
                 {"role": "assistant", "content": resp.content},

@@ -1,0 +1,381 @@
+"""The one answer decoder, pure: stream chunks and plain bodies folded into a ChatResponse.
+
+A streamed answer arrives as many chunks (``choices[0].delta``); a plain one as one body
+(``choices[0].message``). :class:`AnswerDecoder` folds both with the same code: a plain body
+is one chunk whose message is the only delta. So every rule exists once: reasoning fields
+(``reasoning_content``, ``reasoning``, Ollama's ``thinking``) and inline ``<think>`` tags,
+in-band errors (``{"error": ...}`` and vLLM's ``{"object": "error"}``), usage, tool-call
+fragments (by index, by id, or by position in a whole message), finish reasons, and invalid
+UTF-8 (kept as U+FFFD rather than dropped).
+
+The per-choice state lives in :class:`ChoiceState`, so more choices (``n > 1``) or
+log-probabilities are more of the same state, not another rule set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import _json
+from ._errmap import error_from_payload
+from ._errors import APIStatusError, DecodeError, StreamError, clip, stream_variant
+from ._log import log
+from ._models import ChatResponse, ToolCall
+from ._sse import SSEEvent
+from ._think import ThinkSplitter
+from ._wire import finish_word, text_of
+
+__all__ = ["AnswerDecoder", "ChoiceState", "decode_answer", "loads_lenient"]
+
+
+_DONE = b"[DONE]"
+
+
+def loads_lenient(data: bytes) -> Any:
+    """JSON from ``data``; invalid UTF-8 inside it is read as U+FFFD (as a plain answer's
+    text always was) instead of failing the whole object. Raises ValueError otherwise."""
+    try:
+        return _json.loads(data)
+    except ValueError:
+        text = data.decode("utf-8", "replace")
+        if "\ufffd" not in text:
+            raise
+        return _json.loads(text)
+
+
+class _ToolFragments:
+    __slots__ = ("args", "id", "name", "type")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.name: str | None = None
+        self.type = "function"
+        self.args: list[str] = []
+
+    def add(self, item: dict[str, Any]) -> None:
+        if self.id is None and item.get("id"):
+            self.id = _json.as_str(item["id"])
+        kind = item.get("type")
+        if isinstance(kind, str) and kind:
+            self.type = kind
+        fn = item.get("function")
+        if isinstance(fn, dict):
+            if self.name is None and fn.get("name"):
+                self.name = _json.as_str(fn["name"])
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                self.args.append(args)
+            elif args is not None:
+                self.args.append(_json.text(args))
+
+    def build(self, position: int) -> ToolCall:
+        return ToolCall(
+            id=self.id or f"call_{position}",
+            name=self.name or "",
+            arguments="".join(self.args),
+            type=self.type,
+        )
+
+    def complete(self) -> bool:
+        if not self.name:
+            return False
+        text = "".join(self.args).strip()
+        if not text:
+            return True
+        try:
+            _json.loads(text)
+        except ValueError:
+            return False
+        return True
+
+
+class ChoiceState:
+    """What one choice has said so far: content (through the ``<think>`` splitter),
+    reasoning, tool-call fragments and the finish reason."""
+
+    __slots__ = ("finish_raw", "reasoning", "think", "tools")
+
+    def __init__(self) -> None:
+        self.think = ThinkSplitter()
+        self.reasoning: list[str] = []
+        self.tools: list[_ToolFragments] = []
+        self.finish_raw: str | None = None
+
+    def take_tools(self, calls: list[Any], whole: bool) -> None:
+        tools = self.tools
+        for position, item in enumerate(calls):
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index")
+            if whole or (position and not isinstance(index, int)):
+                # A complete message, or a later entry of one delta's list: each entry of
+                # a list is a call of its own.
+                index = len(tools)
+            elif not isinstance(index, int) or index < 0 or index > 1024:
+                index = self._index_without(item)
+            while len(tools) <= index:
+                tools.append(_ToolFragments())
+            tools[index].add(item)
+
+    def _index_without(self, item: dict[str, Any]) -> int:
+        """Where a fragment with no index belongs: its id's call, a new call for a new id,
+        else the latest call (openai-python#2806 crashes here)."""
+        ident = item.get("id")
+        if ident:
+            for i, frag in enumerate(self.tools):
+                if frag.id == ident:
+                    return i
+            fn = item.get("function")
+            fresh = isinstance(fn, dict) and fn.get("name")
+            if fresh or not self.tools or self.tools[-1].id is not None:
+                return len(self.tools)
+        return max(0, len(self.tools) - 1)
+
+    @property
+    def finished(self) -> bool:
+        """A finish reason arrived, or complete tool calls did."""
+        if self.finish_raw is not None:
+            return True
+        return bool(self.tools) and all(t.complete() for t in self.tools)
+
+
+class AnswerDecoder:
+    """Feed SSE events (:meth:`feed`) or one plain body (:func:`decode_answer`); read the
+    aggregate with :meth:`response`.
+
+    ``done`` is set by ``[DONE]``; ``reasoning_delta`` is the reasoning the last event added.
+    In-band errors raise (in a stream, a :func:`stream_variant` of their class with
+    ``partial`` set).
+    """
+
+    __slots__ = (
+        "_choice",
+        "done",
+        "malformed",
+        "model",
+        "output_seen",
+        "output_tokens",
+        "prompt_tokens",
+        "reasoning_delta",
+        "redact",
+    )
+
+    def __init__(self, redact: Callable[[str], str] = str) -> None:
+        self.redact = redact
+        self._choice = ChoiceState()
+        self.done = False
+        self.malformed = 0
+        self.model: str | None = None
+        self.output_seen = False
+        self.prompt_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.reasoning_delta = ""
+
+    # -- input ------------------------------------------------------------------------------
+
+    def feed(self, event: SSEEvent) -> str:
+        """Fold one stream event in; return the content it adds (often ``""``)."""
+        self.reasoning_delta = ""
+        data = event.data
+        if self.done:
+            return ""
+        if event.event == "error":
+            self._raise_in_band(
+                self._loads(data, quiet=True) or {"error": data.decode("utf-8", "replace")}
+            )
+        if data == _DONE or (len(data) < 16 and data.strip() == _DONE):
+            self.done = True
+            return ""
+        chunk = self._loads(data)
+        if type(chunk) is not dict:
+            if chunk is not None:
+                self._skip(data, "not a JSON object")
+            return ""
+        if chunk.get("error") or chunk.get("object") == "error":
+            self._raise_in_band(chunk)
+        return self.fold(chunk, whole=False)
+
+    def fold(self, chunk: dict[str, Any], *, whole: bool) -> str:
+        """Fold one decoded chunk (``whole``: a plain body's, its message complete)."""
+        if self.model is None:
+            model = chunk.get("model")
+            if model and isinstance(model, str):
+                self.model = model
+        usage = chunk.get("usage")
+        if usage and isinstance(usage, dict):
+            self._take_usage(usage)
+        choices = chunk.get("choices")
+        if not choices or not isinstance(choices, list):
+            return ""
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            return ""
+        state = self._choice
+        finish = choice.get("finish_reason")
+        if finish and isinstance(finish, str):
+            state.finish_raw = finish
+        delta = choice.get("message") if whole else choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = choice.get("delta" if whole else "message")
+            if not isinstance(delta, dict):
+                return ""
+        # Most deltas are {"content": "..."} alone, most messages {"role", "content"}: skip
+        # the rarer fields then.
+        if len(delta) - ("content" in delta) - ("role" in delta) > 0:
+            self._take_extras(delta, state, whole)
+        content = delta.get("content")
+        if not content:
+            return ""
+        if not isinstance(content, str):
+            content = text_of(content)
+        out, inline = state.think.feed(content)
+        if inline:
+            self.reasoning_delta += inline
+        if out or inline:
+            self.output_seen = True
+        return out
+
+    def flush(self) -> str:
+        """At the end of the stream: the content held back as a possible tag (reasoning held
+        back goes to ``reasoning_delta``)."""
+        out, self.reasoning_delta = self._choice.think.flush()
+        return out
+
+    def _take_extras(self, delta: dict[str, Any], state: ChoiceState, whole: bool) -> None:
+        reasoning = (
+            delta.get("reasoning_content") or delta.get("reasoning") or delta.get("thinking")
+        )
+        if reasoning:
+            text = reasoning if isinstance(reasoning, str) else text_of(reasoning)
+            state.reasoning.append(text)
+            self.reasoning_delta = text
+            state.think.separate()
+            self.output_seen = True
+        calls = delta.get("tool_calls")
+        if calls and isinstance(calls, list):
+            state.take_tools(calls, whole)
+            self.output_seen = True
+
+    def _loads(self, data: bytes, *, quiet: bool = False) -> Any:
+        try:
+            return loads_lenient(data)
+        except ValueError:
+            if not quiet:
+                self._skip(data, "not valid JSON")
+            return None
+
+    def _skip(self, data: bytes, why: str) -> None:
+        self.malformed += 1
+        snippet = clip(self.redact(data.decode("utf-8", "replace")), 200)
+        log.warning("lmlink: skipped a stream chunk that is %s: %r", why, snippet)
+
+    def _take_usage(self, usage: dict[str, Any]) -> None:
+        prompt = usage.get("prompt_tokens")
+        output = usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            self.prompt_tokens = prompt
+        if isinstance(output, int):
+            self.output_tokens = output
+
+    def _raise_in_band(self, payload: Any) -> None:
+        err = error_from_payload(payload, redact=self.redact)
+        if err is None:
+            text = clip(self.redact(_json.text(payload)), 300)
+            err = APIStatusError(f"in-band error: {text}", body=text)
+        cls = stream_variant(type(err))
+        attrs = {k: v for k, v in err.__dict__.items() if k != "message"}
+        raise cls(err.message, partial=self.partial(), **attrs)
+
+    # -- output -----------------------------------------------------------------------------
+
+    @property
+    def finish_raw(self) -> str | None:
+        return self._choice.finish_raw
+
+    @property
+    def finished(self) -> bool:
+        """A finish reason arrived, or the stream delivered complete tool calls."""
+        return self._choice.finished
+
+    def response(self) -> ChatResponse:
+        """The aggregate so far (the final one once the stream ended)."""
+        state = self._choice
+        content, inline = state.think.finish()
+        reasoning = "".join(state.reasoning) if state.reasoning else ""
+        if inline:
+            reasoning += inline
+        if reasoning and reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
+            reasoning = ""
+        finish_raw = state.finish_raw
+        tools = state.tools
+        if finish_raw is None and tools and state.finished:
+            finish_raw = "tool_calls"
+        return ChatResponse(
+            content,
+            reasoning,
+            self.prompt_tokens,
+            self.output_tokens,
+            self.model,
+            finish_word(finish_raw),
+            [t.build(i) for i, t in enumerate(tools)] if tools else [],
+            None,
+            None,
+            None,
+            state.finish_raw,
+        )
+
+    def partial(self) -> ChatResponse:
+        """The aggregate so far, for an error's ``.partial``: with the API key blanked out of
+        the text, as errors get logged and pickled (a server may echo the key)."""
+        out = self.response()
+        redact = self.redact
+        out.content = redact(out.content)
+        out.reasoning = redact(out.reasoning)
+        out.model = None if out.model is None else redact(out.model)
+        if out.finish_reason_raw is not None:
+            out.finish_reason_raw = redact(out.finish_reason_raw)
+        out.tool_calls = [
+            ToolCall(redact(t.id), redact(t.name), redact(t.arguments), t.type)
+            for t in out.tool_calls
+        ]
+        return out
+
+    def truncated_error(self, why: str) -> StreamError:
+        """The error for a stream that ended without finishing."""
+        partial = self.partial()
+        got = len(partial.content)
+        return StreamError(
+            f"the stream ended before it finished ({why}; {got} characters of content "
+            "arrived, kept in .partial)",
+            partial=partial,
+        )
+
+
+def decode_answer(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:
+    """The ChatResponse of a plain (non-streamed) 200 body, folded as one chunk; raises the
+    error an in-band error body reports, or DecodeError for a body that is no answer."""
+    try:
+        payload = _json.loads(body)
+    except ValueError:
+        try:
+            payload = loads_lenient(body)
+        except ValueError as exc:
+            snippet = clip(redact(body.decode("utf-8", "replace")), 200)
+            raise DecodeError(f"the response body is not valid JSON ({exc}): {snippet!r}") from exc
+    if not isinstance(payload, dict):
+        shown = clip(redact(_json.text(payload)), 200)
+        raise DecodeError(f"the response body is not a JSON object: {shown}")
+    if "error" in payload or payload.get("object") == "error":
+        text = body.decode("utf-8", "replace")
+        err = error_from_payload(payload, body_text=text, redact=redact)
+        if err is not None:
+            raise err
+    choices = payload.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise DecodeError(
+            "the response has no choices: " + clip(redact(body.decode("utf-8", "replace")), 200)
+        )
+    decoder = AnswerDecoder(redact)
+    decoder.fold(payload, whole=True)
+    return decoder.response()

@@ -1,0 +1,320 @@
+"""Transports through an HTTP(S) proxy, built on httpx (``pip install 'lmlink[proxy]'``).
+
+lmlink's own transports speak to the server directly, which is what a local server wants.
+Behind a corporate proxy, ``Client(proxy="http://proxy:3128")`` (or ``trust_env=True``,
+which reads ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY``) uses these
+instead: proxy handling is httpx's, a maintained library, not written here. httpx is
+imported when such a client is made, never by ``import lmlink``.
+
+They keep lmlink's promises: the response body is read raw and decoded by lmlink's own
+bounded decoder (so ``max_response_bytes`` caps a gzip bomb from its first byte), every
+failure is one of lmlink's errors (httpx's exceptions never escape), and the deadline
+bounds every wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from lmlink._errors import (
+    APIConnectionError,
+    ConfigurationError,
+    LMLinkError,
+    ResponseTooLargeError,
+)
+
+from .common import DEFAULT_LIMIT, Timeouts, make_ssl_context, timeout_error
+from .response import _CODINGS, _Decoder
+
+if TYPE_CHECKING:
+    import ssl
+
+    import httpx
+
+__all__ = ["AsyncProxyTransport", "ProxyTransport"]
+
+
+def _httpx() -> Any:
+    try:
+        import httpx
+    except ImportError as exc:
+        raise ConfigurationError(
+            "proxy= and trust_env=True need httpx: pip install 'lmlink[proxy]'"
+        ) from exc
+    return httpx
+
+
+def _timeout(httpx: Any, timeouts: Timeouts) -> Any:
+    left = None if timeouts.deadline is None else max(timeouts.deadline - monotonic(), 1e-3)
+
+    def bounded(value: float | None) -> float | None:
+        if left is None:
+            return value
+        return left if value is None else min(value, left)
+
+    return httpx.Timeout(
+        connect=bounded(timeouts.connect),
+        read=bounded(timeouts.idle),
+        write=bounded(timeouts.idle),
+        pool=left,
+    )
+
+
+def _error(httpx: Any, exc: Exception, where: str, timeouts: Timeouts) -> LMLinkError:
+    """lmlink's error for an httpx failure."""
+    if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.ConnectTimeout):
+            return timeout_error("connect", timeouts.connect or 0.0, where, False)
+        if isinstance(exc, httpx.PoolTimeout):
+            return timeout_error("pool", 0.0, where, False)
+        return timeout_error("idle", timeouts.idle or 0.0, where, True)
+    if isinstance(exc, httpx.ProxyError):
+        return APIConnectionError(f"the proxy refused the request to {where}: {exc}", reason="")
+    if isinstance(exc, httpx.ConnectError):
+        text = str(exc)
+        refused = "refused" in text.lower()
+        reason = "refused" if refused else "tls" if "ssl" in text.lower() else ""
+        hint = " (is the server running?)" if refused else ""
+        return APIConnectionError(
+            f"could not connect to {where} through the proxy: {text}{hint}", reason=reason
+        )
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return APIConnectionError(
+            f"the connection to {where} broke: {exc}", request_sent=True, reason="reset"
+        )
+    return APIConnectionError(f"the request to {where} failed: {exc}", reason="")
+
+
+class _Body:
+    """The decoding and the size cap of one response body, shared by both shells."""
+
+    __slots__ = ("_decoder", "_limit", "_size", "where")
+
+    def __init__(self, headers: Mapping[str, str], limit: int | None, where: str) -> None:
+        coding = headers.get("content-encoding", "").strip().lower()
+        self._decoder = _Decoder(coding) if coding in _CODINGS else None
+        self._limit = limit
+        self._size = 0
+        self.where = where
+
+    def take(self, raw: bytes, limit: int | None = None) -> bytes:
+        cap = self._limit if limit is None else limit
+        data = raw if self._decoder is None else self._decoder.decode(raw, cap, self.where)
+        self._size += len(data)
+        if cap is not None and self._size > cap:
+            raise ResponseTooLargeError(f"the response body from {self.where} is over {cap} bytes")
+        return data
+
+    def end(self) -> bytes:
+        return b"" if self._decoder is None else self._decoder.flush(self.where)
+
+
+class _Base:
+    """What the two proxy transports share: settings, and the httpx client's arguments."""
+
+    def __init__(
+        self,
+        *,
+        proxy: str | None = None,
+        trust_env: bool = False,
+        verify: bool | ssl.SSLContext = True,
+        max_connections: int = 256,
+        max_body: int | None = None,
+    ) -> None:
+        self._httpx = _httpx()
+        self._max_body = max_body
+        self._kwargs: dict[str, Any] = {
+            "proxy": proxy,
+            "trust_env": trust_env,
+            "verify": verify
+            if isinstance(verify, bool) and not verify
+            else make_ssl_context(verify),
+            "limits": self._httpx.Limits(max_connections=max_connections),
+            "follow_redirects": False,
+        }
+
+    def _headers(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        # Identity bodies, as lmlink's own transports ask (no Accept-Encoding).
+        return [*headers, ("Accept-Encoding", "identity")]
+
+
+class ProxyResponse:
+    """A blocking response through the proxy (see :class:`lmlink._http.HTTPResponse`)."""
+
+    def __init__(self, resp: httpx.Response, body: _Body, owner: ProxyTransport) -> None:
+        self._resp = resp
+        self._body = body
+        self._owner = owner
+        self._raw: Iterator[bytes] = resp.iter_raw()
+        self.status = resp.status_code
+        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+
+    def read(self, limit: int = DEFAULT_LIMIT) -> bytes:
+        return b"".join(self._pieces(limit))
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        for piece in self._pieces(None):
+            if piece:
+                yield piece
+
+    def _pieces(self, limit: int | None) -> Iterator[bytes]:
+        httpx = self._owner._httpx
+        try:
+            for raw in self._raw:
+                yield self._body.take(raw, limit)
+            yield self._body.end()
+        except httpx.HTTPError as exc:
+            self.close()
+            raise _error(httpx, exc, self._body.where, Timeouts(None, None, None)) from exc
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+
+    def discard_rest(self, grace: float) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._resp.close()
+
+    def __enter__(self) -> ProxyResponse:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ProxyTransport(_Base):
+    """The blocking transport through a proxy (see :class:`lmlink._http.Transport`)."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._client = self._httpx.Client(**self._kwargs)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> ProxyResponse:
+        httpx = self._httpx
+        where = url.split("/")[2] if "//" in url else url
+        try:
+            req = self._client.build_request(
+                method,
+                url,
+                headers=self._headers(headers),
+                content=body,
+                timeout=_timeout(httpx, timeouts),
+            )
+            resp = self._client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            raise _error(httpx, exc, where, timeouts) from exc
+        return ProxyResponse(resp, _Body(resp.headers, self._max_body, where), self)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AsyncProxyResponse:
+    """An asyncio response through the proxy (see :class:`lmlink._http.AsyncHTTPResponse`)."""
+
+    def __init__(self, resp: httpx.Response, body: _Body, owner: AsyncProxyTransport) -> None:
+        self._resp = resp
+        self._body = body
+        self._owner = owner
+        self._raw: AsyncIterator[bytes] = resp.aiter_raw()
+        self.status = resp.status_code
+        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+
+    async def read(self, limit: int = DEFAULT_LIMIT) -> bytes:
+        return b"".join([piece async for piece in self._pieces(limit)])
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        return self._nonempty()
+
+    async def _nonempty(self) -> AsyncIterator[bytes]:
+        async for piece in self._pieces(None):
+            if piece:
+                yield piece
+
+    async def _pieces(self, limit: int | None) -> AsyncIterator[bytes]:
+        httpx = self._owner._httpx
+        try:
+            async for raw in self._raw:
+                yield self._body.take(raw, limit)
+            yield self._body.end()
+        except httpx.HTTPError as exc:
+            await self.aclose()
+            raise _error(httpx, exc, self._body.where, Timeouts(None, None, None)) from exc
+        except BaseException:
+            await self.aclose()
+            raise
+        await self.aclose()
+
+    async def discard_rest(self, grace: float) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+    async def __aenter__(self) -> AsyncProxyResponse:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class AsyncProxyTransport(_Base):
+    """The asyncio transport through a proxy; an httpx client per event loop."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._lock = threading.Lock()
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is None:
+                client = self._clients[loop] = self._httpx.AsyncClient(**self._kwargs)
+        return client
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> AsyncProxyResponse:
+        httpx = self._httpx
+        where = url.split("/")[2] if "//" in url else url
+        client = self._client()
+        try:
+            req = client.build_request(
+                method,
+                url,
+                headers=self._headers(headers),
+                content=body,
+                timeout=_timeout(httpx, timeouts),
+            )
+            resp = await client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            raise _error(httpx, exc, where, timeouts) from exc
+        return AsyncProxyResponse(resp, _Body(resp.headers, self._max_body, where), self)
+
+    async def aclose(self) -> None:
+        here = asyncio.get_running_loop()
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        for loop, client in clients.items():
+            if loop is here:
+                await client.aclose()

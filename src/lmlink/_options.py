@@ -1,0 +1,70 @@
+"""Per-call options as a value: what a call's keywords mean to the client, not the body.
+
+``chat(..., timeout=5, headers={...}, extra_body={...}, seed=7)``: :func:`split_options`
+takes the keywords the client owns (``timeout``, ``headers``, ``extra_body``) out of the
+keyword arguments once, at the boundary, into a :class:`CallOptions`; every other keyword is
+a documented body field and goes into the request body as before. Names the client owns that
+cannot be set this way (``stream``) are refused rather than sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._config import Timeout
+from ._errors import ConfigurationError
+
+__all__ = ["NO_OPTIONS", "CallOptions", "split_options"]
+
+# Keywords that never go into the body: they would contradict what the call itself sends.
+_REFUSED = {
+    "stream": "use client.stream() or chat_stream() for a streamed answer",
+}
+
+
+class CallOptions:
+    """What one call changes on the client side: its timeout, extra headers, and body
+    fields to merge in (``extra_body``, for server-specific fields)."""
+
+    __slots__ = ("extra_body", "headers", "timeout")
+
+    def __init__(
+        self,
+        timeout: Timeout | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.headers = headers
+        self.extra_body = extra_body
+
+
+NO_OPTIONS = CallOptions()
+
+
+def split_options(extra: dict[str, Any]) -> tuple[CallOptions, dict[str, Any]]:
+    """``(options, body fields)`` from a call's extra keywords (``extra`` is not changed)."""
+    if not extra:
+        return NO_OPTIONS, extra
+    for name, why in _REFUSED.items():
+        if name in extra:
+            raise ConfigurationError(f"{name}= is not a body field here: {why}")
+    if "timeout" not in extra and "headers" not in extra and "extra_body" not in extra:
+        return NO_OPTIONS, extra
+    body = dict(extra)
+    timeout = body.pop("timeout", None)
+    headers = body.pop("headers", None)
+    extra_body = body.pop("extra_body", None)
+    if headers is not None and not isinstance(headers, Mapping):
+        raise ConfigurationError(f"headers= must be a mapping, not {type(headers).__name__}")
+    if extra_body is not None and not isinstance(extra_body, Mapping):
+        raise ConfigurationError(f"extra_body= must be a mapping, not {type(extra_body).__name__}")
+    if extra_body:
+        for name, why in _REFUSED.items():
+            if name in extra_body:
+                raise ConfigurationError(f"{name} is not a body field here: {why}")
+        body.update(extra_body)
+    pairs = tuple((str(k), str(v)) for k, v in (headers or {}).items())
+    options = CallOptions(None if timeout is None else Timeout.coerce(timeout), pairs, extra_body)
+    return options, body
