@@ -62,7 +62,7 @@ class Call:
     and re-asks included): timings and the total deadline count from it; ``timeout`` is the
     call's own (the client's unless the call gave one)."""
 
-    __slots__ = ("body", "headers", "method", "started", "timeout", "url")
+    __slots__ = ("body", "headers", "method", "redactor", "started", "timeout", "url")
 
     def __init__(
         self,
@@ -79,6 +79,8 @@ class Call:
         self.body = body
         self.timeout = timeout
         self.started = time.monotonic() if started is None else started
+        # Secrets of this call beyond the client's (a key in its own headers=), or None.
+        self.redactor: Redactor | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -286,7 +288,10 @@ class ClientCore:
         if options.headers:
             headers = _with_headers(headers, options.headers)
         timeout = options.timeout or self.timeout
-        return Call("POST", self._url("/chat/completions"), headers, plan.body(), timeout)
+        call = Call("POST", self._url("/chat/completions"), headers, plan.body(), timeout)
+        if options.secrets:
+            call.redactor = self._redactor.plus(options.secrets)
+        return call
 
     def _get_call(self, path: str) -> Call:
         return Call("GET", self._url(path), self._get_headers, None, self.timeout)
@@ -415,11 +420,20 @@ class Attempts:
         self._state: RetryState | None = None
         self.call = call
 
+    def scrub(self, exc: LMLinkError) -> LMLinkError:
+        """``exc`` with the client's secrets and this call's blanked out."""
+        redactor = self.call.redactor
+        return self._core.scrub(exc) if redactor is None else redactor.error(exc)
+
+    def redact(self, text: str) -> str:
+        redactor = self.call.redactor
+        return self._core.redact(text) if redactor is None else redactor(text)
+
     def failed(self, exc: LMLinkError) -> float:
         """Seconds to wait before sending ``self.call`` again (0: at once, changed);
         raises ``exc`` when there is no next attempt."""
         core = self._core
-        core.scrub(exc)
+        self.scrub(exc)
         plan = self._plan
         if (
             plan is not None
@@ -447,10 +461,10 @@ class Attempts:
             if plan.accept(resp):
                 return True
         except StructuredOutputError as exc:
-            raise self._core.scrub(exc) from None
+            raise self.scrub(exc) from None
         log.info(
             "lmlink: the answer did not match the schema; asking again: %s",
-            self._core.redact(plan.reasked),
+            self.redact(plan.reasked),
         )
         self.call.body = plan.body()
         return False

@@ -15,7 +15,7 @@ from typing import Any
 from ._config import Timeout
 from ._errors import ConfigurationError
 
-__all__ = ["NO_OPTIONS", "CallOptions", "split_options"]
+__all__ = ["NO_OPTIONS", "CallOptions", "header_secrets", "split_options"]
 
 # Keywords that never go into the body: they would contradict what the call itself sends.
 _REFUSED = {
@@ -27,7 +27,7 @@ class CallOptions:
     """What one call changes on the client side: its timeout, extra headers, and body
     fields to merge in (``extra_body``, for server-specific fields)."""
 
-    __slots__ = ("extra_body", "headers", "timeout")
+    __slots__ = ("extra_body", "headers", "secrets", "timeout")
 
     def __init__(
         self,
@@ -38,6 +38,25 @@ class CallOptions:
         self.timeout = timeout
         self.headers = headers
         self.extra_body = extra_body
+        self.secrets = header_secrets(headers)
+
+
+# Headers that carry credentials: a key given per call is blanked out of errors like the
+# client's own (servers echo it, "invalid key sk-...").
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+
+
+def header_secrets(headers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """The credentials among ``headers``: each value, and its token after the scheme
+    (``Bearer sk-...``)."""
+    out: list[str] = []
+    for name, value in headers:
+        if name.lower() in _SECRET_HEADERS:
+            out.append(value)
+            token = value.split()[-1] if value.split() else ""
+            if token != value:
+                out.append(token)
+    return tuple(out)
 
 
 NO_OPTIONS = CallOptions()

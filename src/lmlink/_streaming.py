@@ -85,6 +85,11 @@ class StreamCore:
         self._run = self._context.attempts(plan, options, self._started)
         return self._run
 
+    def _scrub(self, exc: LMLinkError) -> LMLinkError:
+        """``exc`` with the client's secrets blanked out, and those of the call's headers."""
+        run = self._run
+        return self._context.scrub(exc) if run is None else run.scrub(exc)
+
     def _failed(self, exc: LMLinkError) -> float:
         """An attempt failed before any output: start over, after the wait the attempt loop
         decides (it raises when there is no next attempt)."""
@@ -117,7 +122,7 @@ class StreamCore:
         after them (:meth:`_raise_failure`): what arrived before it is handed out first."""
         self._received += len(data)
         if self._received > self._context.max_body:
-            raise self._context.scrub(self._too_large())
+            raise self._scrub(self._too_large())
         out: list[str] = []
         acc = self._acc
         try:
@@ -131,7 +136,7 @@ class StreamCore:
                     self._ttft = time.monotonic() - self._started
         except LMLinkError as exc:
             if not out:
-                raise self._context.scrub(exc) from None
+                raise self._scrub(exc) from None
             self._failure = exc
         return out
 
@@ -146,10 +151,10 @@ class StreamCore:
         if exc is not None:
             self._failure = None
             self._ended = True
-            raise self._context.scrub(exc)
+            raise self._scrub(exc)
 
     def _broken(self, exc: LMLinkError) -> LMLinkError:
-        return self._context.scrub(broken(exc, self._acc))
+        return self._scrub(broken(exc, self._acc))
 
     def _too_large(self) -> LMLinkError:
         limit = self._context.max_body
@@ -171,7 +176,7 @@ class StreamCore:
             self._buffer.append(tail)
         if not acc.finished:
             why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
-            raise self._context.scrub(acc.truncated_error(why))
+            raise self._scrub(acc.truncated_error(why))
         out = acc.response()
         out.ttft_s = self._ttft
         out.latency_s = time.monotonic() - self._started
