@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import pickle
+import socket
+import threading
 
 import pytest
 
@@ -77,3 +80,94 @@ def test_a_key_given_in_a_calls_headers_is_redacted(
         seen.append(partial.content)
     assert not [text for text in seen if KEY in text]
     assert KEY.encode() not in pickle.dumps(exc)
+
+
+# -- fork, through a proxy ---------------------------------------------------------------------
+
+
+class KeepAliveProxy:
+    """A proxy that keeps its client connections open and answers every absolute-form
+    chat request itself, echoing the last message (so answers show whose request they were)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                size = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        size = int(value)
+                while len(buf) < size:
+                    buf += conn.recv(65536)
+                body, buf = buf[:size], buf[size:]
+                text = json.loads(body)["messages"][-1]["content"]
+                answer = json.dumps(
+                    {"choices": [{"message": {"content": text}, "finish_reason": "stop"}]}
+                ).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_forked_child_never_uses_the_parents_proxy_connections() -> None:
+    """``Client(proxy=...)`` used before fork: parent and child each read their own answers
+    (the child opens connections of its own, as without a proxy)."""
+    pytest.importorskip("httpx")
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    proxy = KeepAliveProxy()
+    client = lmlink.Client(endpoint="http://llm.test/v1", model="m", proxy=proxy.url, timeout=10)
+    assert client.chat("before").content == "before"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never through pytest
+        ok = True
+        try:
+            for i in range(30):
+                ok = ok and client.chat(f"child-{i}").content == f"child-{i}"
+        except BaseException:
+            ok = False
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    wrong = []
+    for i in range(30):
+        try:
+            got = client.chat(f"parent-{i}").content
+        except lmlink.LMLinkError as exc:
+            got = repr(exc)
+        if got != f"parent-{i}":
+            wrong.append(got)
+    child_ok = os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    os.close(read)
+    client.close()
+    proxy.close()
+    assert (wrong, child_ok) == ([], True)
+    assert proxy.connections >= 2

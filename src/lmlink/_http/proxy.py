@@ -27,7 +27,7 @@ from lmlink._errors import (
     ResponseTooLargeError,
 )
 
-from .common import DEFAULT_LIMIT, Timeouts, make_ssl_context, timeout_error
+from .common import DEFAULT_LIMIT, Timeouts, forget_after_fork, make_ssl_context, timeout_error
 from .response import _CODINGS, _Decoder
 
 if TYPE_CHECKING:
@@ -194,6 +194,16 @@ class ProxyTransport(_Base):
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self._client = self._httpx.Client(**self._kwargs)
+        # The parent's clients, kept (never closed, never used) in a forked child.
+        self._parents: list[Any] = []
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # The child must not share the parent's pooled proxy connections (both would read
+        # each other's answers): it starts a pool of its own. Closing the parent's would
+        # shut sockets the parent still uses, so they are only set aside.
+        self._parents.append(self._client)
+        self._client = self._httpx.Client(**self._kwargs)
 
     def request(
         self,
@@ -278,6 +288,14 @@ class AsyncProxyTransport(_Base):
         super().__init__(**settings)
         self._lock = threading.Lock()
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._parents: list[Any] = []
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # As for the blocking transport: a child starts with no connection of the parent's.
+        self._lock = threading.Lock()
+        self._parents.append(self._clients)
+        self._clients = {}
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()
