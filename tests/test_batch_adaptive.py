@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -241,3 +242,40 @@ def test_where_answers_are_fast_it_grows_while_throughput_grows_at_all() -> None
     result = _run(fast, lim, 10)
     assert lim.cruise >= 64
     assert result.rate >= 0.9 * fast.capacity
+
+
+@pytest.mark.parametrize("value", [None, "auto", 3], ids=["none", "auto", "int"])
+def test_run_batch_takes_auto_or_a_ceiling(tmp_path: Path, value: object) -> None:
+    """``concurrency`` is None or "auto" (adaptive, ceiling 1,024) or an int (the ceiling,
+    where it starts); the summary says the range the limit took."""
+    from lmlink.batch import run_batch
+    from lmlink.testing import FakeServer
+
+    rows = [{"id": f"r{i}", "prompt": "hi"} for i in range(40)]
+    with FakeServer() as server:
+        summary = run_batch(
+            rows,
+            tmp_path / "out.jsonl",
+            endpoint=server.url,
+            model="fake-model",
+            concurrency=value,  # type: ignore[arg-type]
+        )
+    assert summary.ok == 40
+    assert summary.concurrency == (3 if value == 3 else 1024)
+    assert summary.concurrency_range is not None
+    low, high = summary.concurrency_range
+    assert 1 <= low <= high <= summary.concurrency
+    assert summary.concurrency_settled is not None
+
+
+@pytest.mark.parametrize("value", ["lots", 0, 2.5, True], ids=["str", "zero", "float", "bool"])
+def test_a_bad_concurrency_is_refused_before_anything_is_read(
+    tmp_path: Path, value: object
+) -> None:
+    """A concurrency that is not "auto" or a positive int is a ConfigurationError, raised
+    before the input is read (the input path does not even exist)."""
+    import lmlink
+    from lmlink.batch import run_batch
+
+    with pytest.raises(lmlink.ConfigurationError, match="concurrency"):
+        run_batch(tmp_path / "missing.jsonl", tmp_path / "out.jsonl", concurrency=value)  # type: ignore[arg-type]

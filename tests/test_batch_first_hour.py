@@ -311,3 +311,20 @@ def test_a_run_served_from_the_cache_reports_no_token_rate(tmp_path: Path) -> No
     assert "3 from the cache" in again.stderr
     assert "every answer from the cache" in again.stderr
     assert "tok/s" not in again.stderr
+
+
+def test_chat_json_fails_like_chat_schema(tmp_path: Path) -> None:
+    """An answer that is not JSON: ``chat --json`` and ``chat --schema`` both exit 1 with
+    the same one line on stderr (the text the model streamed stays on stdout)."""
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object"}))
+    with FakeServer(responder=lambda r: Reply(content="not json at all")) as server:
+        base = ["chat", "q", "-e", server.url, "-m", "fake-model"]
+        as_json = run_cli([*base, "--json"])
+        as_schema = run_cli([*base, "--schema", str(schema)])
+    for result in (as_json, as_schema):
+        assert result.returncode == 1
+        assert result.stdout == "not json at all\n"
+        [line] = result.stderr.splitlines()
+        assert line.startswith("lmlink: the model's output does not match the requested schema")
+    assert as_json.stderr == as_schema.stderr
