@@ -171,3 +171,49 @@ def test_a_forked_child_never_uses_the_parents_proxy_connections() -> None:
     proxy.close()
     assert (wrong, child_ok) == ([], True)
     assert proxy.connections >= 2
+
+
+# -- a plain call answered with a stream ------------------------------------------------------
+
+
+def _events(*chunks: dict[str, object], done: bool = True) -> Reply:
+    raw = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
+    if done:
+        raw.append(b"data: [DONE]\n\n")
+    return Reply(raw_body_chunks=raw, headers={"Content-Type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_event_stream_answer_to_a_plain_call_is_folded_like_a_stream(
+    api: API, server: FakeServer, mode: str
+) -> None:
+    """A server that streams although the request said ``"stream": false`` (the mirror of one
+    that ignores ``"stream": true``): the plain call folds the events with the same rules as
+    a stream, so both calls give the same answer."""
+    server.enqueue(
+        _events(
+            {"model": "real", "choices": [{"delta": {"reasoning_content": "hm"}}]},
+            {"choices": [{"delta": {"content": "hel"}}]},
+            {"choices": [{"delta": {"content": "lo"}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}},
+        )
+    )
+    resp = _ask(api, mode, "q")
+    got = (resp.content, resp.reasoning, resp.model, resp.finish_reason, resp.output_tokens)
+    assert got == ("hello", "hm", "real", "stop", 3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_event_stream_answer_to_a_plain_call_keeps_the_stream_errors(
+    api: API, server: FakeServer, mode: str
+) -> None:
+    """The same events give the same typed errors: an in-band error, and a stream that
+    ends without finishing."""
+    server.enqueue(_events({"object": "error", "message": "maximum context length", "code": 400}))
+    with pytest.raises(lmlink.ContextLengthError):
+        _ask(api, mode, "q")
+    server.enqueue(_events({"choices": [{"delta": {"content": "cut"}}]}, done=False))
+    with pytest.raises(lmlink.StreamError, match="ended before it finished") as info:
+        _ask(api, mode, "q")
+    assert info.value.partial is not None
+    assert info.value.partial.content == "cut"

@@ -22,11 +22,11 @@ from ._errmap import error_from_payload
 from ._errors import APIStatusError, DecodeError, StreamError, clip, stream_variant
 from ._log import log
 from ._models import ChatResponse, ToolCall
-from ._sse import SSEEvent
+from ._sse import SSEDecoder, SSEEvent
 from ._think import ThinkSplitter
 from ._wire import finish_word, text_of
 
-__all__ = ["AnswerDecoder", "ChoiceState", "decode_answer", "loads_lenient"]
+__all__ = ["AnswerDecoder", "ChoiceState", "decode_answer", "decode_events", "loads_lenient"]
 
 
 _DONE = b"[DONE]"
@@ -379,3 +379,21 @@ def decode_answer(body: bytes, *, redact: Callable[[str], str] = str) -> ChatRes
     decoder = AnswerDecoder(redact)
     decoder.fold(payload, whole=True)
     return decoder.response()
+
+
+def decode_events(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:
+    """The ChatResponse of a plain call the server answered with an event stream anyway
+    (the mirror of a server that ignores ``"stream": true``): folded event by event as a
+    stream is, so the same bytes give the same answer and the same errors (an in-band
+    error, a stream that ended before it finished)."""
+    acc = AnswerDecoder(redact)
+    sse = SSEDecoder()
+    for event in [*sse.feed(body), *sse.close()]:
+        acc.feed(event)
+        if acc.done:
+            break
+    acc.flush()
+    if not acc.finished:
+        why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
+        raise acc.truncated_error(why)
+    return acc.response()

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._adapt import CapabilityStore, ChatPlan, ChatSpec
-from ._answer import AnswerDecoder, decode_answer
+from ._answer import AnswerDecoder, decode_answer, decode_events
 from ._config import (
     RetryPolicy,
     Timeout,
@@ -340,6 +340,12 @@ class ClientCore:
         """The answer of a plain chat call's response, or the error it reports."""
         if status >= 300:
             raise self._status_error(status, headers, body)
+        if headers.get("content-type", "").startswith("text/event-stream"):
+            # Streamed although not asked to: the same rules as a stream, not a JSON error.
+            out = decode_events(body, redact=self.redact)
+            out.ttft_s = ttft
+            out.latency_s = time.monotonic() - call.started
+            return out
         return self._finish_chat(call, body, ttft)
 
     def _models_answer(
