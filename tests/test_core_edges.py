@@ -11,6 +11,7 @@ import os
 import pickle
 import socket
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -217,3 +218,22 @@ def test_an_event_stream_answer_to_a_plain_call_keeps_the_stream_errors(
         _ask(api, mode, "q")
     assert info.value.partial is not None
     assert info.value.partial.content == "cut"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_header_given_as_none_is_left_out_not_sent_as_text(
+    make_api: Callable[..., API], server: FakeServer, mode: str
+) -> None:
+    """``headers={"Authorization": None}`` on one call leaves the client's key out of that
+    call (it was sent as the text "None"); ``Client(headers={"User-Agent": None})`` leaves
+    that header out of every call."""
+    api = make_api(api_key="sk-client-0123456789", headers={"User-Agent": None, "X-App": "a"})
+    _ask(api, mode, "q", headers={"Authorization": None, "x-app": "b"})
+    sent = server.requests[-1].headers
+    assert ("authorization" in sent, "user-agent" in sent, sent.get("x-app")) == (
+        False,
+        False,
+        "b",
+    )
+    _ask(api, mode, "q")
+    assert server.requests[-1].headers["authorization"] == "Bearer sk-client-0123456789"

@@ -106,11 +106,13 @@ def _count(name: str, value: object, least: int) -> int:
 
 
 def _with_headers(
-    base: tuple[tuple[str, str], ...], extra: Sequence[tuple[str, str]]
+    base: tuple[tuple[str, str], ...], extra: Sequence[tuple[str, str | None]]
 ) -> tuple[tuple[str, str], ...]:
-    """``base`` with the headers of ``extra`` replacing those of the same name."""
+    """``base`` with the headers of ``extra`` replacing those of the same name (whatever
+    its case); a None value removes the header."""
     names = {name.lower() for name, _ in extra}
-    return (*(h for h in base if h[0].lower() not in names), *extra)
+    kept = [(n, v) for n, v in extra if v is not None]
+    return (*(h for h in base if h[0].lower() not in names), *kept)
 
 
 class ClientCore:
@@ -123,7 +125,7 @@ class ClientCore:
         api_key: str | None = None,
         timeout: float | Timeout = 60.0,
         max_retries: int = 3,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | None] | None = None,
         *,
         retry: RetryPolicy | None = None,
         verify: bool | ssl.SSLContext = True,
@@ -170,7 +172,8 @@ class ClientCore:
         self._redactor = Redactor((self._api_key, secret, basic, proxy_secret))
         for name, value in (headers or {}).items():
             base = [(k, v) for k, v in base if k.lower() != name.lower()]
-            base.append((name, value))
+            if value is not None:  # None leaves the header out (User-Agent, say)
+                base.append((name, value))
         self._get_headers = (*base, ("Accept", "application/json"))
         self._json_headers = (
             *base,
