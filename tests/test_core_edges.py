@@ -237,3 +237,23 @@ def test_a_header_given_as_none_is_left_out_not_sent_as_text(
     )
     _ask(api, mode, "q")
     assert server.requests[-1].headers["authorization"] == "Bearer sk-client-0123456789"
+
+
+def test_a_proxied_async_client_closes_each_loops_connections() -> None:
+    """``AsyncClient(proxy=...)`` used once per ``asyncio.run()``, then closed from yet
+    another loop: every loop's proxy connections are closed (no ResourceWarning, which
+    pytest makes an error)."""
+    pytest.importorskip("httpx")
+    proxy = KeepAliveProxy()
+    client = lmlink.AsyncClient(endpoint="http://llm.test/v1", model="m", proxy=proxy.url)
+    for text in ("one", "two", "three"):
+        assert asyncio.run(client.chat(text)).content == text
+
+    async def last() -> str:
+        answer = (await client.chat("four")).content
+        await client.aclose()
+        return answer
+
+    assert asyncio.run(last()) == "four"
+    proxy.close()
+    gc.collect()

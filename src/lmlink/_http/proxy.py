@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import suppress
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -287,7 +288,8 @@ class AsyncProxyTransport(_Base):
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self._lock = threading.Lock()
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        # Each loop's httpx client, and the generator that closes it with the loop.
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
         self._parents: list[Any] = []
         forget_after_fork(self)
 
@@ -297,13 +299,19 @@ class AsyncProxyTransport(_Base):
         self._parents.append(self._clients)
         self._clients = {}
 
-    def _client(self) -> Any:
+    async def _client(self) -> Any:
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._clients.get(loop)
-            if client is None:
-                client = self._clients[loop] = self._httpx.AsyncClient(**self._kwargs)
-        return client
+            entry = self._clients.get(loop)
+            fresh = entry is None
+            if entry is None:
+                for old in [old for old in self._clients if old.is_closed()]:
+                    del self._clients[old]  # closed with its loop (see _closer)
+                client = self._httpx.AsyncClient(**self._kwargs)
+                entry = self._clients[loop] = (client, _closer(client))
+        if fresh:
+            await entry[1].__anext__()  # now the loop knows it (it never suspends)
+        return entry[0]
 
     async def request(
         self,
@@ -315,7 +323,7 @@ class AsyncProxyTransport(_Base):
     ) -> AsyncProxyResponse:
         httpx = self._httpx
         where = url.split("/")[2] if "//" in url else url
-        client = self._client()
+        client = await self._client()
         try:
             req = client.build_request(
                 method,
@@ -333,6 +341,24 @@ class AsyncProxyTransport(_Base):
         here = asyncio.get_running_loop()
         with self._lock:
             clients, self._clients = self._clients, {}
-        for loop, client in clients.items():
+        for loop, (_, closer) in clients.items():
             if loop is here:
-                await client.aclose()
+                await closer.aclose()
+            elif not loop.is_closed():
+                with suppress(RuntimeError):  # closed in the meantime: closed with it
+                    asyncio.run_coroutine_threadsafe(_close(closer), loop)
+
+
+async def _closer(client: Any) -> AsyncGenerator[None, None]:
+    """Closes ``client`` when closed: on ``aclose()``, or when its event loop shuts down its
+    async generators, as ``asyncio.run()`` does before closing the loop. An httpx client's
+    connections can only be closed on their own loop, so a client used once per
+    ``asyncio.run()`` would otherwise leave its sockets to the garbage collector."""
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+async def _close(closer: AsyncGenerator[None, None]) -> None:
+    await closer.aclose()
