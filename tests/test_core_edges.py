@@ -11,6 +11,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -90,7 +91,8 @@ class KeepAliveProxy:
     """A proxy that keeps its client connections open and answers every absolute-form
     chat request itself, echoing the last message (so answers show whose request they were)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall: float = 0.0) -> None:
+        self.stall = stall  # > 0: stream one delta, then stay silent this long
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.connections = 0
@@ -124,6 +126,14 @@ class KeepAliveProxy:
                     buf += conn.recv(65536)
                 body, buf = buf[:size], buf[size:]
                 text = json.loads(body)["messages"][-1]["content"]
+                if self.stall:
+                    delta = {"choices": [{"delta": {"content": text}}]}
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                        b"Connection: close\r\n\r\ndata: " + json.dumps(delta).encode() + b"\n\n"
+                    )
+                    time.sleep(self.stall)
+                    return
                 answer = json.dumps(
                     {"choices": [{"message": {"content": text}, "finish_reason": "stop"}]}
                 ).encode()
@@ -257,3 +267,48 @@ def test_a_proxied_async_client_closes_each_loops_connections() -> None:
     assert asyncio.run(last()) == "four"
     proxy.close()
     gc.collect()
+
+
+@pytest.mark.parametrize("limit", ["idle", "total"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stall_mid_stream_through_a_proxy_reports_the_limit_that_ran_out(
+    kind: str, limit: str
+) -> None:
+    """Through the proxy, a stream that goes silent after its first delta ends in the limit
+    that ran out, with its value (it said "idle timeout, 0 s" for both), as the direct
+    transports say."""
+    pytest.importorskip("httpx")
+    proxy = KeepAliveProxy(stall=3.0)
+    if limit == "idle":
+        timeout = lmlink.Timeout(connect=2, idle=0.3)
+    else:
+        timeout = lmlink.Timeout(connect=2, idle=2.5, total=0.5)
+    settings = {"endpoint": "http://llm.test/v1", "model": "m", "proxy": proxy.url}
+
+    def run() -> None:
+        if kind == "sync":
+            with lmlink.Client(**settings, timeout=timeout) as client:
+                client.chat_stream("hello")
+            return
+
+        async def go() -> None:
+            async with lmlink.AsyncClient(**settings, timeout=timeout) as client:
+                await client.chat_stream("hello")
+
+        asyncio.run(go())
+
+    with pytest.raises(lmlink.APITimeoutError) as info:
+        run()
+    proxy.close()
+    exc = info.value
+    assert exc.phase == limit
+    if limit == "idle":
+        assert exc.timeout == 0.3
+        assert "0.3 s" in str(exc)
+    else:
+        assert exc.timeout is not None
+        assert 0 < exc.timeout <= 0.5
+        assert "deadline" in str(exc)
+    assert isinstance(exc, lmlink.StreamError)
+    assert exc.partial is not None
+    assert exc.partial.content == "hello"

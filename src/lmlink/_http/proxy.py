@@ -65,14 +65,24 @@ def _timeout(httpx: Any, timeouts: Timeouts) -> Any:
     )
 
 
-def _error(httpx: Any, exc: Exception, where: str, timeouts: Timeouts) -> LMLinkError:
-    """lmlink's error for an httpx failure."""
+def _error(
+    httpx: Any, exc: Exception, where: str, timeouts: Timeouts, started: float
+) -> LMLinkError:
+    """lmlink's error for an httpx failure (of a request sent at ``started``)."""
     if isinstance(exc, httpx.TimeoutException):
+        deadline = timeouts.deadline
+        if deadline is not None and monotonic() >= deadline - 0.005:
+            # The deadline, not the idle timeout, bounded the wait that ran out.
+            left = max(deadline - started, 0.0)
+            writing = isinstance(exc, httpx.WriteTimeout)
+            sent = not isinstance(exc, httpx.ConnectTimeout)
+            return timeout_error("total", left, where, sent, writing=writing)
         if isinstance(exc, httpx.ConnectTimeout):
             return timeout_error("connect", timeouts.connect or 0.0, where, False)
         if isinstance(exc, httpx.PoolTimeout):
             return timeout_error("pool", 0.0, where, False)
-        return timeout_error("idle", timeouts.idle or 0.0, where, True)
+        writing = isinstance(exc, httpx.WriteTimeout)
+        return timeout_error("idle", timeouts.idle or 0.0, where, True, writing=writing)
     if isinstance(exc, httpx.ProxyError):
         return APIConnectionError(f"the proxy refused the request to {where}: {exc}", reason="")
     if isinstance(exc, httpx.ConnectError):
@@ -93,9 +103,18 @@ def _error(httpx: Any, exc: Exception, where: str, timeouts: Timeouts) -> LMLink
 class _Body:
     """The decoding and the size cap of one response body, shared by both shells."""
 
-    __slots__ = ("_decoder", "_limit", "_size", "where")
+    __slots__ = ("_decoder", "_limit", "_size", "started", "timeouts", "where")
 
-    def __init__(self, headers: Mapping[str, str], limit: int | None, where: str) -> None:
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        limit: int | None,
+        where: str,
+        timeouts: Timeouts,
+        started: float,
+    ) -> None:
+        self.timeouts = timeouts  # the request's, for the errors of reading its body
+        self.started = started
         coding = headers.get("content-encoding", "").strip().lower()
         self._decoder = _Decoder(coding) if coding in _CODINGS else None
         self._limit = limit
@@ -170,7 +189,8 @@ class ProxyResponse:
             yield self._body.end()
         except httpx.HTTPError as exc:
             self.close()
-            raise _error(httpx, exc, self._body.where, Timeouts(None, None, None)) from exc
+            body = self._body
+            raise _error(httpx, exc, body.where, body.timeouts, body.started) from exc
         except BaseException:
             self.close()
             raise
@@ -216,6 +236,7 @@ class ProxyTransport(_Base):
     ) -> ProxyResponse:
         httpx = self._httpx
         where = url.split("/")[2] if "//" in url else url
+        started = monotonic()
         try:
             req = self._client.build_request(
                 method,
@@ -226,8 +247,9 @@ class ProxyTransport(_Base):
             )
             resp = self._client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            raise _error(httpx, exc, where, timeouts) from exc
-        return ProxyResponse(resp, _Body(resp.headers, self._max_body, where), self)
+            raise _error(httpx, exc, where, timeouts, started) from exc
+        reader = _Body(resp.headers, self._max_body, where, timeouts, started)
+        return ProxyResponse(resp, reader, self)
 
     def close(self) -> None:
         self._client.close()
@@ -263,7 +285,8 @@ class AsyncProxyResponse:
             yield self._body.end()
         except httpx.HTTPError as exc:
             await self.aclose()
-            raise _error(httpx, exc, self._body.where, Timeouts(None, None, None)) from exc
+            body = self._body
+            raise _error(httpx, exc, body.where, body.timeouts, body.started) from exc
         except BaseException:
             await self.aclose()
             raise
@@ -323,6 +346,7 @@ class AsyncProxyTransport(_Base):
     ) -> AsyncProxyResponse:
         httpx = self._httpx
         where = url.split("/")[2] if "//" in url else url
+        started = monotonic()
         client = await self._client()
         try:
             req = client.build_request(
@@ -334,8 +358,9 @@ class AsyncProxyTransport(_Base):
             )
             resp = await client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            raise _error(httpx, exc, where, timeouts) from exc
-        return AsyncProxyResponse(resp, _Body(resp.headers, self._max_body, where), self)
+            raise _error(httpx, exc, where, timeouts, started) from exc
+        reader = _Body(resp.headers, self._max_body, where, timeouts, started)
+        return AsyncProxyResponse(resp, reader, self)
 
     async def aclose(self) -> None:
         here = asyncio.get_running_loop()
