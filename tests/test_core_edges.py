@@ -312,3 +312,24 @@ def test_a_stall_mid_stream_through_a_proxy_reports_the_limit_that_ran_out(
     assert isinstance(exc, lmlink.StreamError)
     assert exc.partial is not None
     assert exc.partial.content == "hello"
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [{"detail": "model 'x' not found"}, {"message": "backend overloaded", "code": 500}],
+    ids=["detail", "message"],
+)
+def test_a_stream_of_no_answer_quotes_what_the_server_sent(
+    api: API, server: FakeServer, chunk: dict[str, object]
+) -> None:
+    """A stream whose chunks are no answer at all (no choices, no usage) ends in an error
+    that quotes the server's words, as the same body does in a plain answer; they were
+    dropped, leaving only "the stream ended before it finished"."""
+    server.enqueue(_events(chunk))
+    with pytest.raises(lmlink.StreamError) as info:
+        api.chat_stream("q")
+    said = str(next(iter(chunk.values())))
+    assert said in str(info.value)
+    server.enqueue(Reply(body=chunk))
+    with pytest.raises(lmlink.LMLinkError, match=said.replace("'", ".")):
+        api.chat("q")

@@ -159,6 +159,7 @@ class AnswerDecoder:
         "prompt_tokens",
         "reasoning_delta",
         "redact",
+        "stray",
     )
 
     def __init__(self, redact: Callable[[str], str] = str) -> None:
@@ -171,6 +172,9 @@ class AnswerDecoder:
         self.prompt_tokens: int | None = None
         self.output_tokens: int | None = None
         self.reasoning_delta = ""
+        # The last chunk that was no answer chunk at all (no choices, no usage): when the
+        # stream ends without an answer, its error quotes it (the server's own words).
+        self.stray: bytes | None = None
 
     # -- input ------------------------------------------------------------------------------
 
@@ -194,6 +198,8 @@ class AnswerDecoder:
             return ""
         if chunk.get("error") or chunk.get("object") == "error":
             self._raise_in_band(chunk)
+        if "choices" not in chunk and "usage" not in chunk:
+            self.stray = data
         return self.fold(chunk, whole=False)
 
     def fold(self, chunk: dict[str, Any], *, whole: bool) -> str:
@@ -345,9 +351,13 @@ class AnswerDecoder:
         """The error for a stream that ended without finishing."""
         partial = self.partial()
         got = len(partial.content)
+        said = ""
+        if self.stray is not None and not self.output_seen:
+            text = clip(self.redact(self.stray.decode("utf-8", "replace")), 200)
+            said = f"; instead of an answer the server sent: {text}"
         return StreamError(
             f"the stream ended before it finished ({why}; {got} characters of content "
-            "arrived, kept in .partial)",
+            f"arrived, kept in .partial){said}",
             partial=partial,
         )
 
