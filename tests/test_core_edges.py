@@ -333,3 +333,28 @@ def test_a_stream_of_no_answer_quotes_what_the_server_sent(
     server.enqueue(Reply(body=chunk))
     with pytest.raises(lmlink.LMLinkError, match=said.replace("'", ".")):
         api.chat("q")
+
+
+def test_a_server_that_ignores_stream_true_still_feeds_on_reasoning(
+    api: API, server: FakeServer
+) -> None:
+    """A streamed call answered with a whole JSON body (the server ignored ``"stream":
+    true``): ``on_reasoning`` gets the reasoning as ``on_delta`` gets the text, as they would
+    from a real stream."""
+    server.enqueue(
+        Reply(
+            body={
+                "choices": [
+                    {
+                        "message": {"content": "42", "reasoning_content": "think"},
+                        "finish_reason": "stop",
+                    }
+                ]
+            }
+        )
+    )
+    text: list[str] = []
+    thoughts: list[str] = []
+    resp = api.chat_stream("q", on_delta=text.append, on_reasoning=thoughts.append)
+    assert (resp.content, resp.reasoning) == ("42", "think")
+    assert ("".join(text), "".join(thoughts)) == ("42", "think")

@@ -114,6 +114,8 @@ class StreamCore:
         self._run.accept(resp)
         self._response = resp
         self._ended = True
+        if resp.reasoning and self._on_reasoning is not None:
+            self._on_reasoning(resp.reasoning)  # as a stream would have, before the text
         if resp.content:
             self._buffer.append(resp.content)
 
