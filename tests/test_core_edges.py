@@ -187,11 +187,13 @@ def test_a_forked_child_never_uses_the_parents_proxy_connections() -> None:
 # -- a plain call answered with a stream ------------------------------------------------------
 
 
-def _events(*chunks: dict[str, object], done: bool = True) -> Reply:
+def _events(
+    *chunks: dict[str, object], done: bool = True, kind: str = "text/event-stream"
+) -> Reply:
     raw = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
     if done:
         raw.append(b"data: [DONE]\n\n")
-    return Reply(raw_body_chunks=raw, headers={"Content-Type": "text/event-stream"})
+    return Reply(raw_body_chunks=raw, headers={"Content-Type": kind})
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -358,3 +360,14 @@ def test_a_server_that_ignores_stream_true_still_feeds_on_reasoning(
     resp = api.chat_stream("q", on_delta=text.append, on_reasoning=thoughts.append)
     assert (resp.content, resp.reasoning) == ("42", "think")
     assert ("".join(text), "".join(thoughts)) == ("42", "think")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_event_stream_media_type_is_read_whatever_its_case(
+    api: API, server: FakeServer, mode: str
+) -> None:
+    """``Content-Type: Text/Event-Stream; charset=UTF-8`` is an event stream (media types
+    are case-insensitive); it was read as a JSON body and failed, streamed or not."""
+    chunk = {"choices": [{"delta": {"content": "hi"}, "finish_reason": "stop"}]}
+    server.enqueue(_events(chunk, kind="Text/Event-Stream; charset=UTF-8"))
+    assert _ask(api, mode, "q").content == "hi"

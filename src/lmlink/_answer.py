@@ -14,7 +14,7 @@ log-probabilities are more of the same state, not another rule set.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _json
@@ -26,7 +26,14 @@ from ._sse import SSEDecoder, SSEEvent
 from ._think import ThinkSplitter
 from ._wire import finish_word, text_of
 
-__all__ = ["AnswerDecoder", "ChoiceState", "decode_answer", "decode_events", "loads_lenient"]
+__all__ = [
+    "AnswerDecoder",
+    "ChoiceState",
+    "decode_answer",
+    "decode_events",
+    "is_event_stream",
+    "loads_lenient",
+]
 
 
 _DONE = b"[DONE]"
@@ -389,6 +396,13 @@ def decode_answer(body: bytes, *, redact: Callable[[str], str] = str) -> ChatRes
     decoder = AnswerDecoder(redact)
     decoder.fold(payload, whole=True)
     return decoder.response()
+
+
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    """Whether a response is an event stream (a media type is case-insensitive, and may
+    carry parameters: ``Text/Event-Stream; charset=utf-8``)."""
+    kind = headers.get("content-type", "")
+    return kind[:17].lower() == "text/event-stream"
 
 
 def decode_events(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:

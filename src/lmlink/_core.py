@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._adapt import CapabilityStore, ChatPlan, ChatSpec
-from ._answer import AnswerDecoder, decode_answer, decode_events
+from ._answer import AnswerDecoder, decode_answer, decode_events, is_event_stream
 from ._config import (
     RetryPolicy,
     Timeout,
@@ -343,7 +343,7 @@ class ClientCore:
         """The answer of a plain chat call's response, or the error it reports."""
         if status >= 300:
             raise self._status_error(status, headers, body)
-        if headers.get("content-type", "").startswith("text/event-stream"):
+        if is_event_stream(headers):
             # Streamed although not asked to: the same rules as a stream, not a JSON error.
             out = decode_events(body, redact=self.redact)
             out.ttft_s = ttft

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from ._adapt import ChatPlan
-from ._answer import AnswerDecoder
+from ._answer import AnswerDecoder, is_event_stream
 from ._core import Attempts, Call, StreamContext
 from ._errors import (
     ConfigurationError,
@@ -104,7 +104,7 @@ class StreamCore:
     def _is_stream(self, status: int, headers: Mapping[str, str]) -> bool:
         """Whether the response is an event stream; else its body is read whole and given
         to :meth:`_whole` (an error status, or a server that ignored ``"stream": true``)."""
-        return status < 300 and headers.get("content-type", "").startswith("text/event-stream")
+        return status < 300 and is_event_stream(headers)
 
     def _whole(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         """A response that is not a stream: the error it reports, or the whole answer as
