@@ -371,3 +371,52 @@ def test_the_event_stream_media_type_is_read_whatever_its_case(
     chunk = {"choices": [{"delta": {"content": "hi"}, "finish_reason": "stop"}]}
     server.enqueue(_events(chunk, kind="Text/Event-Stream; charset=UTF-8"))
     assert _ask(api, mode, "q").content == "hi"
+
+
+# -- proxy settings and errors -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("proxy", ["ftp://user:pw-0123456789@proxy:21", "not a url"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_proxy_url_httpx_cannot_use_is_a_configuration_error(kind: str, proxy: str) -> None:
+    """A proxy URL with a scheme httpx has no transport for: ConfigurationError, at once
+    and for both clients, without its password (it was httpx's raw ValueError, the async
+    client's only at its first call)."""
+    pytest.importorskip("httpx")
+    settings = {"endpoint": "http://llm.test/v1", "model": "m", "proxy": proxy}
+
+    async def make_async() -> None:
+        lmlink.AsyncClient(**settings)
+
+    def make() -> None:
+        if kind == "sync":
+            lmlink.Client(**settings)
+        else:
+            asyncio.run(make_async())
+
+    with pytest.raises(lmlink.ConfigurationError, match="proxy") as info:
+        make()
+    assert "pw-0123456789" not in str(info.value)
+
+
+def test_a_refused_proxy_is_named_with_the_same_error_in_both_clients(
+    make_api: Callable[..., API],
+) -> None:
+    """Nothing listening at the proxy's port: APIConnectionError naming the proxy (not the
+    server) and its reason "refused" in both clients (the async one said neither), with the
+    proxy's password left out."""
+    pytest.importorskip("httpx")
+    proxy = f"http://user:pw-0123456789@127.0.0.1:{_free_port()}"
+    api = make_api(endpoint="http://llm.test/v1", proxy=proxy, max_retries=0)
+    with pytest.raises(lmlink.APIConnectionError) as info:
+        api.chat("q")
+    exc = info.value
+    assert exc.reason == "refused"
+    assert "is the proxy running?" in str(exc)
+    assert "pw-0123456789" not in str(exc)

@@ -15,6 +15,7 @@ bounds every wait.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -65,8 +66,16 @@ def _timeout(httpx: Any, timeouts: Timeouts) -> Any:
     )
 
 
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
 def _error(
-    httpx: Any, exc: Exception, where: str, timeouts: Timeouts, started: float
+    httpx: Any,
+    exc: Exception,
+    where: str,
+    timeouts: Timeouts,
+    started: float,
+    via: str | None = None,
 ) -> LMLinkError:
     """lmlink's error for an httpx failure (of a request sent at ``started``)."""
     if isinstance(exc, httpx.TimeoutException):
@@ -85,9 +94,17 @@ def _error(
         return timeout_error("idle", timeouts.idle or 0.0, where, True, writing=writing)
     if isinstance(exc, httpx.ProxyError):
         return APIConnectionError(f"the proxy refused the request to {where}: {exc}", reason="")
+    if isinstance(exc, httpx.ConnectError) and via is not None:
+        proxy = _USERINFO.sub("//", via)
+        refused = _refused(exc)
+        return APIConnectionError(
+            f"could not connect to the proxy {proxy} (for {where}): {exc}"
+            + (" (is the proxy running?)" if refused else ""),
+            reason="refused" if refused else "",
+        )
     if isinstance(exc, httpx.ConnectError):
         text = str(exc)
-        refused = "refused" in text.lower()
+        refused = _refused(exc)
         reason = "refused" if refused else "tls" if "ssl" in text.lower() else ""
         hint = " (is the server running?)" if refused else ""
         return APIConnectionError(
@@ -98,6 +115,19 @@ def _error(
             f"the connection to {where} broke: {exc}", request_sent=True, reason="reset"
         )
     return APIConnectionError(f"the request to {where} failed: {exc}", reason="")
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect failure was a refused connection: httpx's asyncio backend says
+    only "All connection attempts failed", with the refusal as its cause."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain; never a loop
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or "refused" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _Body:
@@ -156,6 +186,18 @@ class _Base:
             "limits": self._httpx.Limits(max_connections=max_connections),
             "follow_redirects": False,
         }
+        # Only proxy= sends everything through the proxy: then a refused connection is the
+        # proxy's (trust_env may go direct, by NO_PROXY).
+        self._via = proxy if proxy is not None and not trust_env else None
+
+    def _make(self, cls: Any) -> Any:
+        """An httpx client of ``cls``; a proxy URL httpx cannot use is a ConfigurationError
+        (its credentials left out of the message), not httpx's ValueError or ImportError."""
+        try:
+            return cls(**self._kwargs)
+        except (ValueError, ImportError) as exc:
+            text = _USERINFO.sub("//", str(exc))
+            raise ConfigurationError(f"proxy cannot be used: {text}") from None
 
     def _headers(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         # Identity bodies, as lmlink's own transports ask (no Accept-Encoding).
@@ -214,7 +256,7 @@ class ProxyTransport(_Base):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
-        self._client = self._httpx.Client(**self._kwargs)
+        self._client = self._make(self._httpx.Client)
         # The parent's clients, kept (never closed, never used) in a forked child.
         self._parents: list[Any] = []
         forget_after_fork(self)
@@ -224,7 +266,7 @@ class ProxyTransport(_Base):
         # each other's answers): it starts a pool of its own. Closing the parent's would
         # shut sockets the parent still uses, so they are only set aside.
         self._parents.append(self._client)
-        self._client = self._httpx.Client(**self._kwargs)
+        self._client = self._make(self._httpx.Client)
 
     def request(
         self,
@@ -247,7 +289,7 @@ class ProxyTransport(_Base):
             )
             resp = self._client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            raise _error(httpx, exc, where, timeouts, started) from exc
+            raise _error(httpx, exc, where, timeouts, started, self._via) from exc
         reader = _Body(resp.headers, self._max_body, where, timeouts, started)
         return ProxyResponse(resp, reader, self)
 
@@ -310,6 +352,7 @@ class AsyncProxyTransport(_Base):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
+        self._make(self._httpx.Client).close()  # a proxy it cannot use: refused now
         self._lock = threading.Lock()
         # Each loop's httpx client, and the generator that closes it with the loop.
         self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
@@ -330,7 +373,7 @@ class AsyncProxyTransport(_Base):
             if entry is None:
                 for old in [old for old in self._clients if old.is_closed()]:
                     del self._clients[old]  # closed with its loop (see _closer)
-                client = self._httpx.AsyncClient(**self._kwargs)
+                client = self._make(self._httpx.AsyncClient)
                 entry = self._clients[loop] = (client, _closer(client))
         if fresh:
             await entry[1].__anext__()  # now the loop knows it (it never suspends)
@@ -358,7 +401,7 @@ class AsyncProxyTransport(_Base):
             )
             resp = await client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            raise _error(httpx, exc, where, timeouts, started) from exc
+            raise _error(httpx, exc, where, timeouts, started, self._via) from exc
         reader = _Body(resp.headers, self._max_body, where, timeouts, started)
         return AsyncProxyResponse(resp, reader, self)
 
