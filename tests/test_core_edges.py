@@ -420,3 +420,20 @@ def test_a_refused_proxy_is_named_with_the_same_error_in_both_clients(
     assert exc.reason == "refused"
     assert "is the proxy running?" in str(exc)
     assert "pw-0123456789" not in str(exc)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_json_body_labelled_as_an_event_stream_is_quoted_in_the_error(
+    api: API, server: FakeServer, mode: str
+) -> None:
+    """``Content-Type: text/event-stream`` over a bare JSON body (no ``data:`` lines): the
+    error quotes what the server sent (it said only "the stream ended before it
+    finished")."""
+    server.enqueue(
+        Reply(
+            raw_body_chunks=[b'{"error": "worker crashed: CUDA out of memory"}'],
+            headers={"Content-Type": "text/event-stream"},
+        )
+    )
+    with pytest.raises(lmlink.StreamError, match="CUDA out of memory"):
+        _ask(api, mode, "q")

@@ -159,6 +159,7 @@ class AnswerDecoder:
     __slots__ = (
         "_choice",
         "done",
+        "events",
         "malformed",
         "model",
         "output_seen",
@@ -173,6 +174,7 @@ class AnswerDecoder:
         self.redact = redact
         self._choice = ChoiceState()
         self.done = False
+        self.events = 0  # SSE events fed: none means the body was not an event stream
         self.malformed = 0
         self.model: str | None = None
         self.output_seen = False
@@ -188,6 +190,7 @@ class AnswerDecoder:
     def feed(self, event: SSEEvent) -> str:
         """Fold one stream event in; return the content it adds (often ``""``)."""
         self.reasoning_delta = ""
+        self.events += 1
         data = event.data
         if self.done:
             return ""
@@ -418,6 +421,8 @@ def decode_events(body: bytes, *, redact: Callable[[str], str] = str) -> ChatRes
             break
     acc.flush()
     if not acc.finished:
+        if not acc.events and acc.stray is None and body.strip():
+            acc.stray = body[:300]  # no event at all: say what came instead
         why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
         raise acc.truncated_error(why)
     return acc.response()

@@ -74,6 +74,7 @@ class StreamCore:
         self._buffer: deque[str] = deque()  # deltas read but not yet handed out
         self._failure: LMLinkError | None = None  # raised once the buffer is handed out
         self._received = 0  # body bytes of this attempt, against max_response_bytes
+        self._head = b""  # the body's first bytes, until an event arrives
         self._ttft: float | None = None
         self._ended = False
         self._response: ChatResponse | None = None
@@ -98,6 +99,7 @@ class StreamCore:
         self._buffer.clear()
         self._failure = None
         self._received = 0
+        self._head = b""
         assert self._run is not None
         return self._run.failed(exc)
 
@@ -123,6 +125,8 @@ class StreamCore:
         """The content deltas ``data`` completes. A failure among its events is kept for
         after them (:meth:`_raise_failure`): what arrived before it is handed out first."""
         self._received += len(data)
+        if not self._acc.events and len(self._head) < 300:
+            self._head += data[:300]  # quoted if no event ever comes (see _finish)
         if self._received > self._context.max_body:
             raise self._scrub(self._too_large())
         out: list[str] = []
@@ -177,6 +181,8 @@ class StreamCore:
         if tail:
             self._buffer.append(tail)
         if not acc.finished:
+            if not acc.events and acc.stray is None and self._head.strip():
+                acc.stray = self._head[:300]  # not an event stream at all: quote it
             why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
             raise self._scrub(acc.truncated_error(why))
         out = acc.response()
