@@ -435,3 +435,23 @@ def test_a_json_body_labelled_as_an_event_stream_is_quoted_in_the_error(
     )
     with pytest.raises(lmlink.StreamError, match="CUDA out of memory"):
         _ask(api, mode, "q")
+
+
+@pytest.mark.parametrize("setting", ["endpoint", "proxy"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_url_that_cannot_be_read_is_a_configuration_error(kind: str, setting: str) -> None:
+    """``http://[::1`` (a bracket left open) as the endpoint or the proxy: ConfigurationError,
+    not the bare ValueError of urlsplit."""
+    settings = {"endpoint": "http://127.0.0.1:9/v1", "model": "m", setting: "http://[::1"}
+
+    async def make_async() -> None:
+        lmlink.AsyncClient(**settings)
+
+    def make() -> None:
+        if kind == "sync":
+            lmlink.Client(**settings)
+        else:
+            asyncio.run(make_async())
+
+    with pytest.raises(lmlink.ConfigurationError, match="invalid"):
+        make()
