@@ -55,7 +55,7 @@ from ._outcome import error_record, is_fatal, is_overload, success_record
 from ._progress import BatchSummary, Progress, ProgressCallback
 from ._source import ItemSource, scan_items
 from ._stats import Histogram
-from ._tasks import Task
+from ._tasks import Task, same_extract_question
 
 __all__ = ["Concurrency", "Items", "Runner", "ceiling_of", "load_items"]
 
@@ -250,6 +250,8 @@ class Runner:
         new = self.settings(model)
         if not model_known:
             new["model"] = old.get("model")
+        if same_extract_question(old, new):
+            new["instructions"] = old.get("instructions")
         changes = describe_changes(old, new)
         if changes:
             raise SettingsChangedError(

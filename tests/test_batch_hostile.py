@@ -1,0 +1,62 @@
+"""The batch runner tried as a hostile user would: equivalent settings spelled another way,
+through the real ``lmlink`` command line or ``run_batch``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import lmlink
+from batch_helpers import read_jsonl, run_cli, write_jsonl
+from lmlink.testing import FakeServer, sensible_reply
+
+
+@pytest.fixture(autouse=True)
+def _instant_retries() -> Iterator[None]:
+    lmlink.set_instant_retries(True)
+    yield
+    lmlink.set_instant_retries(False)
+
+
+@pytest.fixture
+def smart() -> Iterator[FakeServer]:
+    """A server that answers extract requests with JSON of the asked shape."""
+    with FakeServer(model="fake-model", responder=sensible_reply) as srv:
+        yield srv
+
+
+def test_extract_resumes_with_the_same_schema_written_in_another_key_order(
+    smart: FakeServer, tmp_path: Path
+) -> None:
+    """A schema file re-formatted with its keys in another order (``jq -S``, an editor) is
+    the same schema: the resume goes on; a schema that really differs is still refused."""
+    rows = [{"id": f"r{i}", "text": f"invoice {i} from ACME"} for i in range(3)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    more = write_jsonl(tmp_path / "more.jsonl", [*rows, {"id": "r3", "text": "invoice 3"}])
+    out = tmp_path / "out.jsonl"
+    schema = {
+        "type": "object",
+        "properties": {"vendor": {"type": "string"}, "number": {"type": "integer"}},
+        "required": ["vendor"],
+    }
+    first_file = tmp_path / "a.schema.json"
+    first_file.write_text(json.dumps(schema))
+    sorted_file = tmp_path / "b.schema.json"
+    sorted_file.write_text(json.dumps(schema, sort_keys=True, indent=4))
+    base = ["extract", "-o", str(out), "-e", smart.url, "-m", "fake-model"]
+    first = run_cli([*base, str(src), "--schema", str(first_file)])
+    assert first.returncode == 0, first.stderr
+    again = run_cli([*base, str(more), "--schema", str(sorted_file)])
+    assert again.returncode == 0, again.stderr
+    assert "(3 already done, 1 to run)" in again.stderr
+    assert [line["id"] for line in read_jsonl(out)] == ["r0", "r1", "r2", "r3"]
+    other = tmp_path / "c.schema.json"
+    other.write_text(json.dumps({**schema, "required": ["vendor", "number"]}))
+    before = out.read_bytes()
+    refused = run_cli([*base, str(more), "--schema", str(other)])
+    assert refused.returncode == 2, refused.stderr
+    assert "the schema" in refused.stderr
+    assert out.read_bytes() == before
