@@ -4,6 +4,8 @@ through the real ``lmlink`` command line or ``run_batch``."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 import lmlink
 from batch_helpers import read_jsonl, run_cli, write_jsonl
+from lmlink.batch import run_batch
 from lmlink.testing import FakeServer, sensible_reply
 
 
@@ -60,3 +63,44 @@ def test_extract_resumes_with_the_same_schema_written_in_another_key_order(
     assert refused.returncode == 2, refused.stderr
     assert "the schema" in refused.stderr
     assert out.read_bytes() == before
+
+
+def _fifo_of(path: Path, rows: list[dict[str, str]]) -> tuple[Path, threading.Thread]:
+    """A named pipe that gives ``rows`` once, as ``<(cmd)`` or ``mkfifo`` would."""
+    os.mkfifo(path)
+
+    def feed() -> None:
+        with path.open("w", encoding="utf-8") as pipe:
+            pipe.writelines(json.dumps(row) + "\n" for row in rows)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    return path, writer
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_input_is_read_once_and_every_row_runs(tmp_path: Path) -> None:
+    """``lmlink batch <(cmd)``: a pipe cannot be read twice, like stdin; its rows are
+    checked and then all sent (not "20 not done" from a second read of a drained pipe)."""
+    rows = [{"id": f"p{i}", "prompt": f"hello {i}"} for i in range(20)]
+    src, writer = _fifo_of(tmp_path / "rows.pipe", rows)
+    out = tmp_path / "out.jsonl"
+    with FakeServer(model="fake-model") as srv:
+        result = run_cli(["batch", str(src), "-o", str(out), "-e", srv.url, "-m", "fake-model"])
+    writer.join(5)
+    assert result.returncode == 0, result.stderr
+    assert sorted(line["id"] for line in read_jsonl(out)) == sorted(r["id"] for r in rows)
+    assert "20 ok" in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_run_batch_reads_a_named_pipe_once(tmp_path: Path) -> None:
+    """The same through ``run_batch``: the summary and the file hold every row."""
+    rows = [{"id": f"q{i}", "prompt": "hi"} for i in range(7)]
+    src, writer = _fifo_of(tmp_path / "rows.pipe", rows)
+    out = tmp_path / "out.jsonl"
+    with FakeServer(model="fake-model") as srv:
+        summary = run_batch(src, out, endpoint=srv.url, model="fake-model")
+    writer.join(5)
+    assert (summary.ok, summary.failed, summary.remaining) == (7, 0, 0)
+    assert len(read_jsonl(out)) == 7
