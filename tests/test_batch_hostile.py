@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import lmlink
-from batch_helpers import read_jsonl, run_cli, write_jsonl
+from batch_helpers import prompts, read_jsonl, run_cli, write_jsonl, write_output
 from lmlink.batch import run_batch
 from lmlink.testing import FakeServer, sensible_reply
 
@@ -104,3 +104,33 @@ def test_run_batch_reads_a_named_pipe_once(tmp_path: Path) -> None:
     writer.join(5)
     assert (summary.ok, summary.failed, summary.remaining) == (7, 0, 0)
     assert len(read_jsonl(out)) == 7
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["--retry-errors"], ["--allow-changed-settings"]], ids=["run", "retry", "allow"]
+)
+def test_an_output_of_a_newer_format_is_refused_untouched(tmp_path: Path, extra: list[str]) -> None:
+    """A header whose format is newer than this lmlink's (written by a later version, whose
+    lines may mean something else) is refused, exit 2, before anything is sent or changed:
+    neither resumed, nor rewritten by --retry-errors, nor adopted."""
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    out = write_output(
+        tmp_path / "out.jsonl",
+        [{"id": "p000", "error": {"type": "OverloadedError", "message": "busy"}}],
+    )
+    lines = out.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["format"] = 2
+    out.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    before = out.read_bytes()
+    with FakeServer(model="fake-model") as srv:
+        result = run_cli(
+            ["batch", str(src), "-o", str(out), "-e", srv.url, "-m", "fake-model", *extra]
+        )
+        sent = srv.stats.chat_requests
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "newer lmlink" in line
+    assert "format 2" in line
+    assert out.read_bytes() == before
+    assert sent == 0

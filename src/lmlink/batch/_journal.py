@@ -43,7 +43,7 @@ from lmlink._errors import ConfigurationError
 from lmlink._log import log
 
 from ._doneset import DigestSet, DoneSet, digest
-from ._header import HEADER_START, header_line, is_header, is_result_shaped
+from ._header import FORMAT, HEADER_START, header_line, is_header, is_result_shaped
 
 __all__ = ["Journal", "JournalError", "JournalState", "SettingsChangedError", "encode_record"]
 
@@ -401,6 +401,14 @@ def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
                 "nothing else changes"
             )
         state.legacy = True
+    made = state.header.get("format") if state.header is not None else FORMAT
+    if not isinstance(made, int) or isinstance(made, bool) or made > FORMAT:
+        # A later lmlink's lines may mean something else: resuming, rewriting or adopting
+        # it here would mix two formats in one file.
+        raise JournalError(
+            f"{path} was written by a newer lmlink (output format {made}; this one knows "
+            f"format {FORMAT}); upgrade lmlink, or pick another output (it was left as it is)"
+        )
     if whole_tail:
         os.write(fd, b"\n")
         os.fsync(fd)
