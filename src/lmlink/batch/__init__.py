@@ -21,7 +21,7 @@ from ._api import arun_batch, run_batch, run_sync
 from ._input import BatchInputError, BatchItem, ItemFormat, Problem, read_items
 from ._journal import JournalError, SettingsChangedError
 from ._limiter import AdaptiveLimiter, AIMDLimiter, Outcome
-from ._progress import BatchSummary, Progress, ProgressCallback
+from ._progress import BatchSummary, EndpointShare, Progress, ProgressCallback
 from ._tasks import Task
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "BatchInputError",
     "BatchItem",
     "BatchSummary",
+    "EndpointShare",
     "ItemFormat",
     "JournalError",
     "Outcome",

@@ -6,7 +6,7 @@ The engine (:mod:`._runner`, which needs asyncio) is imported when a batch runs,
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,6 +14,7 @@ from lmlink._config import RetryPolicy, Timeout
 from lmlink._errors import ConfigurationError
 
 from ._progress import BatchSummary, ProgressCallback
+from ._shard import parse_shard
 from ._tasks import Task
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ async def arun_batch(
     items: Items,
     output: str | Path,
     *,
-    endpoint: str | None = None,
+    endpoint: str | Sequence[str] | None = None,
     model: str | None = None,
     api_key: str | None = None,
     client: AsyncClient | None = None,
@@ -45,6 +46,7 @@ async def arun_batch(
     stream: bool | None = None,
     on_progress: ProgressCallback | None = None,
     allow_changed_settings: bool = False,
+    shard: tuple[int, int] | str | None = None,
     **params: Any,
 ) -> BatchSummary:
     """Send every item that has no line in ``output`` yet; append one line per result.
@@ -77,7 +79,15 @@ async def arun_batch(
     :meth:`Task.extract`). Other keywords (``temperature=``, ``max_tokens=``,
     ``response_format=``, ...) go into every request; a row's own ``max_tokens``,
     ``temperature``, ... win. ``on_progress`` gets a :class:`Progress` after each result
-    and about twice a second.
+    and about twice a second. ``shard=(K, N)`` runs only the ids of shard K of N (a stable
+    hash of the id; N runs with their own outputs cover every id once; the shard is one of
+    the output's settings).
+
+    ``endpoint`` may be a list of URLs (or ``LMLINK_ENDPOINT`` a comma-separated list):
+    the servers share the run, each with its own client and adaptive limit (with an
+    integer ``concurrency``, the most for each); a server that stops answering is taken
+    out, its items finish on the others, and it rejoins once it answers again. The
+    summary's ``endpoints`` gives each server's share, rate and state.
 
     Returns a :class:`BatchSummary`. A failure that every item would share (no server, a
     refused connection, a wrong API key, an unknown model) stops the run and is raised;
@@ -89,6 +99,7 @@ async def arun_batch(
 
     ceiling_of(concurrency)  # a bad value is refused before the input is read
     task = task or Task()
+    part = parse_shard(shard)
     loaded = load_items(items, task, template, system)
     source = items if isinstance(items, (str, Path)) and str(items) != "-" else None
     check_paths(source, output, cache)
@@ -111,6 +122,7 @@ async def arun_batch(
         template=template,
         system=system,
         allow_changed_settings=allow_changed_settings,
+        shard=part,
     )
     return await runner.run()
 
@@ -119,7 +131,7 @@ def run_batch(
     items: Items,
     output: str | Path,
     *,
-    endpoint: str | None = None,
+    endpoint: str | Sequence[str] | None = None,
     model: str | None = None,
     api_key: str | None = None,
     client: AsyncClient | None = None,
@@ -134,6 +146,7 @@ def run_batch(
     stream: bool | None = None,
     on_progress: ProgressCallback | None = None,
     allow_changed_settings: bool = False,
+    shard: tuple[int, int] | str | None = None,
     **params: Any,
 ) -> BatchSummary:
     """:func:`arun_batch` for code that is not async; same arguments, same result.
@@ -166,6 +179,7 @@ def run_batch(
             stream=stream,
             on_progress=on_progress,
             allow_changed_settings=allow_changed_settings,
+            shard=shard,
             **params,
         )
     )

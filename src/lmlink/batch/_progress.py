@@ -11,7 +11,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
 
-__all__ = ["BatchSummary", "Progress", "ProgressCallback", "percentile"]
+__all__ = ["BatchSummary", "EndpointShare", "Progress", "ProgressCallback", "percentile"]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointShare:
+    """One server's part of a run over several: ``share`` of the answers (0-1), its rate,
+    ``state`` ``"up"`` or ``"down"`` (taken out after it stopped answering), its current
+    adaptive ``limit`` and requests ``in_flight``."""
+
+    url: str
+    state: str
+    ok: int
+    failed: int
+    share: float
+    items_s: float
+    limit: int
+    in_flight: int
+
+    def describe(self) -> str:
+        """``http://a:8000/v1 up: 61% (612 ok, 40.1 items/s, limit 24)``."""
+        failed = f", {self.failed} failed" if self.failed else ""
+        return (
+            f"{self.url} {self.state}: {self.share:.0%} ({self.ok} ok{failed}, "
+            f"{self.items_s:.1f} items/s, limit {self.limit})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +46,7 @@ class Progress:
     ``done`` how much of it is finished (``ok + failed``, each counted once its line is on
     disk); ``concurrency`` is the adaptive limit right now and ``in_flight`` the requests
     open, ``ceiling`` the most the limit may reach; ``final`` is True for the last snapshot.
+    ``endpoints`` has each server's part when the run uses several.
 
     >>> def show(p: lmlink.batch.Progress) -> None:
     ...     print(f"{p.done}/{p.total} {p.tokens_per_s:.0f} tok/s")
@@ -39,6 +64,7 @@ class Progress:
     elapsed_s: float
     final: bool = False
     ceiling: int = 0
+    endpoints: tuple[EndpointShare, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -90,7 +116,9 @@ class BatchSummary:
     run). ``cache_error`` says why the cache was turned off during the run (a full disk,
     say), if it was. ``concurrency`` is the most requests in flight allowed,
     ``concurrency_range`` the lowest and highest the adaptive limit took,
-    ``concurrency_settled`` where it settled (None when nothing was sent). Percentiles come
+    ``concurrency_settled`` where it settled (None when nothing was sent); with several
+    servers these add up the servers' limits, and ``endpoints`` holds each server's
+    :class:`EndpointShare` (share, rate, state). Percentiles come
     from a histogram and are within 1 % (see ``lmlink.batch._stats``); counts and tokens are
     exact.
 
@@ -125,6 +153,7 @@ class BatchSummary:
     concurrency_range: tuple[int, int] | None = None
     concurrency_settled: int | None = None
     earlier_errors: int = 0
+    endpoints: tuple[EndpointShare, ...] = ()
 
     @property
     def remaining(self) -> int:
@@ -179,6 +208,9 @@ class BatchSummary:
                 f"concurrency {low}-{high}, settled at {self.concurrency_settled}"
                 f" (at most {self.concurrency:,})"
             )
+        if len(self.endpoints) > 1:
+            lines.append(f"{len(self.endpoints)} endpoints:")
+            lines += [f"  {e.describe()}" for e in self.endpoints]
         if self.ok and self.ok == self.cached:
             lines.append(f"every answer from the cache, in {self.elapsed_s:.1f} s")
         elif self.ok:

@@ -23,26 +23,20 @@ and fsynced before the run returns, and the file only ever grows by whole lines.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections import deque
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lmlink import AsyncClient
-from lmlink import _retry as retry_module
 from lmlink._config import RetryPolicy, Timeout
 from lmlink._errors import (
-    APIStatusError,
-    APITimeoutError,
+    APIConnectionError,
     ConfigurationError,
     LMLinkError,
-    ModelLoadingError,
-    clip,
 )
-from lmlink._log import log
 from lmlink._models import ChatResponse
-from lmlink._retry import RetryState
 
 from ._cache import ResponseCache, cache_key
 from ._commit import GroupCommit
@@ -50,11 +44,13 @@ from ._doneset import DigestSet, digest
 from ._header import describe_changes, make_settings
 from ._input import BatchInputError, BatchItem, Problem, items_from_rows
 from ._journal import Journal, JournalState, SettingsChangedError, encode_record
-from ._limiter import AUTO_CEILING, AdaptiveLimiter, Outcome, Ticket
-from ._outcome import error_record, is_fatal, is_overload, success_record
+from ._limiter import AUTO_CEILING
+from ._outcome import error_record, is_fatal, success_record
+from ._pool import EndpointPool, endpoint_list, unreachable
 from ._progress import BatchSummary, Progress, ProgressCallback
+from ._shard import Shard, in_shard
 from ._source import ItemSource, scan_items
-from ._stats import Histogram
+from ._tally import Mark, Tally
 from ._tasks import Task, same_extract_question
 
 __all__ = ["Concurrency", "Items", "Runner", "ceiling_of", "load_items"]
@@ -106,7 +102,7 @@ class Runner:
         items: ItemSource | list[BatchItem],
         output: str | Path,
         *,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         model: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
@@ -122,6 +118,7 @@ class Runner:
         template: str | None = None,
         system: str | None = None,
         allow_changed_settings: bool = False,
+        shard: Shard | None = None,
     ) -> None:
         ceiling = ceiling_of(concurrency)
         if client is not None and not isinstance(client, AsyncClient):
@@ -129,8 +126,9 @@ class Runner:
         if client is not None and (endpoint is not None or api_key is not None):
             raise ConfigurationError("give client= or endpoint=/api_key=, not both")
         self.items = items
+        self.shard = shard
         self.output = Path(output)
-        self._endpoint = endpoint
+        self._urls = endpoint_list(endpoint if endpoint is not None else _listed_in_env())
         self._model = model
         self._api_key = api_key
         self._client = client
@@ -151,19 +149,19 @@ class Runner:
         # Auto starts low and ramps up; a limit given by hand is where it starts (it only
         # comes down if the server does as well with fewer).
         auto = concurrency is None or concurrency == "auto"
-        self.limiter = AdaptiveLimiter(ceiling, initial=1 if auto else ceiling)
+        self._per_endpoint = None if auto else ceiling
+        self._ceiling = ceiling
+        self.pool: EndpointPool | None = None  # one client and limit per endpoint, by run()
         self.summary = BatchSummary(self.output, total=len(items), concurrency=ceiling)
         self.journal: Journal | None = None
         self._redo = DigestSet()  # ids whose error lines --retry-errors replaces
         self.pending_count = 0
         self._commit: GroupCommit | None = None
-        self._latencies = Histogram()
-        self._ttfts = Histogram()
+        self.tally = Tally(self.summary)
         self._started = 0.0
-        self._waiters: deque[asyncio.Future[None]] = deque()
         self._workers: set[asyncio.Future[Any]] = set()
         self._work: Iterator[BatchItem] = iter(())
-        self._job: tuple[AsyncClient, ResponseCache | None, str | None, bool] | None = None
+        self._job: tuple[EndpointPool, ResponseCache | None, str | None, str | None] | None = None
         self._exhausted = False
         self._ended: asyncio.Event | None = None
         self._failure: BaseException | None = None
@@ -173,8 +171,12 @@ class Runner:
     def _ids(self) -> DigestSet:
         items = self.items
         if isinstance(items, ItemSource):
-            return items.ids
-        return DigestSet.of(digest(i.id) for i in items)
+            ids = items.ids
+        else:
+            ids = DigestSet.of(digest(i.id) for i in items)
+        if self.shard is None:
+            return ids
+        return DigestSet.of(d for d in ids if in_shard(d, self.shard))
 
     def prepare(self) -> JournalState:
         """Open and lock the output, repair a torn last line, and count the pending items."""
@@ -196,7 +198,8 @@ class Runner:
             # Error lines to redo go once the settings are known to match (in run()).
             if self._retry_errors:
                 self._redo = failed
-            self.pending_count = len(self.items) - skipped + len(self._redo)
+            self.summary.total = len(ids)
+            self.pending_count = len(ids) - skipped + len(self._redo)
             self.summary.skipped = skipped - len(self._redo)
             self.summary.retried = len(self._redo)
             self.summary.repaired_bytes = self.journal.state.repaired_bytes
@@ -209,11 +212,14 @@ class Runner:
         assert self.journal is not None
         done = self.journal.state.done
         redo = self._redo
-        if not len(done):
+        shard = self.shard
+        if not len(done) and shard is None:
             yield from self.items
             return
         for item in self.items:
             key = digest(item.id)
+            if shard is not None and not in_shard(key, shard):
+                continue
             if key not in done or (len(redo) and key in redo):
                 yield item
 
@@ -226,8 +232,9 @@ class Runner:
             self.items.close()
 
     def settings(self, model: str | None) -> dict[str, Any]:
-        """The settings record of this run (see :mod:`lmlink.batch._header`)."""
-        return make_settings(
+        """The settings record of this run (see :mod:`lmlink.batch._header`); a sharded
+        run adds ``"shard": "K/N"`` (an output holds one shard's answers)."""
+        settings = make_settings(
             task=self.task.name,
             instructions=self.task.instructions,
             template=self._template,
@@ -235,6 +242,9 @@ class Runner:
             model=model,
             params=self._params,
         )
+        if self.shard is not None:
+            settings["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+        return settings
 
     def _check_settings(
         self, model: str | None, *, model_known: bool, state: JournalState | None = None
@@ -261,31 +271,39 @@ class Runner:
                 changes=changes,
             )
 
-    def _make_client(self) -> AsyncClient:
+    def _make_client(self, url: str | None) -> AsyncClient:
         # 429 and 503 are retried by the runner, so the limiter hears of every one.
         policy = self._retry.replace(statuses=self._retry.statuses - _OWN_RETRY)
         return AsyncClient(
-            endpoint=self._endpoint,
+            endpoint=url,
             model=self._model,
             api_key=self._api_key,
             timeout=self._timeout,
             retry=policy,
-            max_connections=max(self.limiter.ceiling, 1),
+            max_connections=max(self._ceiling, 1),
         )
 
-    async def _resolve(self, client: AsyncClient) -> str | None:
-        """The run's model; asks the server (which also finds a local one, if discovery is
-        on) when no endpoint or no model is set."""
-        model = self._model or client.model
+    async def _resolve(self, clients: Sequence[AsyncClient]) -> str | None:
+        """The run's model; asks a server (which also finds a local one, if discovery is
+        on) when no endpoint or no model is set: the first one that can be reached."""
+        first = clients[0]
+        model = self._model or first.model
         needs_model = model is None and any("model" not in i.options for i in self.pending())
-        if client.endpoint is None or needs_model:
-            found = await client.models()
+        if first.endpoint is None or needs_model:
+            found = None
+            for n, client in enumerate(clients):
+                try:
+                    found = await client.models()
+                    break
+                except APIConnectionError as exc:
+                    if n == len(clients) - 1 or not unreachable(exc):
+                        raise
             if model is None and needs_model:
                 if not found:
                     raise ConfigurationError("no model given and the server lists none")
                 model = found[0].id
         self.summary.model = model
-        self.summary.endpoint = client.endpoint
+        self.summary.endpoint = ", ".join(c.endpoint for c in clients if c.endpoint) or None
         return model
 
     # -- the run ------------------------------------------------------------------------
@@ -296,19 +314,30 @@ class Runner:
         self.prepare()
         self._started = time.monotonic()
         owned = self._client is None
-        client: AsyncClient | None = None
+        pool: EndpointPool | None = None
         cache: ResponseCache | None = None
         try:
             if self.pending_count:
-                client = self._client or self._make_client()
-                self._redact = client.redact
+                if self._client is not None:
+                    clients = [self._client]
+                else:
+                    clients = [self._make_client(url) for url in self._urls]
+                self.pool = pool = EndpointPool(
+                    clients,
+                    ceiling=self._per_endpoint,
+                    retry=self._retry,
+                    retry_here=owned,
+                    total=self._total,
+                    on_release=self._more_workers,
+                )
+                self._redact = clients[0].redact
                 cache = ResponseCache(self._cache_path) if self._cache_path is not None else None
-                model = await self._resolve(client)
+                model = await self._resolve(clients)
                 self._check_settings(model, model_known=True)
                 assert self.journal is not None
                 self.journal.drop_errors(self._redo)
                 self.journal.write_header(self.settings(model))
-                await self._drive(client, cache, model, retry_here=owned)
+                await self._drive(pool, cache, model)
         except asyncio.CancelledError:
             self.summary.interrupted = True
             raise
@@ -325,24 +354,22 @@ class Runner:
                 if cache is not None:
                     self.summary.cache_error = cache.error
                     cache.close()
-                if client is not None and owned:
-                    await client.aclose()
+                if pool is not None:
+                    await pool.aclose(clients=owned)
                 self._emit(final=True)
         return self.summary
 
     async def _drive(
-        self,
-        client: AsyncClient,
-        cache: ResponseCache | None,
-        model: str | None,
-        *,
-        retry_here: bool,
+        self, pool: EndpointPool, cache: ResponseCache | None, model: str | None
     ) -> None:
         assert self.journal is not None
+        urls = [e.client.endpoint for e in pool.endpoints]
+        # The cache key names the servers: one URL, or all of them when they share the work.
+        where = ",".join(sorted(u for u in urls if u)) if all(urls) else None
         self._commit = commit = GroupCommit(self.journal, self._committed)
         self._ended = ended = asyncio.Event()
         self._work = self.pending()
-        self._job = (client, cache, model, retry_here)
+        self._job = (pool, cache, model, where)
         flusher = asyncio.ensure_future(commit.run())
         flusher.add_done_callback(self._helper_ended)
         ticker = asyncio.ensure_future(self._tick())
@@ -362,7 +389,8 @@ class Runner:
     def _spawn(self) -> None:
         """Enough workers for the limit: twice as many, so that a slot freed while its
         worker writes the result is taken at once by one that is waiting."""
-        want = min(self.limiter.ceiling, 2 * self.limiter.limit + 2)
+        assert self.pool is not None
+        want = min(self.pool.ceiling, 2 * self.pool.limit + 2)
         loop = asyncio.get_running_loop()
         while len(self._workers) < want and not self._exhausted and self._failure is None:
             worker = loop.create_task(self._worker())
@@ -390,7 +418,7 @@ class Runner:
     async def _worker(self) -> None:
         assert self._job is not None
         assert self._commit is not None
-        client, cache, model, retry_here = self._job
+        pool, cache, model, where = self._job
         hits = 0
         while True:  # bounded: ends when the input does
             item = next(self._work, None)
@@ -400,8 +428,8 @@ class Runner:
             item_model = item.options.get("model", model)
             params = {**self._params, **{k: v for k, v in item.options.items() if k != "model"}}
             key = None
-            if cache is not None and client.endpoint is not None and item_model is not None:
-                key = cache_key(client.endpoint, item_model, item.messages, params)
+            if cache is not None and where is not None and item_model is not None:
+                key = cache_key(where, item_model, item.messages, params)
                 hit = None if key is None else cache.get(key)
                 if hit is not None:
                     self._record_cached(item, hit)
@@ -410,193 +438,68 @@ class Runner:
                         await asyncio.sleep(0)  # a run of hits must not starve the loop
                     await self._commit.room()
                     continue
-            result = await self._attempts(client, item, item_model, params, retry_here)
+            # Streams give a real TTFT; structured output is re-asked only on plain requests.
+            stream = self._stream if self._stream is not None else "response_format" not in params
+            result = await pool.ask(
+                item.messages,
+                model=item_model,
+                params=params,
+                stream=stream,
+                fatal=_fatal_for(item),
+                label=item.id,
+            )
             if isinstance(result, LMLinkError):
                 self._record_error(item, result)
             else:
-                record = success_record(item.id, result, self.task, client.redact)
+                record = success_record(item.id, result, self.task, self._redact)
                 self._record_ok(record, result)
                 if cache is not None and key is not None:
                     cache.put(key, {k: v for k, v in record.items() if k != "id"})
 
-    async def _attempts(
-        self,
-        client: AsyncClient,
-        item: BatchItem,
-        model: str | None,
-        params: dict[str, Any],
-        retry_here: bool,
-    ) -> ChatResponse | LMLinkError:
-        """The answer for ``item``, or its per-item error; raises a fatal one. With a total
-        timeout, the item's attempts and the waits between them end by one deadline."""
-        state: RetryState | None = None
-        deadline: float | None = None
-        # Streams give a real TTFT; structured output is re-asked only on plain requests.
-        stream = self._stream if self._stream is not None else "response_format" not in params
-        while True:  # bounded: state.delay_for raises once the retry budget is spent
-            ticket = await self._acquire(deadline)
-            if ticket is None:  # the deadline passed while the item waited for a slot
-                return self._past_deadline()
-            outcome = Outcome.NEUTRAL
-            error: LMLinkError | None = None
-            if deadline is None and self._total is not None:
-                deadline = time.monotonic() + self._total
-            try:
-                if stream:
-                    call = client.chat_stream(item.messages, model=model, **params)
-                else:
-                    call = client.chat(item.messages, model=model, **params)
-                resp = await self._within(call, deadline)
-                outcome = Outcome.OK
-                return resp
-            except LMLinkError as exc:
-                if is_fatal(exc, item):
-                    raise
-                if is_overload(exc):
-                    outcome = Outcome.OVERLOAD
-                error = exc
-            finally:
-                self._release(ticket, outcome, error)
-            own = isinstance(error, APIStatusError) and error.status_code in _OWN_RETRY
-            if not (retry_here and own and not isinstance(error, ModelLoadingError)):
-                return error
-            state = state or RetryState(self._retry, deadline)
-            try:
-                delay = state.delay_for(error)  # raises if the wait would pass the deadline
-            except LMLinkError:
-                return error
-            log.info(
-                "lmlink: batch item %s: retry in %.2f s after: %s",
-                item.id,
-                delay,
-                self._redact(str(error)),
-            )
-            await asyncio.sleep(delay)
-
-    async def _within(self, call: Awaitable[ChatResponse], deadline: float | None) -> ChatResponse:
-        """``await call``, cut off at ``deadline``: the client's own deadline starts with
-        each call, the item's with its first attempt."""
-        if deadline is None:
-            return await call
-        left = deadline - time.monotonic()
-        try:
-            return await asyncio.wait_for(call, max(left, 0.0))
-        except asyncio.TimeoutError:
-            raise self._past_deadline() from None
-
-    def _past_deadline(self) -> APITimeoutError:
-        return APITimeoutError(
-            f"the item's total timeout of {self._total:g} s passed",
-            phase="total",
-            timeout=self._total,
-            reason="timeout",
-        )
-
-    async def _acquire(self, deadline: float | None = None) -> Ticket | None:
-        """A limiter ticket; None if ``deadline`` passes first."""
-        loop = asyncio.get_running_loop()
-        while True:  # bounded: every finished request wakes a waiter, pauses end
-            now = time.monotonic()
-            ticket = self.limiter.try_start(now)
-            if ticket is not None:
-                return ticket
-            left = None if deadline is None else deadline - now
-            if left is not None and left <= 0:
-                return None
-            pause = self.limiter.wait_s(now)
-            if pause > 0:
-                await asyncio.sleep(pause if left is None else min(pause, left))
-                continue
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                if left is None:
-                    await waiter
-                else:
-                    await asyncio.wait_for(asyncio.shield(waiter), left)
-            except asyncio.TimeoutError:
-                return None
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
-
-    def _release(self, ticket: Ticket, outcome: Outcome, error: LMLinkError | None) -> None:
-        after = getattr(error, "retry_after", None)
-        if retry_module._instant:  # test suites skip every wait, this one too
-            after = None
-        elif after is not None:
-            # Every new request holds back as long as a retry of this one would wait, and
-            # never longer than an item may take in all.
-            after = min(after, self._retry.retry_after_max, self._total or after)
-        self.limiter.finish(ticket, outcome, time.monotonic(), retry_after=after)
-        free = self.limiter.limit - self.limiter.in_flight
-        waiters = self._waiters
-        while free > 0 and waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
-        if len(self._workers) < 2 * self.limiter.limit + 2 and not self._exhausted:
-            self._spawn()  # the limit grew
+    def _more_workers(self) -> None:
+        """After a request ends: more workers if the limit grew."""
+        pool = self.pool
+        if pool is not None and len(self._workers) < 2 * pool.limit + 2 and not self._exhausted:
+            self._spawn()
 
     # -- bookkeeping: staged at once, counted once on disk ------------------------------
 
-    def _stage(self, record: Mapping[str, Any], mark: tuple[Any, ...]) -> None:
+    def _stage(self, record: Mapping[str, Any], mark: Mark) -> None:
         assert self._commit is not None
         self._commit.add(encode_record(record), mark)
 
     def _record_ok(self, record: dict[str, Any], resp: ChatResponse) -> None:
-        mark = ("ok", resp.prompt_tokens, resp.output_tokens, resp.latency_s, resp.ttft_s)
-        self._stage(record, mark)
+        self._stage(record, Tally.answered(resp))
 
     def _record_cached(self, item: BatchItem, stored: dict[str, Any]) -> None:
-        self._stage({"id": item.id, **{k: v for k, v in stored.items() if k != "id"}}, ("hit",))
+        self._stage({"id": item.id, **{k: v for k, v in stored.items() if k != "id"}}, Tally.hit())
 
     def _record_error(self, item: BatchItem, exc: LMLinkError) -> None:
         record = error_record(item.id, exc, self._redact)
-        example = f"{item.id}: {clip(record['error']['message'], 160)}"
-        self._stage(record, ("error", type(exc).__name__, example))
+        self._stage(record, Tally.failed(item.id, exc, record["error"]["message"]))
 
-    def _committed(self, marks: list[tuple[Any, ...]]) -> None:
+    def _committed(self, marks: list[Mark]) -> None:
         """Count the results whose lines the last fsync covered."""
-        s = self.summary
-        latencies, ttfts = self._latencies, self._ttfts
-        for mark in marks:
-            kind = mark[0]
-            if kind == "ok":
-                _, prompt_tokens, output_tokens, latency, ttft = mark
-                s.ok += 1
-                s.prompt_tokens += prompt_tokens or 0
-                s.output_tokens += output_tokens or 0
-                if latency is not None:
-                    latencies.add(latency)
-                if ttft is not None:
-                    ttfts.add(ttft)
-            elif kind == "hit":
-                s.ok += 1
-                s.cached += 1
-            else:
-                _, name, example = mark
-                s.failed += 1
-                s.errors[name] = s.errors.get(name, 0) + 1
-                s.error_examples.setdefault(name, example)
+        self.tally.count(marks)
         self._emit()
 
     def _finish_summary(self) -> None:
         s = self.summary
         s.elapsed_s = time.monotonic() - self._started if self._started else 0.0
-        s.latency_p50 = self._latencies.percentile(50)
-        s.latency_p95 = self._latencies.percentile(95)
-        s.ttft_p50 = self._ttfts.percentile(50)
-        s.ttft_p95 = self._ttfts.percentile(95)
-        lim = self.limiter
-        if self._commit is not None:
-            s.concurrency_range = (lim.low, lim.high)
-            s.concurrency_settled = lim.cruise
+        self.tally.finish()
+        pool = self.pool
+        if self._commit is not None and pool is not None:
+            limiters = [e.limiter for e in pool.endpoints]
+            s.concurrency_range = (sum(x.low for x in limiters), sum(x.high for x in limiters))
+            s.concurrency_settled = sum(x.cruise for x in limiters)
+            s.concurrency = pool.ceiling
+            if len(limiters) > 1:
+                s.endpoints = pool.shares()
 
     def progress(self, *, final: bool = False) -> Progress:
         """A snapshot of the run so far."""
         s = self.summary
+        pool = self.pool
         elapsed = time.monotonic() - self._started if self._started else 0.0
         return Progress(
             total=self.pending_count,
@@ -604,14 +507,27 @@ class Runner:
             ok=s.ok,
             failed=s.failed,
             cached=s.cached,
-            in_flight=self.limiter.in_flight,
-            concurrency=self.limiter.limit,
+            in_flight=pool.in_flight if pool is not None else 0,
+            concurrency=pool.limit if pool is not None else 0,
             output_tokens=s.output_tokens,
             elapsed_s=elapsed,
             final=final,
-            ceiling=self.limiter.ceiling,
+            ceiling=pool.ceiling if pool is not None else self._ceiling,
+            endpoints=pool.shares() if pool is not None and len(pool.endpoints) > 1 else (),
         )
 
     def _emit(self, *, final: bool = False) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress(final=final))
+
+
+def _fatal_for(item: BatchItem) -> Callable[[LMLinkError], bool]:
+    """Whether an error of ``item`` is one every item would share (see :mod:`._outcome`)."""
+    return lambda exc: is_fatal(exc, item)
+
+
+def _listed_in_env() -> str | None:
+    """``LMLINK_ENDPOINT`` when it lists several URLs (comma-separated); one URL is left to
+    the client, which reads it (and ``OPENAI_BASE_URL``) itself."""
+    value = os.environ.get("LMLINK_ENDPOINT", "")
+    return value if "," in value else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -106,6 +106,12 @@ def batch_options(fn: F) -> F:
             help="Streamed or plain requests [default: streams, plain with a schema].",
         ),
         click.option(
+            "--shard",
+            default=None,
+            metavar="K/N",
+            help="Run only shard K of N: a stable split by a hash of the id, for N machines.",
+        ),
+        click.option(
             "--progress",
             type=click.Choice(["auto", "bar", "lines", "off"]),
             default="auto",
@@ -113,7 +119,7 @@ def batch_options(fn: F) -> F:
             help="A bar on a terminal, else a line every 2 s.",
         ),
     ]
-    fn = server_options(fn)
+    fn = server_options(fn, many_endpoints=True)
     for option in reversed(options):
         fn = option(fn)
     return fn
@@ -143,7 +149,7 @@ def run_batch_command(
     *,
     input_path: Path,
     output: Path,
-    endpoint: str | None,
+    endpoint: str | Sequence[str] | None,
     model: str | None,
     api_key: str | None,
     timeout: float,
@@ -157,6 +163,7 @@ def run_batch_command(
     stream: bool | None,
     progress: str,
     allow_changed_settings: bool = False,
+    shard: str | None = None,
     params: dict[str, Any] | None = None,
     announce: Callable[[], None] | None = None,
 ) -> int:
@@ -178,7 +185,8 @@ def run_batch_command(
             output,
             template=template,
             system=system,
-            endpoint=endpoint or None,
+            shard=shard,
+            endpoint=_endpoints(endpoint),
             model=model or None,
             api_key=api_key or None,
             concurrency=concurrency,
@@ -207,7 +215,7 @@ def run_batch_command(
             if not (p.done or p.final or p.elapsed_s >= ANNOUNCE_AFTER):
                 return
             announced = True
-            _announce(runner, input_path, output)
+            _announce(runner, input_path, output, shard)
         with contextlib.suppress(OSError, ValueError):  # stderr went away: the run goes on
             view.update(p)
 
@@ -257,6 +265,13 @@ def run_batch_command(
     return code
 
 
+def _endpoints(given: str | Sequence[str] | None) -> str | list[str] | None:
+    """One URL, or the list of every -e (each may list several, comma-separated)."""
+    values = [given] if isinstance(given, str) else list(given or ())
+    urls = [u.strip() for v in values for u in v.split(",") if u.strip()]
+    return urls if len(urls) > 1 else (urls[0] if urls else None)
+
+
 def _prepare(
     task: Task,
     input_path: Path,
@@ -264,21 +279,29 @@ def _prepare(
     *,
     template: str | None,
     system: str | None,
+    shard: str | None = None,
     **options: Any,
 ) -> Runner:
     """Read and check the input, open the output: the runner, or exit 2 (1 if busy)."""
-    from lmlink import LMLinkError
+    from lmlink import ConfigurationError, LMLinkError
     from lmlink.batch import BatchInputError, JournalError
     from lmlink.batch._api import check_paths
     from lmlink.batch._runner import Runner, load_items
+    from lmlink.batch._shard import parse_shard
 
+    try:
+        part = parse_shard(shard)
+    except ConfigurationError as exc:
+        _exit(2, f"--shard: {exc}")
     try:
         items = load_items(str(input_path), task, template, system)
     except BatchInputError as exc:
         _exit(2, exc.message)
     try:
         check_paths(None if str(input_path) == "-" else input_path, output, options["cache"])
-        runner = Runner(items, output, task=task, template=template, system=system, **options)
+        runner = Runner(
+            items, output, task=task, template=template, system=system, shard=part, **options
+        )
         state = runner.prepare()
     except JournalError as exc:
         _exit(1 if exc.busy else 2, exc.message)
@@ -293,11 +316,12 @@ def _prepare(
     return runner
 
 
-def _announce(runner: Runner, input_path: Path, output: Path) -> None:
+def _announce(runner: Runner, input_path: Path, output: Path, shard: str | None) -> None:
     total = runner.summary.total
     pending = runner.pending_count
     dropped = runner.summary.retried
-    line = f"lmlink: {total} {'item' if total == 1 else 'items'} from {input_path} → {output}"
+    where = f"{input_path} (shard {shard.strip()})" if shard else str(input_path)
+    line = f"lmlink: {total} {'item' if total == 1 else 'items'} from {where} → {output}"
     if total != pending:
         line += f" ({total - pending} already done, {pending} to run)"
     if dropped:

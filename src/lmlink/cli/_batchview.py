@@ -13,7 +13,7 @@ from ._common import say
 if TYPE_CHECKING:
     from lmlink.batch import BatchSummary, Progress
 
-__all__ = ["View", "make_view", "show_summary"]
+__all__ = ["View", "make_view", "servers", "show_summary"]
 
 PLAIN_INTERVAL = 2.0
 
@@ -55,7 +55,18 @@ def progress_line(p: Progress) -> str:
     ]
     if not p.final:
         parts.append(f"ETA {_eta(p.eta_s)}")
+    if p.endpoints:
+        parts.append(servers(p))
     return "lmlink: " + " · ".join(parts)
+
+
+def servers(p: Progress) -> str:
+    """Each endpoint's share, rate and state: ``127.0.0.1:8001 62% 41/s up, ...``."""
+    shown = []
+    for e in p.endpoints:
+        host = e.url.split("://", 1)[-1].split("/", 1)[0]
+        shown.append(f"{host} {e.share:.0%} {e.items_s:.0f}/s {e.state}")
+    return ", ".join(shown)
 
 
 class PlainView:
@@ -118,6 +129,8 @@ class RichView:
         stats = f"{rate}{failed} · limit {progress.concurrency} · ETA {_eta(progress.eta_s)}"
         if progress.final:
             stats = f"{rate}{failed}"
+        if progress.endpoints:
+            stats += f" · {servers(progress)}"
         self._bar.update(
             self._task,
             total=progress.total,

@@ -13,8 +13,9 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def server_options(fn: F) -> F:
-    """-e/--endpoint, -m/--model, --api-key, --timeout."""
+def server_options(fn: F, *, many_endpoints: bool = False) -> F:
+    """-e/--endpoint, -m/--model, --api-key, --timeout; with ``many_endpoints`` -e may be
+    given again (and LMLINK_ENDPOINT may list URLs, comma-separated)."""
     fn = click.option(
         "--timeout",
         type=click.FloatRange(0, min_open=True),
@@ -35,6 +36,15 @@ def server_options(fn: F) -> F:
         default=None,
         help="Model name [env: LMLINK_MODEL; default: the server's first].",
     )(fn)
+    if many_endpoints:
+        return click.option(
+            "-e",
+            "--endpoint",
+            envvar="LMLINK_ENDPOINT",
+            multiple=True,
+            help="Base URL through /v1; give it again to share the work among several "
+            "servers [env: LMLINK_ENDPOINT, comma-separated].",
+        )(fn)
     return click.option(
         "-e",
         "--endpoint",
