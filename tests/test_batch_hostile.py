@@ -134,3 +134,28 @@ def test_an_output_of_a_newer_format_is_refused_untouched(tmp_path: Path, extra:
     assert "format 2" in line
     assert out.read_bytes() == before
     assert sent == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [(["--shard", "1/1"], []), ([], ["--shard", "1/1"])],
+    ids=["shard-then-none", "none-then-shard"],
+)
+def test_shard_1_of_1_is_the_same_run_as_no_shard(
+    tmp_path: Path, first: list[str], then: list[str]
+) -> None:
+    """One shard of one is every id: resuming with or without ``--shard 1/1`` is the same
+    run, not "other settings"; another shard is still refused."""
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
+    out = tmp_path / "out.jsonl"
+    with FakeServer(model="fake-model") as srv:
+        base = ["batch", str(src), "-o", str(out), "-e", srv.url, "-m", "fake-model"]
+        done = run_cli([*base, *first])
+        assert done.returncode == 0, done.stderr
+        again = run_cli([*base, *then])
+        assert again.returncode == 0, again.stderr
+        assert "4 already done" in again.stderr
+        other = run_cli([*base, "--shard", "1/2"])
+    assert other.returncode == 2, other.stderr
+    assert "shard" in other.stderr
+    assert len(read_jsonl(out)) == 4

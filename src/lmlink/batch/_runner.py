@@ -242,7 +242,7 @@ class Runner:
             model=model,
             params=self._params,
         )
-        if self.shard is not None:
+        if self.shard is not None and self.shard[1] > 1:  # 1/1 is every id: no shard
             settings["shard"] = f"{self.shard[0]}/{self.shard[1]}"
         return settings
 
