@@ -159,3 +159,20 @@ def test_shard_1_of_1_is_the_same_run_as_no_shard(
     assert other.returncode == 2, other.stderr
     assert "shard" in other.stderr
     assert len(read_jsonl(out)) == 4
+
+
+@pytest.mark.parametrize("header", ["id,text,text", "id,text,id", "id, text,text "])
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path, header: str) -> None:
+    """``id,text,text``: which cell is the text (or the id)? Refused with the line and the
+    column, exit 2, nothing sent, no output; not one of the two taken silently."""
+    src = tmp_path / "rows.csv"
+    src.write_text(f"{header}\na1,the real text,an old note\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    with FakeServer(model="fake-model") as srv:
+        result = run_cli(["summarize", str(src), "-o", str(out), "-e", srv.url, "-m", "fake-model"])
+        sent = srv.stats.chat_requests
+    assert result.returncode == 2, result.stderr
+    assert "line 1" in result.stderr
+    assert "twice" in result.stderr
+    assert sent == 0
+    assert not out.exists()

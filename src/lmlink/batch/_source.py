@@ -288,6 +288,11 @@ def _csv_rows(f: IO[bytes]) -> Iterator[tuple[int, Any]]:
         if "id" not in header:
             yield 1, Problem(1, f"no 'id' column in the header (columns: {', '.join(header)})")
             return
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:  # which of the two cells is the text? not for us to guess
+            named = ", ".join(repr(h) for h in twice)
+            yield 1, Problem(1, f"the header names {named} twice; rename one column")
+            return
         end = reader.line_num
         for row in reader:
             start, end = end + 1, reader.line_num
