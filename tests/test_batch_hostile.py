@@ -176,3 +176,17 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path, header: s
     assert "twice" in result.stderr
     assert sent == 0
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model", [[], ["-m", "fake-model"]], ids=["server-model", "named"])
+def test_a_run_that_cannot_start_leaves_no_cache_file(tmp_path: Path, model: list[str]) -> None:
+    """No server: one line, exit 1, and no file at all, the new ``--cache`` included
+    (an empty SQLite file was left behind)."""
+    with FakeServer() as gone:
+        url = gone.url
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    out, cache = tmp_path / "out.jsonl", tmp_path / "answers.sqlite"
+    result = run_cli(["batch", str(src), "-o", str(out), "--cache", str(cache), "-e", url, *model])
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

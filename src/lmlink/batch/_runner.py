@@ -353,7 +353,7 @@ class Runner:
                 self.close()
                 if cache is not None:
                     self.summary.cache_error = cache.error
-                    cache.close()
+                    cache.discard_if_unused()
                 if pool is not None:
                     await pool.aclose(clients=owned)
                 self._emit(final=True)
