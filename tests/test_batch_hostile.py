@@ -190,3 +190,27 @@ def test_a_run_that_cannot_start_leaves_no_cache_file(tmp_path: Path, model: lis
     assert result.returncode == 1, result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+@pytest.mark.parametrize("template", ["Say {text.upper}", "Say {text.__class__}", "{meta[a].real}"])
+def test_a_template_attribute_is_refused_before_anything_is_sent(
+    tmp_path: Path, template: str
+) -> None:
+    """``{text.upper}`` rendered Python's ``<built-in method upper of str object at 0x...>``
+    into every prompt: refused as a --template problem (exit 2, nothing sent or written);
+    an index into a nested field, ``{meta[a]}``, still works."""
+    rows = [{"id": "a", "text": "hello", "meta": {"a": 1}}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    with FakeServer(model="fake-model") as srv:
+        base = ["batch", str(src), "-o", str(out), "-e", srv.url, "-m", "fake-model"]
+        refused = run_cli([*base, "--template", template])
+        assert srv.stats.chat_requests == 0
+        assert not out.exists()
+        fine = run_cli([*base, "--template", "Say {text} {meta[a]}"])
+        [sent] = srv.requests
+    assert refused.returncode == 2, refused.stderr
+    assert "--template" in refused.stderr
+    assert "attribute" in refused.stderr
+    assert fine.returncode == 0, fine.stderr
+    assert sent.json["messages"][-1]["content"] == "Say hello 1"
