@@ -214,3 +214,21 @@ def test_a_template_attribute_is_refused_before_anything_is_sent(
     assert "attribute" in refused.stderr
     assert fine.returncode == 0, fine.stderr
     assert sent.json["messages"][-1]["content"] == "Say hello 1"
+
+
+def test_an_empty_output_given_by_the_user_stays_empty_if_the_run_cannot_start(
+    tmp_path: Path,
+) -> None:
+    """``touch out.jsonl`` then a run with no server: "no line was added", and indeed the
+    file is as it was (empty, its mode kept), not left holding a header."""
+    with FakeServer() as gone:
+        url = gone.url
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    out = tmp_path / "out.jsonl"
+    out.touch(mode=0o600)
+    out.chmod(0o600)
+    result = run_cli(["batch", str(src), "-o", str(out), "-e", url, "-m", "fake-model"])
+    assert result.returncode == 1, result.stderr
+    assert "no line was added" in result.stderr
+    assert out.read_bytes() == b""
+    assert out.stat().st_mode & 0o777 == 0o600

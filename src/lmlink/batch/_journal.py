@@ -121,6 +121,7 @@ class Journal:
         self._fd: int | None = fd
         self.state = state
         self.written = 0
+        self._was_empty = False  # the header went into a file that was empty before
 
     @classmethod
     def open(
@@ -203,6 +204,7 @@ class Journal:
             self._fd = new_fd
             self.state.legacy = False
         elif self.state.header is None:
+            self._was_empty = os.fstat(self._fd).st_size == 0
             os.write(self._fd, line)  # a torn header is cut by the next open
             os.fsync(self._fd)
         else:
@@ -210,10 +212,15 @@ class Journal:
         self.state.header = orjson.loads(line)
 
     def discard(self) -> None:
-        """Remove a file this run created and wrote no result to, then close it."""
-        if self._fd is not None and self.state.created and self.written == 0:
+        """Remove a file this run created and wrote no result to (or empty again one that
+        was empty before), then close it."""
+        if self._fd is not None and self.written == 0:
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                if self.state.created:
+                    self.path.unlink()
+                elif self._was_empty:  # the user's empty file: as it was, mode and all
+                    os.ftruncate(self._fd, 0)
+                    os.fsync(self._fd)
         self.close()
 
     def append(self, record: Mapping[str, Any]) -> None:
