@@ -266,6 +266,6 @@ def test_cli_setting_errors_are_one_line_not_a_traceback(
     from batch_helpers import run_cli
 
     result = run_cli(args, **env)
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad settings, as for the batch commands
     assert "Traceback" not in result.stderr
     assert message in result.stderr

@@ -138,6 +138,8 @@ def servers(host: str, ports: tuple[int, ...], timeout: float) -> None:
 
     try:
         found = lmlink.discover(ports=ports or None, host=host, timeout=timeout)
+    except lmlink.ConfigurationError as exc:
+        fail(str(exc), code=2)
     except lmlink.LMLinkError as exc:
         fail(str(exc))
     if not found:
