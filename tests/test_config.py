@@ -174,3 +174,30 @@ def test_a_whole_float_is_a_count_and_a_bad_port_with_credentials_is_typed() -> 
     client.close()
     with pytest.raises(lmlink.ConfigurationError, match="port"):
         lmlink.Client(endpoint="http://u:p@127.0.0.1:abc/v1")
+
+
+@pytest.mark.parametrize("where", ["argument", "environment"])
+def test_one_client_refuses_a_list_of_endpoints(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A comma-separated list (meant for lmlink batch) would send one client's requests to a
+    mangled path on the first host: refused, naming where a list belongs."""
+    urls = "http://127.0.0.1:1/v1,http://127.0.0.1:2/v1"
+    if where == "environment":
+        monkeypatch.setenv("LMLINK_ENDPOINT", urls)
+    for make in (lmlink.Client, lmlink.AsyncClient):
+        with pytest.raises(lmlink.ConfigurationError, match="lists several"):
+            make(endpoint=urls if where == "argument" else None, model="m")
+
+
+def test_lmlink_chat_with_a_list_of_endpoints_says_so_in_one_line() -> None:
+    """`lmlink chat` with LMLINK_ENDPOINT set for a several-server batch exits 2 with one
+    line, instead of talking to a wrong path."""
+    from batch_helpers import run_cli
+
+    done = run_cli(
+        ["chat", "hi", "-m", "m"], LMLINK_ENDPOINT="http://127.0.0.1:1/v1,http://127.0.0.1:2/v1"
+    )
+    assert done.returncode == 2, done.stderr
+    assert "lists several" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

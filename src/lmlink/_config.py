@@ -167,6 +167,11 @@ def resolve_endpoint(value: str | None, env: Mapping[str, str] | None = None) ->
     )
     if raw is None:
         return None
+    if "," in raw:
+        raise ConfigurationError(
+            f"one client talks to one server, and {raw!r} lists several: pass one of them "
+            "as endpoint= (lmlink batch and run_batch take the list)"
+        )
     parts = urlsplit(raw.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(

@@ -35,7 +35,6 @@ from lmlink._errors import (
     APIConnectionError,
     ConfigurationError,
     LMLinkError,
-    clip,
 )
 from lmlink._models import ChatResponse
 
@@ -51,7 +50,7 @@ from ._pool import EndpointPool, endpoint_list, unreachable
 from ._progress import BatchSummary, Progress, ProgressCallback
 from ._shard import Shard, in_shard
 from ._source import ItemSource, scan_items
-from ._stats import Histogram
+from ._tally import Mark, Tally
 from ._tasks import Task
 
 __all__ = ["Concurrency", "Items", "Runner", "ceiling_of", "load_items"]
@@ -158,8 +157,7 @@ class Runner:
         self._redo = DigestSet()  # ids whose error lines --retry-errors replaces
         self.pending_count = 0
         self._commit: GroupCommit | None = None
-        self._latencies = Histogram()
-        self._ttfts = Histogram()
+        self.tally = Tally(self.summary)
         self._started = 0.0
         self._workers: set[asyncio.Future[Any]] = set()
         self._work: Iterator[BatchItem] = iter(())
@@ -464,54 +462,29 @@ class Runner:
 
     # -- bookkeeping: staged at once, counted once on disk ------------------------------
 
-    def _stage(self, record: Mapping[str, Any], mark: tuple[Any, ...]) -> None:
+    def _stage(self, record: Mapping[str, Any], mark: Mark) -> None:
         assert self._commit is not None
         self._commit.add(encode_record(record), mark)
 
     def _record_ok(self, record: dict[str, Any], resp: ChatResponse) -> None:
-        mark = ("ok", resp.prompt_tokens, resp.output_tokens, resp.latency_s, resp.ttft_s)
-        self._stage(record, mark)
+        self._stage(record, Tally.answered(resp))
 
     def _record_cached(self, item: BatchItem, stored: dict[str, Any]) -> None:
-        self._stage({"id": item.id, **{k: v for k, v in stored.items() if k != "id"}}, ("hit",))
+        self._stage({"id": item.id, **{k: v for k, v in stored.items() if k != "id"}}, Tally.hit())
 
     def _record_error(self, item: BatchItem, exc: LMLinkError) -> None:
         record = error_record(item.id, exc, self._redact)
-        example = f"{item.id}: {clip(record['error']['message'], 160)}"
-        self._stage(record, ("error", type(exc).__name__, example))
+        self._stage(record, Tally.failed(item.id, exc, record["error"]["message"]))
 
-    def _committed(self, marks: list[tuple[Any, ...]]) -> None:
+    def _committed(self, marks: list[Mark]) -> None:
         """Count the results whose lines the last fsync covered."""
-        s = self.summary
-        latencies, ttfts = self._latencies, self._ttfts
-        for mark in marks:
-            kind = mark[0]
-            if kind == "ok":
-                _, prompt_tokens, output_tokens, latency, ttft = mark
-                s.ok += 1
-                s.prompt_tokens += prompt_tokens or 0
-                s.output_tokens += output_tokens or 0
-                if latency is not None:
-                    latencies.add(latency)
-                if ttft is not None:
-                    ttfts.add(ttft)
-            elif kind == "hit":
-                s.ok += 1
-                s.cached += 1
-            else:
-                _, name, example = mark
-                s.failed += 1
-                s.errors[name] = s.errors.get(name, 0) + 1
-                s.error_examples.setdefault(name, example)
+        self.tally.count(marks)
         self._emit()
 
     def _finish_summary(self) -> None:
         s = self.summary
         s.elapsed_s = time.monotonic() - self._started if self._started else 0.0
-        s.latency_p50 = self._latencies.percentile(50)
-        s.latency_p95 = self._latencies.percentile(95)
-        s.ttft_p50 = self._ttfts.percentile(50)
-        s.ttft_p95 = self._ttfts.percentile(95)
+        self.tally.finish()
         pool = self.pool
         if self._commit is not None and pool is not None:
             limiters = [e.limiter for e in pool.endpoints]

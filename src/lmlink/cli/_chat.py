@@ -18,7 +18,7 @@ def _client(endpoint: str | None, model: str | None, api_key: str | None, timeou
     try:
         client = lmlink.Client(endpoint=endpoint, model=model, api_key=api_key, timeout=timeout)
     except lmlink.LMLinkError as exc:  # a bad endpoint or timeout: say which
-        fail(str(exc))
+        fail(str(exc), code=2)
     if client.endpoint is None:
         try:
             client.models()  # finds a local server, or says there is none

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -54,10 +54,11 @@ def server_options(fn: F, *, many_endpoints: bool = False) -> F:
     )(fn)
 
 
-def fail(message: str) -> None:
-    """Exit 1 with a one-line message on stderr."""
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Exit ``code`` (1: the call failed; 2: the settings are wrong) with a one-line message
+    on stderr."""
     say(f"lmlink: {for_cli(message)}")
-    sys.exit(1)
+    sys.exit(code)
 
 
 # The library's advice names Python calls; on the command line, the commands that do it.
