@@ -249,35 +249,8 @@ class AnswerDecoder:
             return ""
         if len(choices) > 1 or choice.get("index"):
             return self._fold_choices(choices, whole)
-        return self._fold_choice(choice, self._choice, whole)
-
-    def _fold_choices(self, choices: list[Any], whole: bool) -> str:
-        """Several choices, or one other than choice 0: each to its own state, by index.
-        Only choice 0's content is returned (and its reasoning kept in reasoning_delta)."""
-        out = ""
-        for position, choice in enumerate(choices):
-            if not isinstance(choice, dict):
-                continue
-            index = choice.get("index")
-            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-                index = position
-            if index == 0:
-                out += self._fold_choice(choice, self._choice, whole)
-                continue
-            if index > 1024:  # no real n is this large: a hostile index, not a choice
-                continue
-            more = self._more
-            if more is None:
-                more = self._more = {}
-            state = more.get(index)
-            if state is None:
-                state = more[index] = ChoiceState()
-            kept = self.reasoning_delta
-            self._fold_choice(choice, state, whole)
-            self.reasoning_delta = kept
-        return out
-
-    def _fold_choice(self, choice: dict[str, Any], state: ChoiceState, whole: bool) -> str:
+        # The common answer, choice 0 alone, is folded here without a further call.
+        state = self._choice
         finish = choice.get("finish_reason")
         if finish and isinstance(finish, str):
             state.finish_raw = finish
@@ -304,6 +277,42 @@ class AnswerDecoder:
         if out or inline:
             self.output_seen = True
         return out
+
+    def _fold_choices(self, choices: list[Any], whole: bool) -> str:
+        """Several choices, or one other than choice 0: each to its own state, by index.
+        Only choice 0's content is returned (and its reasoning kept in reasoning_delta)."""
+        out = ""
+        for position, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index")
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                index = position
+            if index == 0:
+                out += self._fold_one(choice, self._choice, whole)
+                continue
+            if index > 1024:  # no real n is this large: a hostile index, not a choice
+                continue
+            more = self._more
+            if more is None:
+                more = self._more = {}
+            state = more.get(index)
+            if state is None:
+                state = more[index] = ChoiceState()
+            kept = self.reasoning_delta
+            self._fold_one(choice, state, whole)
+            self.reasoning_delta = kept
+        return out
+
+    def _fold_one(self, choice: dict[str, Any], state: ChoiceState, whole: bool) -> str:
+        """Fold one choice into ``state`` by the same path as the common answer: as choice 0
+        of a chunk of its own, with ``state`` standing in for choice 0's."""
+        main = self._choice
+        self._choice = state
+        try:
+            return self.fold({"choices": [{**choice, "index": 0}]}, whole=whole)
+        finally:
+            self._choice = main
 
     def flush(self) -> str:
         """At the end of the stream: choice 0's content held back as a possible tag
@@ -372,8 +381,18 @@ class AnswerDecoder:
 
     def response(self) -> ChatResponse:
         """The aggregate so far (the final one once the stream ended)."""
+        # Choice 0 settled inline (as _settle does), the common answer's one path.
         state = self._choice
-        content, reasoning, finish_raw, tools = _settle(state)
+        content, inline = state.think.finish()
+        reasoning = "".join(state.reasoning) if state.reasoning else ""
+        if inline:
+            reasoning += inline
+        if reasoning and reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
+            reasoning = ""
+        finish_raw = state.finish_raw
+        tools = state.tools
+        if finish_raw is None and tools and state.finished:
+            finish_raw = "tool_calls"
         more = self._more
         return ChatResponse(
             content,
@@ -382,7 +401,7 @@ class AnswerDecoder:
             self.output_tokens,
             self.model,
             finish_word(finish_raw),
-            tools,
+            [t.build(i) for i, t in enumerate(tools)] if tools else [],
             None,
             None,
             None,
