@@ -279,3 +279,47 @@ def test_a_bad_concurrency_is_refused_before_anything_is_read(
 
     with pytest.raises(lmlink.ConfigurationError, match="concurrency"):
         run_batch(tmp_path / "missing.jsonl", tmp_path / "out.jsonl", concurrency=value)  # type: ignore[arg-type]
+
+
+def _random_refusals(limiter: AdaptiveLimiter, seconds: float, p: float) -> float:
+    """A server with room for anything (150-200 ms an answer) that refuses a fraction ``p``
+    of requests at random, whatever the load (429, Retry-After 0.2 s): the limit's mean over
+    time."""
+    import heapq
+    import random
+
+    rng = random.Random(7)
+    now, area, seq = 0.0, 0.0, 0
+    flights: list[tuple[float, int, Any]] = []
+    while now < seconds:
+        while (ticket := limiter.try_start(now)) is not None:
+            heapq.heappush(flights, (now + 0.15 + rng.random() * 0.05, seq, ticket))
+            seq += 1
+        if not flights:
+            area += limiter.limit * (limiter.paused_until - now)
+            now = limiter.paused_until
+            continue
+        end, _, ticket = heapq.heappop(flights)
+        area += limiter.limit * (end - now)
+        now = end
+        if rng.random() < p:
+            limiter.finish(ticket, Outcome.OVERLOAD, now, retry_after=0.2)
+        else:
+            limiter.finish(ticket, Outcome.OK, now)
+    return area / now
+
+
+def test_random_refusals_do_not_ratchet_the_limit_to_the_floor() -> None:
+    """A 2 % rate of refusals unrelated to load (a proxy's rate limiter, the demo's test
+    server) is honoured (Retry-After) but does not pin the limit at 1: each halving came to
+    stay before, since recovery stopped one below the level it left."""
+    mean = _random_refusals(AdaptiveLimiter(8, initial=8, now=0.0), 60.0, 0.02)
+    assert mean >= 4.0, mean
+
+
+def test_refusals_at_every_level_still_bring_the_limit_down() -> None:
+    """Refusals that come with load (a third of all requests) still halve the limit."""
+    limiter = AdaptiveLimiter(64, initial=64, now=0.0)
+    _random_refusals(limiter, 20.0, 0.33)
+    assert limiter.decreases >= 3
+    assert limiter.limit <= 8

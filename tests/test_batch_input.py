@@ -235,5 +235,8 @@ def test_python_rows_are_numbered_as_items() -> None:
 
 
 def test_template_fields_are_the_top_level_names() -> None:
-    """Attribute and index access count as their root field; escaped braces are text."""
-    assert template_fields("{a} {b.x} {c[0]} {{literal}} {a}") == ["a", "b", "c"]
+    """Index access counts as its root field; escaped braces are text; an attribute
+    (which would render a Python object's repr) is refused."""
+    assert template_fields("{a} {b[x]} {c[0]} {{literal}} {a}") == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="attribute"):
+        template_fields("{a} {b.x}")

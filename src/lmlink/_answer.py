@@ -15,7 +15,7 @@ each, and token log-probabilities (``choices[i].logprobs.content``) are one more
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _json
@@ -23,11 +23,18 @@ from ._errmap import error_from_payload
 from ._errors import APIStatusError, DecodeError, StreamError, clip, stream_variant
 from ._log import log
 from ._models import ChatResponse, Choice, TokenLogprob, ToolCall
-from ._sse import SSEEvent
+from ._sse import SSEDecoder, SSEEvent
 from ._think import ThinkSplitter
 from ._wire import finish_word, text_of
 
-__all__ = ["AnswerDecoder", "ChoiceState", "decode_answer", "loads_lenient"]
+__all__ = [
+    "AnswerDecoder",
+    "ChoiceState",
+    "decode_answer",
+    "decode_events",
+    "is_event_stream",
+    "loads_lenient",
+]
 
 
 _DONE = b"[DONE]"
@@ -184,6 +191,7 @@ class AnswerDecoder:
         "_choice",
         "_more",
         "done",
+        "events",
         "malformed",
         "model",
         "output_seen",
@@ -192,6 +200,7 @@ class AnswerDecoder:
         "raw",
         "reasoning_delta",
         "redact",
+        "stray",
     )
 
     def __init__(self, redact: Callable[[str], str] = str) -> None:
@@ -200,18 +209,23 @@ class AnswerDecoder:
         self._more: dict[int, ChoiceState] | None = None  # choices after the first, by index
         self.raw: Any = None  # the last JSON object of a stream; a plain answer's body
         self.done = False
+        self.events = 0  # SSE events fed: none means the body was not an event stream
         self.malformed = 0
         self.model: str | None = None
         self.output_seen = False
         self.prompt_tokens: int | None = None
         self.output_tokens: int | None = None
         self.reasoning_delta = ""
+        # The last chunk that was no answer chunk at all (no choices, no usage): when the
+        # stream ends without an answer, its error quotes it (the server's own words).
+        self.stray: bytes | None = None
 
     # -- input ------------------------------------------------------------------------------
 
     def feed(self, event: SSEEvent) -> str:
         """Fold one stream event in; return the content it adds (often ``""``)."""
         self.reasoning_delta = ""
+        self.events += 1
         data = event.data
         if self.done:
             return ""
@@ -230,6 +244,8 @@ class AnswerDecoder:
         if chunk.get("error") or chunk.get("object") == "error":
             self._raise_in_band(chunk)
         self.raw = chunk
+        if "choices" not in chunk and "usage" not in chunk:
+            self.stray = data
         return self.fold(chunk, whole=False)
 
     def fold(self, chunk: dict[str, Any], *, whole: bool) -> str:
@@ -436,9 +452,13 @@ class AnswerDecoder:
         """The error for a stream that ended without finishing."""
         partial = self.partial()
         got = len(partial.content)
+        said = ""
+        if self.stray is not None and not self.output_seen:
+            text = clip(self.redact(self.stray.decode("utf-8", "replace")), 200)
+            said = f"; instead of an answer the server sent: {text}"
         return StreamError(
             f"the stream ended before it finished ({why}; {got} characters of content "
-            "arrived, kept in .partial)",
+            f"arrived, kept in .partial){said}",
             partial=partial,
         )
 
@@ -505,3 +525,30 @@ def decode_answer(body: bytes, *, redact: Callable[[str], str] = str) -> ChatRes
     decoder.raw = payload
     decoder.fold(payload, whole=True)
     return decoder.response()
+
+
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    """Whether a response is an event stream (a media type is case-insensitive, and may
+    carry parameters: ``Text/Event-Stream; charset=utf-8``)."""
+    kind = headers.get("content-type", "")
+    return kind[:17].lower() == "text/event-stream"
+
+
+def decode_events(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:
+    """The ChatResponse of a plain call the server answered with an event stream anyway
+    (the mirror of a server that ignores ``"stream": true``): folded event by event as a
+    stream is, so the same bytes give the same answer and the same errors (an in-band
+    error, a stream that ended before it finished)."""
+    acc = AnswerDecoder(redact)
+    sse = SSEDecoder()
+    for event in [*sse.feed(body), *sse.close()]:
+        acc.feed(event)
+        if acc.done:
+            break
+    acc.flush()
+    if not acc.finished:
+        if not acc.events and acc.stray is None and body.strip():
+            acc.stray = body[:300]  # no event at all: say what came instead
+        why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
+        raise acc.truncated_error(why)
+    return acc.response()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ._errors import ConfigurationError
 from ._values import FrozenRecord
@@ -172,7 +172,7 @@ def resolve_endpoint(value: str | None, env: Mapping[str, str] | None = None) ->
             f"one client talks to one server, and {raw!r} lists several: pass one of them "
             "as endpoint= (lmlink batch and run_batch take the list)"
         )
-    parts = urlsplit(raw.strip())
+    parts = _split(raw.strip(), "endpoint")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"endpoint must be an http:// or https:// URL such as http://127.0.0.1:8080/v1, "
@@ -189,12 +189,21 @@ def resolve_endpoint(value: str | None, env: Mapping[str, str] | None = None) ->
     return url
 
 
+def _split(url: str, what: str) -> SplitResult:
+    """``urlsplit(url)``; a URL it cannot read (``http://[::1``) is a ConfigurationError,
+    not a bare ValueError (without the URL: it may hold a password)."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid {what}: {exc}") from None
+
+
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     """``url`` without a ``user:password@`` part; that part as an ``Authorization: Basic``
     value, and the secret to blank out of messages: the password, or the user name when
     there is no password (a token given as ``http://TOKEN@host/v1``). None, None when there
     is no such part."""
-    parts = urlsplit(url)
+    parts = _split(url, "URL")
     if parts.username is None and parts.password is None:
         return url, None, None
     try:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._adapt import CapabilityStore, ChatPlan, ChatSpec
-from ._answer import AnswerDecoder, decode_answer
+from ._answer import AnswerDecoder, decode_answer, decode_events, is_event_stream
 from ._config import (
     RetryPolicy,
     Timeout,
@@ -62,7 +62,7 @@ class Call:
     and re-asks included): timings and the total deadline count from it; ``timeout`` is the
     call's own (the client's unless the call gave one)."""
 
-    __slots__ = ("body", "headers", "method", "started", "timeout", "url")
+    __slots__ = ("body", "headers", "method", "redactor", "started", "timeout", "url")
 
     def __init__(
         self,
@@ -79,6 +79,8 @@ class Call:
         self.body = body
         self.timeout = timeout
         self.started = time.monotonic() if started is None else started
+        # Secrets of this call beyond the client's (a key in its own headers=), or None.
+        self.redactor: Redactor | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -104,11 +106,13 @@ def _count(name: str, value: object, least: int) -> int:
 
 
 def _with_headers(
-    base: tuple[tuple[str, str], ...], extra: Sequence[tuple[str, str]]
+    base: tuple[tuple[str, str], ...], extra: Sequence[tuple[str, str | None]]
 ) -> tuple[tuple[str, str], ...]:
-    """``base`` with the headers of ``extra`` replacing those of the same name."""
+    """``base`` with the headers of ``extra`` replacing those of the same name (whatever
+    its case); a None value removes the header."""
     names = {name.lower() for name, _ in extra}
-    return (*(h for h in base if h[0].lower() not in names), *extra)
+    kept = [(n, v) for n, v in extra if v is not None]
+    return (*(h for h in base if h[0].lower() not in names), *kept)
 
 
 class ClientCore:
@@ -121,7 +125,7 @@ class ClientCore:
         api_key: str | None = None,
         timeout: float | Timeout = 60.0,
         max_retries: int = 3,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | None] | None = None,
         *,
         retry: RetryPolicy | None = None,
         verify: bool | ssl.SSLContext = True,
@@ -168,7 +172,8 @@ class ClientCore:
         self._redactor = Redactor((self._api_key, secret, basic, proxy_secret))
         for name, value in (headers or {}).items():
             base = [(k, v) for k, v in base if k.lower() != name.lower()]
-            base.append((name, value))
+            if value is not None:  # None leaves the header out (User-Agent, say)
+                base.append((name, value))
         self._get_headers = (*base, ("Accept", "application/json"))
         self._json_headers = (
             *base,
@@ -286,7 +291,10 @@ class ClientCore:
         if options.headers:
             headers = _with_headers(headers, options.headers)
         timeout = options.timeout or self.timeout
-        return Call("POST", self._url("/chat/completions"), headers, plan.body(), timeout)
+        call = Call("POST", self._url("/chat/completions"), headers, plan.body(), timeout)
+        if options.secrets:
+            call.redactor = self._redactor.plus(options.secrets)
+        return call
 
     def _get_call(self, path: str) -> Call:
         return Call("GET", self._url(path), self._get_headers, None, self.timeout)
@@ -335,6 +343,12 @@ class ClientCore:
         """The answer of a plain chat call's response, or the error it reports."""
         if status >= 300:
             raise self._status_error(status, headers, body)
+        if is_event_stream(headers):
+            # Streamed although not asked to: the same rules as a stream, not a JSON error.
+            out = decode_events(body, redact=self.redact)
+            out.ttft_s = ttft
+            out.latency_s = time.monotonic() - call.started
+            return out
         return self._finish_chat(call, body, ttft)
 
     def _models_answer(
@@ -415,11 +429,20 @@ class Attempts:
         self._state: RetryState | None = None
         self.call = call
 
+    def scrub(self, exc: LMLinkError) -> LMLinkError:
+        """``exc`` with the client's secrets and this call's blanked out."""
+        redactor = self.call.redactor
+        return self._core.scrub(exc) if redactor is None else redactor.error(exc)
+
+    def redact(self, text: str) -> str:
+        redactor = self.call.redactor
+        return self._core.redact(text) if redactor is None else redactor(text)
+
     def failed(self, exc: LMLinkError) -> float:
         """Seconds to wait before sending ``self.call`` again (0: at once, changed);
         raises ``exc`` when there is no next attempt."""
         core = self._core
-        core.scrub(exc)
+        self.scrub(exc)
         plan = self._plan
         if (
             plan is not None
@@ -447,10 +470,10 @@ class Attempts:
             if plan.accept(resp):
                 return True
         except StructuredOutputError as exc:
-            raise self._core.scrub(exc) from None
+            raise self.scrub(exc) from None
         log.info(
             "lmlink: the answer did not match the schema; asking again: %s",
-            self._core.redact(plan.reasked),
+            self.redact(plan.reasked),
         )
         self.call.body = plan.body()
         return False

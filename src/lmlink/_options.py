@@ -15,7 +15,7 @@ from typing import Any
 from ._config import Timeout
 from ._errors import ConfigurationError
 
-__all__ = ["NO_OPTIONS", "CallOptions", "split_options"]
+__all__ = ["NO_OPTIONS", "CallOptions", "header_secrets", "split_options"]
 
 # Keywords that never go into the body: they would contradict what the call itself sends.
 _REFUSED = {
@@ -24,20 +24,40 @@ _REFUSED = {
 
 
 class CallOptions:
-    """What one call changes on the client side: its timeout, extra headers, and body
-    fields to merge in (``extra_body``, for server-specific fields)."""
+    """What one call changes on the client side: its timeout, extra headers (a None value
+    leaves that header out), and body fields to merge in (``extra_body``, for
+    server-specific fields)."""
 
-    __slots__ = ("extra_body", "headers", "timeout")
+    __slots__ = ("extra_body", "headers", "secrets", "timeout")
 
     def __init__(
         self,
         timeout: Timeout | None = None,
-        headers: tuple[tuple[str, str], ...] = (),
+        headers: tuple[tuple[str, str | None], ...] = (),
         extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         self.timeout = timeout
         self.headers = headers
         self.extra_body = extra_body
+        self.secrets = header_secrets(headers)
+
+
+# Headers that carry credentials: a key given per call is blanked out of errors like the
+# client's own (servers echo it, "invalid key sk-...").
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+
+
+def header_secrets(headers: tuple[tuple[str, str | None], ...]) -> tuple[str, ...]:
+    """The credentials among ``headers``: each value, and its token after the scheme
+    (``Bearer sk-...``)."""
+    out: list[str] = []
+    for name, value in headers:
+        if value is not None and name.lower() in _SECRET_HEADERS:
+            out.append(value)
+            token = value.split()[-1] if value.split() else ""
+            if token != value:
+                out.append(token)
+    return tuple(out)
 
 
 NO_OPTIONS = CallOptions()
@@ -65,6 +85,7 @@ def split_options(extra: dict[str, Any]) -> tuple[CallOptions, dict[str, Any]]:
             if name in extra_body:
                 raise ConfigurationError(f"{name} is not a body field here: {why}")
         body.update(extra_body)
-    pairs = tuple((str(k), str(v)) for k, v in (headers or {}).items())
+    # None leaves a header out (the client's Authorization for one call), never "None".
+    pairs = tuple((str(k), None if v is None else str(v)) for k, v in (headers or {}).items())
     options = CallOptions(None if timeout is None else Timeout.coerce(timeout), pairs, extra_body)
     return options, body

@@ -63,6 +63,12 @@ class Redactor:
     def __bool__(self) -> bool:
         return bool(self._forms)
 
+    def plus(self, secrets: Iterable[str | None]) -> Redactor:
+        """A redactor for these secrets as well as this one's."""
+        out = Redactor(secrets)
+        out._forms = tuple(sorted({*self._forms, *out._forms}, key=len, reverse=True))
+        return out
+
     def __call__(self, text: str) -> str:
         """``text`` with every form of every secret blanked out."""
         for form in self._forms:

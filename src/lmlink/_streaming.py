@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from ._adapt import ChatPlan
-from ._answer import AnswerDecoder
+from ._answer import AnswerDecoder, is_event_stream
 from ._core import Attempts, Call, StreamContext
 from ._errors import (
     ConfigurationError,
@@ -74,6 +74,7 @@ class StreamCore:
         self._buffer: deque[str] = deque()  # deltas read but not yet handed out
         self._failure: LMLinkError | None = None  # raised once the buffer is handed out
         self._received = 0  # body bytes of this attempt, against max_response_bytes
+        self._head = b""  # the body's first bytes, until an event arrives
         self._ttft: float | None = None
         self._ended = False
         self._response: ChatResponse | None = None
@@ -85,6 +86,11 @@ class StreamCore:
         self._run = self._context.attempts(plan, options, self._started)
         return self._run
 
+    def _scrub(self, exc: LMLinkError) -> LMLinkError:
+        """``exc`` with the client's secrets blanked out, and those of the call's headers."""
+        run = self._run
+        return self._context.scrub(exc) if run is None else run.scrub(exc)
+
     def _failed(self, exc: LMLinkError) -> float:
         """An attempt failed before any output: start over, after the wait the attempt loop
         decides (it raises when there is no next attempt)."""
@@ -93,13 +99,14 @@ class StreamCore:
         self._buffer.clear()
         self._failure = None
         self._received = 0
+        self._head = b""
         assert self._run is not None
         return self._run.failed(exc)
 
     def _is_stream(self, status: int, headers: Mapping[str, str]) -> bool:
         """Whether the response is an event stream; else its body is read whole and given
         to :meth:`_whole` (an error status, or a server that ignored ``"stream": true``)."""
-        return status < 300 and headers.get("content-type", "").startswith("text/event-stream")
+        return status < 300 and is_event_stream(headers)
 
     def _whole(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         """A response that is not a stream: the error it reports, or the whole answer as
@@ -109,6 +116,8 @@ class StreamCore:
         self._run.accept(resp)
         self._response = resp
         self._ended = True
+        if resp.reasoning and self._on_reasoning is not None:
+            self._on_reasoning(resp.reasoning)  # as a stream would have, before the text
         if resp.content:
             self._buffer.append(resp.content)
 
@@ -116,8 +125,10 @@ class StreamCore:
         """The content deltas ``data`` completes. A failure among its events is kept for
         after them (:meth:`_raise_failure`): what arrived before it is handed out first."""
         self._received += len(data)
+        if not self._acc.events and len(self._head) < 300:
+            self._head += data[:300]  # quoted if no event ever comes (see _finish)
         if self._received > self._context.max_body:
-            raise self._context.scrub(self._too_large())
+            raise self._scrub(self._too_large())
         out: list[str] = []
         acc = self._acc
         try:
@@ -131,7 +142,7 @@ class StreamCore:
                     self._ttft = time.monotonic() - self._started
         except LMLinkError as exc:
             if not out:
-                raise self._context.scrub(exc) from None
+                raise self._scrub(exc) from None
             self._failure = exc
         return out
 
@@ -146,10 +157,10 @@ class StreamCore:
         if exc is not None:
             self._failure = None
             self._ended = True
-            raise self._context.scrub(exc)
+            raise self._scrub(exc)
 
     def _broken(self, exc: LMLinkError) -> LMLinkError:
-        return self._context.scrub(broken(exc, self._acc))
+        return self._scrub(broken(exc, self._acc))
 
     def _too_large(self) -> LMLinkError:
         limit = self._context.max_body
@@ -170,8 +181,10 @@ class StreamCore:
         if tail:
             self._buffer.append(tail)
         if not acc.finished:
+            if not acc.events and acc.stray is None and self._head.strip():
+                acc.stray = self._head[:300]  # not an event stream at all: quote it
             why = "[DONE] without a finish_reason" if acc.done else "the connection closed"
-            raise self._context.scrub(acc.truncated_error(why))
+            raise self._scrub(acc.truncated_error(why))
         out = acc.response()
         out.ttft_s = self._ttft
         out.latency_s = time.monotonic() - self._started

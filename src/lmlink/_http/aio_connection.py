@@ -186,10 +186,22 @@ class AsyncConnection(asyncio.BufferedProtocol):
             try:
                 transport.abort()
             except RuntimeError:
-                # Its event loop is closed (the client moved to another loop) and will never
-                # close the socket: hang up now, so the server stops at once; the socket
-                # object itself goes with the transport.
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    with suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
+                # Its event loop is closed (asyncio.run() per call, or the client moved to
+                # another loop) and will never run the transport's own close: hang up now,
+                # so the server stops at once, and close the socket here, else it is left
+                # to the garbage collector with a ResourceWarning.
+                _close_orphan(transport)
+
+
+def _close_orphan(transport: asyncio.BaseTransport) -> None:
+    """Close the socket of a transport whose event loop is closed. asyncio's selector
+    transports keep it as ``_sock`` (and warn at collection while it is set); other loops'
+    transports (uvloop) only get the hang-up."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    raw = getattr(transport, "_sock", None)
+    if isinstance(raw, socket.socket):
+        transport._sock = None  # type: ignore[attr-defined]
+        raw.close()

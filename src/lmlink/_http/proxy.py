@@ -15,8 +15,10 @@ bounds every wait.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import suppress
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,7 @@ from lmlink._errors import (
     ResponseTooLargeError,
 )
 
-from .common import DEFAULT_LIMIT, Timeouts, make_ssl_context, timeout_error
+from .common import DEFAULT_LIMIT, Timeouts, forget_after_fork, make_ssl_context, timeout_error
 from .response import _CODINGS, _Decoder
 
 if TYPE_CHECKING:
@@ -64,19 +66,45 @@ def _timeout(httpx: Any, timeouts: Timeouts) -> Any:
     )
 
 
-def _error(httpx: Any, exc: Exception, where: str, timeouts: Timeouts) -> LMLinkError:
-    """lmlink's error for an httpx failure."""
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def _error(
+    httpx: Any,
+    exc: Exception,
+    where: str,
+    timeouts: Timeouts,
+    started: float,
+    via: str | None = None,
+) -> LMLinkError:
+    """lmlink's error for an httpx failure (of a request sent at ``started``)."""
     if isinstance(exc, httpx.TimeoutException):
+        deadline = timeouts.deadline
+        if deadline is not None and monotonic() >= deadline - 0.005:
+            # The deadline, not the idle timeout, bounded the wait that ran out.
+            left = max(deadline - started, 0.0)
+            writing = isinstance(exc, httpx.WriteTimeout)
+            sent = not isinstance(exc, httpx.ConnectTimeout)
+            return timeout_error("total", left, where, sent, writing=writing)
         if isinstance(exc, httpx.ConnectTimeout):
             return timeout_error("connect", timeouts.connect or 0.0, where, False)
         if isinstance(exc, httpx.PoolTimeout):
             return timeout_error("pool", 0.0, where, False)
-        return timeout_error("idle", timeouts.idle or 0.0, where, True)
+        writing = isinstance(exc, httpx.WriteTimeout)
+        return timeout_error("idle", timeouts.idle or 0.0, where, True, writing=writing)
     if isinstance(exc, httpx.ProxyError):
         return APIConnectionError(f"the proxy refused the request to {where}: {exc}", reason="")
+    if isinstance(exc, httpx.ConnectError) and via is not None:
+        proxy = _USERINFO.sub("//", via)
+        refused = _refused(exc)
+        return APIConnectionError(
+            f"could not connect to the proxy {proxy} (for {where}): {exc}"
+            + (" (is the proxy running?)" if refused else ""),
+            reason="refused" if refused else "",
+        )
     if isinstance(exc, httpx.ConnectError):
         text = str(exc)
-        refused = "refused" in text.lower()
+        refused = _refused(exc)
         reason = "refused" if refused else "tls" if "ssl" in text.lower() else ""
         hint = " (is the server running?)" if refused else ""
         return APIConnectionError(
@@ -89,12 +117,34 @@ def _error(httpx: Any, exc: Exception, where: str, timeouts: Timeouts) -> LMLink
     return APIConnectionError(f"the request to {where} failed: {exc}", reason="")
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect failure was a refused connection: httpx's asyncio backend says
+    only "All connection attempts failed", with the refusal as its cause."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain; never a loop
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or "refused" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class _Body:
     """The decoding and the size cap of one response body, shared by both shells."""
 
-    __slots__ = ("_decoder", "_limit", "_size", "where")
+    __slots__ = ("_decoder", "_limit", "_size", "started", "timeouts", "where")
 
-    def __init__(self, headers: Mapping[str, str], limit: int | None, where: str) -> None:
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        limit: int | None,
+        where: str,
+        timeouts: Timeouts,
+        started: float,
+    ) -> None:
+        self.timeouts = timeouts  # the request's, for the errors of reading its body
+        self.started = started
         coding = headers.get("content-encoding", "").strip().lower()
         self._decoder = _Decoder(coding) if coding in _CODINGS else None
         self._limit = limit
@@ -136,6 +186,18 @@ class _Base:
             "limits": self._httpx.Limits(max_connections=max_connections),
             "follow_redirects": False,
         }
+        # Only proxy= sends everything through the proxy: then a refused connection is the
+        # proxy's (trust_env may go direct, by NO_PROXY).
+        self._via = proxy if proxy is not None and not trust_env else None
+
+    def _make(self, cls: Any) -> Any:
+        """An httpx client of ``cls``; a proxy URL httpx cannot use is a ConfigurationError
+        (its credentials left out of the message), not httpx's ValueError or ImportError."""
+        try:
+            return cls(**self._kwargs)
+        except (ValueError, ImportError) as exc:
+            text = _USERINFO.sub("//", str(exc))
+            raise ConfigurationError(f"proxy cannot be used: {text}") from None
 
     def _headers(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         # Identity bodies, as lmlink's own transports ask (no Accept-Encoding).
@@ -169,7 +231,8 @@ class ProxyResponse:
             yield self._body.end()
         except httpx.HTTPError as exc:
             self.close()
-            raise _error(httpx, exc, self._body.where, Timeouts(None, None, None)) from exc
+            body = self._body
+            raise _error(httpx, exc, body.where, body.timeouts, body.started) from exc
         except BaseException:
             self.close()
             raise
@@ -193,7 +256,17 @@ class ProxyTransport(_Base):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
-        self._client = self._httpx.Client(**self._kwargs)
+        self._client = self._make(self._httpx.Client)
+        # The parent's clients, kept (never closed, never used) in a forked child.
+        self._parents: list[Any] = []
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # The child must not share the parent's pooled proxy connections (both would read
+        # each other's answers): it starts a pool of its own. Closing the parent's would
+        # shut sockets the parent still uses, so they are only set aside.
+        self._parents.append(self._client)
+        self._client = self._make(self._httpx.Client)
 
     def request(
         self,
@@ -205,6 +278,7 @@ class ProxyTransport(_Base):
     ) -> ProxyResponse:
         httpx = self._httpx
         where = url.split("/")[2] if "//" in url else url
+        started = monotonic()
         try:
             req = self._client.build_request(
                 method,
@@ -215,8 +289,9 @@ class ProxyTransport(_Base):
             )
             resp = self._client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            raise _error(httpx, exc, where, timeouts) from exc
-        return ProxyResponse(resp, _Body(resp.headers, self._max_body, where), self)
+            raise _error(httpx, exc, where, timeouts, started, self._via) from exc
+        reader = _Body(resp.headers, self._max_body, where, timeouts, started)
+        return ProxyResponse(resp, reader, self)
 
     def close(self) -> None:
         self._client.close()
@@ -252,7 +327,8 @@ class AsyncProxyResponse:
             yield self._body.end()
         except httpx.HTTPError as exc:
             await self.aclose()
-            raise _error(httpx, exc, self._body.where, Timeouts(None, None, None)) from exc
+            body = self._body
+            raise _error(httpx, exc, body.where, body.timeouts, body.started) from exc
         except BaseException:
             await self.aclose()
             raise
@@ -276,16 +352,32 @@ class AsyncProxyTransport(_Base):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
+        self._make(self._httpx.Client).close()  # a proxy it cannot use: refused now
         self._lock = threading.Lock()
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        # Each loop's httpx client, and the generator that closes it with the loop.
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
+        self._parents: list[Any] = []
+        forget_after_fork(self)
 
-    def _client(self) -> Any:
+    def _after_fork(self) -> None:
+        # As for the blocking transport: a child starts with no connection of the parent's.
+        self._lock = threading.Lock()
+        self._parents.append(self._clients)
+        self._clients = {}
+
+    async def _client(self) -> Any:
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._clients.get(loop)
-            if client is None:
-                client = self._clients[loop] = self._httpx.AsyncClient(**self._kwargs)
-        return client
+            entry = self._clients.get(loop)
+            fresh = entry is None
+            if entry is None:
+                for old in [old for old in self._clients if old.is_closed()]:
+                    del self._clients[old]  # closed with its loop (see _closer)
+                client = self._make(self._httpx.AsyncClient)
+                entry = self._clients[loop] = (client, _closer(client))
+        if fresh:
+            await entry[1].__anext__()  # now the loop knows it (it never suspends)
+        return entry[0]
 
     async def request(
         self,
@@ -297,7 +389,8 @@ class AsyncProxyTransport(_Base):
     ) -> AsyncProxyResponse:
         httpx = self._httpx
         where = url.split("/")[2] if "//" in url else url
-        client = self._client()
+        started = monotonic()
+        client = await self._client()
         try:
             req = client.build_request(
                 method,
@@ -308,13 +401,32 @@ class AsyncProxyTransport(_Base):
             )
             resp = await client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            raise _error(httpx, exc, where, timeouts) from exc
-        return AsyncProxyResponse(resp, _Body(resp.headers, self._max_body, where), self)
+            raise _error(httpx, exc, where, timeouts, started, self._via) from exc
+        reader = _Body(resp.headers, self._max_body, where, timeouts, started)
+        return AsyncProxyResponse(resp, reader, self)
 
     async def aclose(self) -> None:
         here = asyncio.get_running_loop()
         with self._lock:
             clients, self._clients = self._clients, {}
-        for loop, client in clients.items():
+        for loop, (_, closer) in clients.items():
             if loop is here:
-                await client.aclose()
+                await closer.aclose()
+            elif not loop.is_closed():
+                with suppress(RuntimeError):  # closed in the meantime: closed with it
+                    asyncio.run_coroutine_threadsafe(_close(closer), loop)
+
+
+async def _closer(client: Any) -> AsyncGenerator[None, None]:
+    """Closes ``client`` when closed: on ``aclose()``, or when its event loop shuts down its
+    async generators, as ``asyncio.run()`` does before closing the loop. An httpx client's
+    connections can only be closed on their own loop, so a client used once per
+    ``asyncio.run()`` would otherwise leave its sockets to the garbage collector."""
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+async def _close(closer: AsyncGenerator[None, None]) -> None:
+    await closer.aclose()

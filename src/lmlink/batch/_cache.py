@@ -9,7 +9,9 @@ consistent. ``sqlite3`` is imported only when a cache is opened.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,6 +94,9 @@ class ResponseCache:
 
         self.path = Path(path)
         self.hits = 0
+        self.stored = 0  # answers put by this instance
+        #: True when this instance made the file (a run that stored nothing removes it).
+        self.created = not self.path.exists()
         self.error: str | None = None  # why a read or write failed; the cache is off since
         try:
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -158,6 +163,8 @@ class ResponseCache:
             )
         except sqlite3.Error as exc:
             self._failed(exc)
+        else:
+            self.stored += 1
 
     def __len__(self) -> int:
         (count,) = self._conn().execute("SELECT COUNT(*) FROM responses").fetchone()
@@ -168,3 +175,12 @@ class ResponseCache:
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+    def discard_if_unused(self) -> None:
+        """Close, and remove the file if this instance created it and stored nothing in
+        it (a run that could not start leaves no file behind)."""
+        self.close()
+        if self.created and not self.stored:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{self.path}{suffix}")

@@ -141,6 +141,19 @@ class ItemFormat:
     allow_messages: bool = True
 
 
+def _split_field(name: str) -> tuple[str, bool]:
+    """A format field's root name, and whether it reads an attribute (``.x``) anywhere
+    after it; an index (``[key]``) runs to its ``]`` whatever it holds, as in str.format."""
+    cut = min((i for i in (name.find("."), name.find("[")) if i >= 0), default=len(name))
+    root, rest = name[:cut], name[cut:]
+    while rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            return root, False  # malformed: str.format reports it on the row
+        rest = rest[end + 1 :]
+    return root, rest.startswith(".")
+
+
 def template_fields(template: str) -> list[str]:
     """The top-level field names ``template`` uses; ValueError if it is malformed.
 
@@ -155,10 +168,16 @@ def template_fields(template: str) -> list[str]:
     for _, name, _, _ in parsed:
         if name is None:
             continue
-        root = name.split(".", 1)[0].split("[", 1)[0]
+        root, rest = _split_field(name)
         if not root or root.isdigit():
             raise ValueError(
                 "template fields must be named, like {text}; write {{ and }} for literal braces"
+            )
+        if rest:
+            # str.format would render a Python object's repr ({text.upper}) into the prompt.
+            raise ValueError(
+                f"{{{name}}} reads an attribute; fields are row keys, like {{text}}, and "
+                f"nested ones are indexed, like {{{root}[key]}}"
             )
         if root not in names:
             names.append(root)

@@ -43,7 +43,7 @@ from lmlink._errors import ConfigurationError
 from lmlink._log import log
 
 from ._doneset import DigestSet, DoneSet, digest
-from ._header import HEADER_START, header_line, is_header, is_result_shaped
+from ._header import FORMAT, HEADER_START, header_line, is_header, is_result_shaped
 
 __all__ = ["Journal", "JournalError", "JournalState", "SettingsChangedError", "encode_record"]
 
@@ -121,6 +121,7 @@ class Journal:
         self._fd: int | None = fd
         self.state = state
         self.written = 0
+        self._was_empty = False  # the header went into a file that was empty before
 
     @classmethod
     def open(
@@ -203,6 +204,7 @@ class Journal:
             self._fd = new_fd
             self.state.legacy = False
         elif self.state.header is None:
+            self._was_empty = os.fstat(self._fd).st_size == 0
             os.write(self._fd, line)  # a torn header is cut by the next open
             os.fsync(self._fd)
         else:
@@ -210,10 +212,15 @@ class Journal:
         self.state.header = orjson.loads(line)
 
     def discard(self) -> None:
-        """Remove a file this run created and wrote no result to, then close it."""
-        if self._fd is not None and self.state.created and self.written == 0:
+        """Remove a file this run created and wrote no result to (or empty again one that
+        was empty before), then close it."""
+        if self._fd is not None and self.written == 0:
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                if self.state.created:
+                    self.path.unlink()
+                elif self._was_empty:  # the user's empty file: as it was, mode and all
+                    os.ftruncate(self._fd, 0)
+                    os.fsync(self._fd)
         self.close()
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -401,6 +408,14 @@ def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
                 "nothing else changes"
             )
         state.legacy = True
+    made = state.header.get("format") if state.header is not None else FORMAT
+    if not isinstance(made, int) or isinstance(made, bool) or made > FORMAT:
+        # A later lmlink's lines may mean something else: resuming, rewriting or adopting
+        # it here would mix two formats in one file.
+        raise JournalError(
+            f"{path} was written by a newer lmlink (output format {made}; this one knows "
+            f"format {FORMAT}); upgrade lmlink, or pick another output (it was left as it is)"
+        )
     if whole_tail:
         os.write(fd, b"\n")
         os.fsync(fd)

@@ -101,6 +101,8 @@ _MAX_PAUSE = 60.0  # a Retry-After longer than this is capped (seconds)
 _CHANGED = 1.25  # a cruise window this much faster or slower than the last: re-probe now
 _STARTUP_SAMPLES = 4  # doubling is a big step: a few latencies tell it apart
 _MIN_WINDOW_S = 0.1  # sub-millisecond answers (a cache, a tiny model) need more of them
+_CALM_PER_SLOT = 2  # answers per slot since the last refusal that make the next one a lone one
+_ROUND_TRIPS = 8  # at a low limit a window needs no more answers than this many per slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,9 @@ class AdaptiveLimiter:
       changes (another client, a reloaded model) without being told.
     - *Overload* (429, 503, a timeout): the limit halves at once (multiplicative decrease),
       once per burst: only a request started after the last decrease can cause another.
+      A lone refusal after a long calm (two answers per slot since the last one) only
+      pauses for its Retry-After: refusals that have nothing to do with load (a proxy's
+      rate limiter) must not ratchet the limit down; a second one soon after halves it.
       Then it starts again from there, doubling up to one below the level that overloaded.
       A ``retry_after`` holds every new request back until it has passed (capped at 60 s).
 
@@ -223,6 +228,7 @@ class AdaptiveLimiter:
         self._top = ceiling  # startup doubles up to this
         self._next_probe = "down"
         self._cruised = 0  # windows at the cruising level since the last probe
+        self._calm = 0  # answers since the last decrease
         self._last: _Sample | None = None  # the last startup or cruise window
         self._window = 0
         self._measuring: float | None = now  # nothing in flight yet: measure at once
@@ -260,8 +266,15 @@ class AdaptiveLimiter:
             if retry_after is not None and retry_after > 0:
                 self.paused_until = max(self.paused_until, now + min(retry_after, _MAX_PAUSE))
             if ticket.epoch == self.epoch:
-                self._decrease(now)
+                if self._calm >= _CALM_PER_SLOT * self.limit:
+                    # One refusal after a long calm says little about load (a proxy's
+                    # random 429s, a passing hiccup): its Retry-After is honoured, and a
+                    # second one soon after is what brings the limit down.
+                    self._calm = 0
+                else:
+                    self._decrease(now)
             return
+        self._calm += 1
         if ticket.window != self._window:
             return  # started under another limit: says nothing about this one
         if self._measuring is None:
@@ -275,7 +288,10 @@ class AdaptiveLimiter:
             return
         self._samples += 1
         self._latency_sum += max(0.0, now - ticket.started)
-        least = _STARTUP_SAMPLES if self._phase == "startup" else self._min_samples
+        if self._phase == "startup":
+            least = _STARTUP_SAMPLES
+        else:  # a few round trips' worth: 32 answers at 1 in flight could take minutes
+            least = min(self._min_samples, _ROUND_TRIPS * self.limit)
         if self._samples >= max(least, self.limit) and now - self._measuring >= _MIN_WINDOW_S:
             self._close_window(now)
 
@@ -307,6 +323,7 @@ class AdaptiveLimiter:
         self.cruise = max(self.floor, int(before * _BETA))
         # Recover as from a start, but only up to just below where it overloaded: a
         # passing 429 costs a few windows, a real limit is not hit again at once.
+        self._calm = 0
         self._phase = "startup"
         self._top = max(self.cruise, before - 1)
         self._next_probe = "up"

@@ -51,7 +51,7 @@ from ._progress import BatchSummary, Progress, ProgressCallback
 from ._shard import Shard, in_shard
 from ._source import ItemSource, scan_items
 from ._tally import Mark, Tally
-from ._tasks import Task
+from ._tasks import Task, same_extract_question
 
 __all__ = ["Concurrency", "Items", "Runner", "ceiling_of", "load_items"]
 
@@ -242,7 +242,7 @@ class Runner:
             model=model,
             params=self._params,
         )
-        if self.shard is not None:
+        if self.shard is not None and self.shard[1] > 1:  # 1/1 is every id: no shard
             settings["shard"] = f"{self.shard[0]}/{self.shard[1]}"
         return settings
 
@@ -260,6 +260,8 @@ class Runner:
         new = self.settings(model)
         if not model_known:
             new["model"] = old.get("model")
+        if same_extract_question(old, new):
+            new["instructions"] = old.get("instructions")
         changes = describe_changes(old, new)
         if changes:
             raise SettingsChangedError(
@@ -351,7 +353,7 @@ class Runner:
                 self.close()
                 if cache is not None:
                     self.summary.cache_error = cache.error
-                    cache.close()
+                    cache.discard_if_unused()
                 if pool is not None:
                     await pool.aclose(clients=owned)
                 self._emit(final=True)

@@ -5,8 +5,8 @@ every row as :mod:`lmlink.batch._input` does, counts them and keeps 8 bytes per 
 duplicate check and for resuming), then raises :class:`BatchInputError` with every problem
 and its line number, before anything is sent. The :class:`ItemSource` it returns is the
 second pass: iterating it reads the input again and yields the :class:`BatchItem` of each
-row, one at a time. Standard input cannot be read twice, so the first pass copies it to an
-unnamed temporary file.
+row, one at a time. Standard input and named pipes (``<(cmd)``) cannot be read twice, so
+the first pass copies them to an unnamed temporary file.
 
 A duplicate id is found by sorting the digests; the lines it is on (and that the strings
 really are equal) are then confirmed by a third look at the input, only for those ids.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 import sys
 import tempfile
 from array import array
@@ -141,6 +142,12 @@ def scan_items(source: str | Path, fmt: ItemFormat | None = None) -> ItemSource:
         else:
             path = Path(source)
             reader = open(path, "rb")  # noqa: SIM115 - closed by _rows
+            if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                # A named pipe (``<(cmd)``, mkfifo) gives its rows once, as stdin does: a
+                # second open would find it drained, or wait for a writer forever.
+                spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the ItemSource
+                reader = _Tee(reader, spool, owned=True)  # type: ignore[assignment]
+                path = None
     except OSError as exc:
         raise BatchInputError.of(name, [_unreadable(exc)]) from exc
     problems: list[Problem] = []
@@ -197,9 +204,10 @@ def _with_duplicates(problems: list[Problem], duplicates: list[Problem]) -> list
 class _Tee:
     """Reads ``src`` line by line and writes what it read to ``copy``."""
 
-    def __init__(self, src: IO[bytes], copy: IO[bytes]) -> None:
+    def __init__(self, src: IO[bytes], copy: IO[bytes], *, owned: bool = False) -> None:
         self._src = src
         self._copy = copy
+        self._owned = owned  # close ``src`` with the tee (not stdin)
 
     def __iter__(self) -> Iterator[bytes]:
         for line in self._src:
@@ -213,7 +221,8 @@ class _Tee:
         return data
 
     def close(self) -> None:
-        pass
+        if self._owned:
+            self._src.close()
 
 
 def _rows(name: str, f: IO[bytes]) -> Iterator[tuple[int, Any]]:
@@ -278,6 +287,11 @@ def _csv_rows(f: IO[bytes]) -> Iterator[tuple[int, Any]]:
         header = [h.strip() for h in header]
         if "id" not in header:
             yield 1, Problem(1, f"no 'id' column in the header (columns: {', '.join(header)})")
+            return
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:  # which of the two cells is the text? not for us to guess
+            named = ", ".join(repr(h) for h in twice)
+            yield 1, Problem(1, f"the header names {named} twice; rename one column")
             return
         end = reader.line_num
         for row in reader:

@@ -17,7 +17,7 @@ from lmlink._errors import ConfigurationError
 
 from ._input import ItemFormat
 
-__all__ = ["Task"]
+__all__ = ["Task", "extract_instructions", "same_extract_question"]
 
 _TEXT_FIELDS = ("text", "prompt")
 
@@ -85,14 +85,9 @@ class Task:
         """Pull the fields of the JSON ``schema`` out of each text; the object is ``parsed``."""
         if not isinstance(schema, Mapping):
             raise ConfigurationError("extract needs a JSON schema object")
-        shown = orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode()
-        instructions = (
-            "Extract the information from the text. Answer with only a JSON object that "
-            f"matches this JSON schema:\n{shown}"
-        )
         return cls(
             "extract",
-            instructions,
+            extract_instructions(schema),
             {"response_format": dict(schema)},
             _TEXT_FIELDS,
             allow_messages=False,
@@ -115,3 +110,30 @@ class Task:
             return {}
         label = parsed.get("label") if isinstance(parsed, Mapping) else None
         return {"label": label}
+
+
+def extract_instructions(schema: Mapping[str, Any]) -> str:
+    """The instructions :meth:`Task.extract` gives for ``schema`` (shown in its own key
+    order, which the user may have chosen for the model)."""
+    shown = orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode()
+    return (
+        "Extract the information from the text. Answer with only a JSON object that "
+        f"matches this JSON schema:\n{shown}"
+    )
+
+
+def same_extract_question(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether two settings records (see :mod:`lmlink.batch._header`) ask the same extract
+    question with instructions that differ only in the key order of the schema they show.
+    The schemas compare as values, so ``{"a", "b"}`` and ``{"b", "a"}`` are one schema; the
+    instructions must each be the preset's own rendering of their schema."""
+    if not (old.get("task") == new.get("task") == "extract"):
+        return False
+    schema = old.get("schema")
+    if not isinstance(schema, Mapping) or schema != new.get("schema"):
+        return False
+    other = new.get("schema")
+    assert isinstance(other, Mapping)
+    return old.get("instructions") == extract_instructions(schema) and new.get(
+        "instructions"
+    ) == extract_instructions(other)
