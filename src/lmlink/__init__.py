@@ -34,7 +34,7 @@ from ._errors import (
     StreamError,
     StructuredOutputError,
 )
-from ._models import ChatResponse, Message, ModelInfo, ToolCall
+from ._models import ChatResponse, Choice, Message, ModelInfo, TokenLogprob, ToolCall
 from ._retry import set_instant_retries
 from ._streaming import ChatStream
 from ._version import __version__
@@ -83,6 +83,7 @@ __all__ = [
     "BatchSummary",
     "ChatResponse",
     "ChatStream",
+    "Choice",
     "Client",
     "ConfigurationError",
     "ContextLengthError",
@@ -102,6 +103,7 @@ __all__ = [
     "StreamError",
     "StructuredOutputError",
     "Timeout",
+    "TokenLogprob",
     "ToolCall",
     "__version__",
     "adiscover",

@@ -8,8 +8,9 @@ in-band errors (``{"error": ...}`` and vLLM's ``{"object": "error"}``), usage, t
 fragments (by index, by id, or by position in a whole message), finish reasons, and invalid
 UTF-8 (kept as U+FFFD rather than dropped).
 
-The per-choice state lives in :class:`ChoiceState`, so more choices (``n > 1``) or
-log-probabilities are more of the same state, not another rule set.
+The per-choice state lives in :class:`ChoiceState`: choice 0 has its own (the common
+answer takes no detour), further choices (``n > 1``, routed by each entry's ``index``) one
+each, and token log-probabilities (``choices[i].logprobs.content``) are one more list in it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from . import _json
 from ._errmap import error_from_payload
 from ._errors import APIStatusError, DecodeError, StreamError, clip, stream_variant
 from ._log import log
-from ._models import ChatResponse, ToolCall
+from ._models import ChatResponse, Choice, TokenLogprob, ToolCall
 from ._sse import SSEDecoder, SSEEvent
 from ._think import ThinkSplitter
 from ._wire import finish_word, text_of
@@ -97,17 +98,47 @@ class _ToolFragments:
         return True
 
 
+def _token_logprob(entry: Any) -> TokenLogprob | None:
+    if not isinstance(entry, dict):
+        return None
+    logprob = entry.get("logprob")
+    if not isinstance(logprob, (int, float)) or isinstance(logprob, bool):
+        return None
+    raw = entry.get("bytes")
+    data = raw if isinstance(raw, list) and all(type(b) is int for b in raw) else None
+    return TokenLogprob(_json.as_str(entry.get("token", "")), float(logprob), data)
+
+
 class ChoiceState:
     """What one choice has said so far: content (through the ``<think>`` splitter),
-    reasoning, tool-call fragments and the finish reason."""
+    reasoning, tool-call fragments, token log-probabilities and the finish reason."""
 
-    __slots__ = ("finish_raw", "reasoning", "think", "tools")
+    __slots__ = ("finish_raw", "logprobs", "reasoning", "think", "tools")
 
     def __init__(self) -> None:
         self.think = ThinkSplitter()
         self.reasoning: list[str] = []
         self.tools: list[_ToolFragments] = []
         self.finish_raw: str | None = None
+        self.logprobs: list[TokenLogprob] | None = None
+
+    def take_logprobs(self, logprobs: Any) -> None:
+        """Add a choice's ``logprobs`` (``{"content": [{token, logprob, bytes,
+        top_logprobs}]}``); entries that are not of that shape are skipped."""
+        entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if not isinstance(entries, list):
+            return
+        out = self.logprobs
+        if out is None:
+            out = self.logprobs = []
+        for entry in entries:
+            token = _token_logprob(entry)
+            if token is None:
+                continue
+            top = entry.get("top_logprobs")
+            if isinstance(top, list):
+                token.top.extend(t for t in map(_token_logprob, top) if t is not None)
+            out.append(token)
 
     def take_tools(self, calls: list[Any], whole: bool) -> None:
         tools = self.tools
@@ -158,6 +189,7 @@ class AnswerDecoder:
 
     __slots__ = (
         "_choice",
+        "_more",
         "done",
         "events",
         "malformed",
@@ -165,6 +197,7 @@ class AnswerDecoder:
         "output_seen",
         "output_tokens",
         "prompt_tokens",
+        "raw",
         "reasoning_delta",
         "redact",
         "stray",
@@ -173,6 +206,8 @@ class AnswerDecoder:
     def __init__(self, redact: Callable[[str], str] = str) -> None:
         self.redact = redact
         self._choice = ChoiceState()
+        self._more: dict[int, ChoiceState] | None = None  # choices after the first, by index
+        self.raw: Any = None  # the last JSON object of a stream; a plain answer's body
         self.done = False
         self.events = 0  # SSE events fed: none means the body was not an event stream
         self.malformed = 0
@@ -208,6 +243,7 @@ class AnswerDecoder:
             return ""
         if chunk.get("error") or chunk.get("object") == "error":
             self._raise_in_band(chunk)
+        self.raw = chunk
         if "choices" not in chunk and "usage" not in chunk:
             self.stray = data
         return self.fold(chunk, whole=False)
@@ -227,10 +263,16 @@ class AnswerDecoder:
         choice = choices[0]
         if not isinstance(choice, dict):
             return ""
+        if len(choices) > 1 or choice.get("index"):
+            return self._fold_choices(choices, whole)
+        # The common answer, choice 0 alone, is folded here without a further call.
         state = self._choice
         finish = choice.get("finish_reason")
         if finish and isinstance(finish, str):
             state.finish_raw = finish
+        logprobs = choice.get("logprobs")
+        if logprobs:
+            state.take_logprobs(logprobs)
         delta = choice.get("message") if whole else choice.get("delta")
         if not isinstance(delta, dict):
             delta = choice.get("delta" if whole else "message")
@@ -252,9 +294,45 @@ class AnswerDecoder:
             self.output_seen = True
         return out
 
+    def _fold_choices(self, choices: list[Any], whole: bool) -> str:
+        """Several choices, or one other than choice 0: each to its own state, by index.
+        Only choice 0's content is returned (and its reasoning kept in reasoning_delta)."""
+        out = ""
+        for position, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index")
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                index = position
+            if index == 0:
+                out += self._fold_one(choice, self._choice, whole)
+                continue
+            if index > 1024:  # no real n is this large: a hostile index, not a choice
+                continue
+            more = self._more
+            if more is None:
+                more = self._more = {}
+            state = more.get(index)
+            if state is None:
+                state = more[index] = ChoiceState()
+            kept = self.reasoning_delta
+            self._fold_one(choice, state, whole)
+            self.reasoning_delta = kept
+        return out
+
+    def _fold_one(self, choice: dict[str, Any], state: ChoiceState, whole: bool) -> str:
+        """Fold one choice into ``state`` by the same path as the common answer: as choice 0
+        of a chunk of its own, with ``state`` standing in for choice 0's."""
+        main = self._choice
+        self._choice = state
+        try:
+            return self.fold({"choices": [{**choice, "index": 0}]}, whole=whole)
+        finally:
+            self._choice = main
+
     def flush(self) -> str:
-        """At the end of the stream: the content held back as a possible tag (reasoning held
-        back goes to ``reasoning_delta``)."""
+        """At the end of the stream: choice 0's content held back as a possible tag
+        (reasoning held back goes to ``reasoning_delta``)."""
         out, self.reasoning_delta = self._choice.think.flush()
         return out
 
@@ -311,11 +389,15 @@ class AnswerDecoder:
 
     @property
     def finished(self) -> bool:
-        """A finish reason arrived, or the stream delivered complete tool calls."""
-        return self._choice.finished
+        """A finish reason arrived, or the stream delivered complete tool calls (for every
+        choice, when there are several)."""
+        if self._more is None:
+            return self._choice.finished
+        return self._choice.finished and all(s.finished for s in self._more.values())
 
     def response(self) -> ChatResponse:
         """The aggregate so far (the final one once the stream ended)."""
+        # Choice 0 settled inline (as _settle does), the common answer's one path.
         state = self._choice
         content, inline = state.think.finish()
         reasoning = "".join(state.reasoning) if state.reasoning else ""
@@ -327,6 +409,7 @@ class AnswerDecoder:
         tools = state.tools
         if finish_raw is None and tools and state.finished:
             finish_raw = "tool_calls"
+        more = self._more
         return ChatResponse(
             content,
             reasoning,
@@ -339,6 +422,10 @@ class AnswerDecoder:
             None,
             None,
             state.finish_raw,
+            False,
+            state.logprobs,
+            self.raw,
+            [_choice_of(more[i], i) for i in sorted(more)] if more else None,
         )
 
     def partial(self) -> ChatResponse:
@@ -355,6 +442,10 @@ class AnswerDecoder:
             ToolCall(redact(t.id), redact(t.name), redact(t.arguments), t.type)
             for t in out.tool_calls
         ]
+        out.raw = None  # unredacted server JSON: not carried on an error
+        for choice in out.choices[1:]:
+            choice.content = redact(choice.content)
+            choice.reasoning = redact(choice.reasoning)
         return out
 
     def truncated_error(self, why: str) -> StreamError:
@@ -370,6 +461,40 @@ class AnswerDecoder:
             f"arrived, kept in .partial){said}",
             partial=partial,
         )
+
+
+def _settle(state: ChoiceState) -> tuple[str, str, str | None, list[ToolCall]]:
+    """A choice's content, reasoning, finish reason (``tool_calls`` when complete calls
+    ended it without one) and tool calls."""
+    content, inline = state.think.finish()
+    reasoning = "".join(state.reasoning) if state.reasoning else ""
+    if inline:
+        reasoning += inline
+    if reasoning and reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
+        reasoning = ""
+    finish_raw = state.finish_raw
+    tools = state.tools
+    if finish_raw is None and tools and state.finished:
+        finish_raw = "tool_calls"
+    return (
+        content,
+        reasoning,
+        finish_raw,
+        [t.build(i) for i, t in enumerate(tools)] if tools else [],
+    )
+
+
+def _choice_of(state: ChoiceState, index: int) -> Choice:
+    content, reasoning, finish_raw, tools = _settle(state)
+    return Choice(
+        index,
+        content,
+        reasoning,
+        finish_word(finish_raw),
+        tools,
+        state.logprobs,
+        state.finish_raw,
+    )
 
 
 def decode_answer(body: bytes, *, redact: Callable[[str], str] = str) -> ChatResponse:
@@ -397,6 +522,7 @@ def decode_answer(body: bytes, *, redact: Callable[[str], str] = str) -> ChatRes
             "the response has no choices: " + clip(redact(body.decode("utf-8", "replace")), 200)
         )
     decoder = AnswerDecoder(redact)
+    decoder.raw = payload
     decoder.fold(payload, whole=True)
     return decoder.response()
 

@@ -1,6 +1,7 @@
-"""The values lmlink hands back and forth: :class:`Message`, :class:`ChatResponse`,
-:class:`ToolCall`, :class:`ModelInfo`. Plain slotted classes (see :mod:`._values`): cheap to
-build on the hot path, easy to read, easy to pickle.
+"""The values lmlink hands back and forth: :class:`Message`, :class:`ChatResponse` (and its
+:class:`Choice` entries), :class:`TokenLogprob`, :class:`ToolCall`, :class:`ModelInfo`. Plain
+slotted classes (see :mod:`._values`): cheap to build on the hot path, easy to read, easy to
+pickle.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 from ._values import FrozenRecord, Record
 
-__all__ = ["ChatResponse", "Message", "ModelInfo", "ToolCall"]
+__all__ = ["ChatResponse", "Choice", "Message", "ModelInfo", "TokenLogprob", "ToolCall"]
 
 
 class Message(Record):
@@ -71,6 +72,68 @@ class ToolCall(FrozenRecord):
         }
 
 
+class TokenLogprob(FrozenRecord):
+    """One output token's log-probability (``logprobs=True``); ``top`` holds the most likely
+    tokens at that position (``top_logprobs=k``), each a TokenLogprob with an empty ``top``.
+
+    >>> r = client.chat("hi", logprobs=True, top_logprobs=2)
+    >>> [(t.token, math.exp(t.logprob)) for t in r.logprobs]
+    """
+
+    __slots__ = ("token", "logprob", "bytes", "top")  # noqa: RUF023 (the fields' order)
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top: list[TokenLogprob]
+
+    def __init__(
+        self,
+        token: str,
+        logprob: float,
+        bytes: list[int] | None = None,
+        top: list[TokenLogprob] | None = None,
+    ) -> None:
+        self._set(token=token, logprob=logprob, bytes=bytes, top=[] if top is None else top)
+
+    def __hash__(self) -> int:
+        return hash((self.token, self.logprob))
+
+
+class Choice(Record):
+    """One of an answer's choices (``n=2`` asks for two): ``index``, ``content``,
+    ``reasoning``, ``finish_reason`` (and ``finish_reason_raw``), ``tool_calls`` and
+    ``logprobs`` (a list of :class:`TokenLogprob`, None unless asked for), with the same
+    meaning as on :class:`ChatResponse`."""
+
+    __slots__ = (  # noqa: RUF023 (the fields' order)
+        "index",
+        "content",
+        "reasoning",
+        "finish_reason",
+        "tool_calls",
+        "logprobs",
+        "finish_reason_raw",
+    )
+
+    def __init__(
+        self,
+        index: int = 0,
+        content: str = "",
+        reasoning: str = "",
+        finish_reason: str | None = None,
+        tool_calls: list[ToolCall] | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+        finish_reason_raw: str | None = None,
+    ) -> None:
+        self.index = index
+        self.content = content
+        self.reasoning = reasoning
+        self.finish_reason = finish_reason
+        self.tool_calls: list[ToolCall] = [] if tool_calls is None else tool_calls
+        self.logprobs = logprobs
+        self.finish_reason_raw = finish_reason_raw
+
+
 class ChatResponse(Record):
     """The result of a chat call, streamed or not.
 
@@ -88,6 +151,12 @@ class ChatResponse(Record):
       ``tokens_per_s``: output tokens per second: after the first token when streamed,
       over the whole call when not (a plain answer's text arrives all at once).
     - ``streamed``: whether the text arrived as a stream.
+    - ``choices``: one :class:`Choice` per choice (``n=2``), choice 0 first; ``content``,
+      ``reasoning``, ``tool_calls`` and the finish reason above are choice 0's.
+    - ``logprobs``: choice 0's token log-probabilities (``logprobs=True``), else None.
+    - ``raw``: the server's decoded JSON, for fields lmlink does not read: the whole body of
+      a plain answer; of a stream, its last JSON chunk (where servers put usage and
+      timings). None when there was none.
 
     >>> resp = client.chat("Say hi")
     >>> print(resp.content, resp.output_tokens, resp.tokens_per_s)
@@ -106,6 +175,9 @@ class ChatResponse(Record):
         "latency_s",
         "finish_reason_raw",
         "streamed",
+        "logprobs",
+        "raw",
+        "_choices",
     )
     # Two answers with the same text are equal however they arrived.
     _compared = _shown = (
@@ -136,6 +208,9 @@ class ChatResponse(Record):
         latency_s: float | None = None,
         finish_reason_raw: str | None = None,
         streamed: bool = False,
+        logprobs: list[TokenLogprob] | None = None,
+        raw: Any = None,
+        choices: list[Choice] | None = None,
     ) -> None:
         self.content = content
         self.reasoning = reasoning
@@ -149,6 +224,26 @@ class ChatResponse(Record):
         self.latency_s = latency_s
         self.finish_reason_raw = finish_reason_raw
         self.streamed = streamed
+        self.logprobs = logprobs
+        self.raw = raw
+        # Only answers with more than one choice carry a list; choice 0 alone is built on
+        # first read, so the common answer costs nothing more.
+        self._choices = choices
+
+    @property
+    def choices(self) -> list[Choice]:
+        """One :class:`Choice` per choice the server sent, by index; choice 0 is this
+        answer's own content, reasoning, finish reason, tool calls and logprobs."""
+        first = Choice(
+            0,
+            self.content,
+            self.reasoning,
+            self.finish_reason,
+            self.tool_calls,
+            self.logprobs,
+            self.finish_reason_raw,
+        )
+        return [first, *(self._choices or ())]
 
     @property
     def tokens_per_s(self) -> float | None:

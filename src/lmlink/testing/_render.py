@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._choices import expand_chunks, expand_completion, sampling
 from ._dialects import OpenAI, StreamContext, ToolCall, dialect_for
 from ._json import dumps
 from ._replies import CANNED_REPLY, Body, Reply
@@ -207,7 +208,7 @@ class _Answer:
         return out
 
 
-def _chunks(reply: Reply, answer: _Answer, d: OpenAI) -> list[bytes]:
+def _chunks(reply: Reply, answer: _Answer, d: OpenAI, request: Mapping[str, Any]) -> list[bytes]:
     """Every JSON chunk of the stream, serialised, in order."""
     chunks: list[JSON] = []
     role = d.role_delta()
@@ -227,6 +228,9 @@ def _chunks(reply: Reply, answer: _Answer, d: OpenAI) -> list[bytes]:
     if d.ctx.include_usage and answer.usage is not None:
         chunks.append(d.usage_chunk(d.usage(prompt, completion)))
     d.finalize(chunks, prompt, completion)
+    n, top = sampling(request)
+    if n > 1 or top is not None:
+        chunks = expand_chunks(chunks, n, top)
     return [d.encode(c) for c in chunks]
 
 
@@ -317,11 +321,15 @@ def render_chat(
     http10 = d.http10 if reply.http10 is None else reply.http10
     if not stream:
         usage = d.usage(*answer.usage) if answer.usage is not None else None
-        body = d.encode(d.completion(answer.message(), answer.finish, usage))
+        payload = d.completion(answer.message(), answer.finish, usage)
+        n, top = sampling(request)
+        if n > 1 or top is not None:
+            payload = expand_completion(payload, n, top)
+        body = d.encode(payload)
         hdrs = _merge([("Content-Type", "application/json")], extra)
         common["wait"] += reply.delay
         return Plan(headers=hdrs, body=body, http10=http10, server=d.server_header, **common)
-    steps, end = _stream_steps(reply, _chunks(reply, answer, d), d)
+    steps, end = _stream_steps(reply, _chunks(reply, answer, d, request), d)
     return Plan(
         headers=_merge(sse, extra),
         steps=steps,
