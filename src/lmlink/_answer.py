@@ -397,18 +397,8 @@ class AnswerDecoder:
 
     def response(self) -> ChatResponse:
         """The aggregate so far (the final one once the stream ended)."""
-        # Choice 0 settled inline (as _settle does), the common answer's one path.
         state = self._choice
-        content, inline = state.think.finish()
-        reasoning = "".join(state.reasoning) if state.reasoning else ""
-        if inline:
-            reasoning += inline
-        if reasoning and reasoning.isspace():  # Qwen's empty "<think>\n\n</think>"
-            reasoning = ""
-        finish_raw = state.finish_raw
-        tools = state.tools
-        if finish_raw is None and tools and state.finished:
-            finish_raw = "tool_calls"
+        content, reasoning, finish_raw, tools = _settle(state)
         more = self._more
         return ChatResponse(
             content,
@@ -417,7 +407,7 @@ class AnswerDecoder:
             self.output_tokens,
             self.model,
             finish_word(finish_raw),
-            [t.build(i) for i, t in enumerate(tools)] if tools else [],
+            tools,
             None,
             None,
             None,
