@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _observe
 from ._astreaming import AsyncChatStream
 from ._client import discovery_off, ports_to_probe, probe_timeouts, url_host
 from ._config import Timeout
-from ._core import Call, ClientCore
+from ._core import Attempts, Call, ClientCore
 from ._discovery import Answer, ServerInfo
 from ._drivers import (
     PROBE_TIMEOUT,
@@ -101,6 +102,13 @@ class AsyncClient(ClientCore):
             extra=extra,
         )
         run = self._attempts(self._chat_call(plan, options), plan)
+        if _observe.observers:  # instrumented (lmlink.otel): the one test on the hot path
+            return await _observe.acall(
+                _observe.chat_operation(plan, run.call.url), self._chat, run
+            )
+        return await self._chat(run)
+
+    async def _chat(self, run: Attempts) -> ChatResponse:
         while True:  # bounded: by the retry budget, the plan's fallbacks and re-asks
             try:
                 resp = await self._send(run.call, self._read_chat)

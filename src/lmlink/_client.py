@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import _observe
 from ._config import Timeout
-from ._core import Call, ClientCore
+from ._core import Attempts, Call, ClientCore
 from ._discovery import DEFAULT_PORTS, Answer, ServerInfo
 from ._drivers import (
     PROBE_TIMEOUT,
@@ -114,6 +115,11 @@ class Client(ClientCore):
             extra=extra,
         )
         run = self._attempts(self._chat_call(plan, options), plan)
+        if _observe.observers:  # instrumented (lmlink.otel): the one test on the hot path
+            return _observe.call(_observe.chat_operation(plan, run.call.url), self._chat, run)
+        return self._chat(run)
+
+    def _chat(self, run: Attempts) -> ChatResponse:
         while True:  # bounded: by the retry budget, the plan's fallbacks and re-asks
             try:
                 resp = self._send(run.call, self._read_chat)
