@@ -31,6 +31,7 @@ from ._drivers import (
 from ._errors import LMLinkError
 from ._http import AsyncHTTPResponse, AsyncTransport
 from ._http.aio import LoopPools
+from ._http.common import Timeouts
 from ._models import ChatResponse, ModelInfo
 from ._streaming import Delta
 from ._wire import MessagesInput
@@ -233,9 +234,15 @@ class AsyncClient(ClientCore):
     async def _get(self, url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
         """One GET, no retries: (status, headers, body), or None if nothing answered."""
         try:
-            async with await self._transport.request(
-                "GET", url, self._get_headers, None, probe_timeouts(timeout)
-            ) as resp:
+            if self._hooks is not None:
+                resp = await self._hooked(
+                    "GET", url, self._get_headers, None, probe_timeouts(timeout)
+                )
+            else:
+                resp = await self._transport.request(
+                    "GET", url, self._get_headers, None, probe_timeouts(timeout)
+                )
+            async with resp:
                 self._answered = True
                 return resp.status, resp.headers, await resp.read(1 << 20)
         except LMLinkError:
@@ -247,10 +254,36 @@ class AsyncClient(ClientCore):
 
     async def _open(self, call: Call) -> AsyncHTTPResponse:
         """Send ``call``; return once the response head has arrived."""
+        if self._hooks is not None:
+            return await self._hooked(
+                call.method, call.url, call.headers, call.body, call.timeouts()
+            )
         resp = await self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
         )
         self._answered = True
+        return resp
+
+    async def _hooked(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> AsyncHTTPResponse:
+        """One request with the event hooks around it (see ``_hooks``)."""
+        hooks = self._hooks
+        assert hooks is not None
+        request = await hooks.asending(method, url, headers, body)
+        sent = time.monotonic()
+        resp = await self._transport.request(method, url, headers, body, timeouts)
+        self._answered = True
+        try:
+            await hooks.aanswered(request, resp.status, resp.headers, time.monotonic() - sent)
+        except BaseException:
+            await resp.aclose()
+            raise
         return resp
 
     async def _send(self, call: Call, read: Callable[[Call, AsyncHTTPResponse], Awaitable[T]]) -> T:
