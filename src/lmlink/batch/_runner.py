@@ -46,7 +46,7 @@ from ._input import BatchInputError, BatchItem, Problem, items_from_rows
 from ._journal import Journal, JournalState, SettingsChangedError, encode_record
 from ._limiter import AUTO_CEILING
 from ._outcome import error_record, is_fatal, success_record
-from ._pool import EndpointPool, endpoint_list, unreachable
+from ._pool import EndpointPool, client_policy, endpoint_list, unreachable
 from ._progress import BatchSummary, Progress, ProgressCallback
 from ._shard import Shard, in_shard
 from ._source import ItemSource, scan_items
@@ -57,7 +57,6 @@ __all__ = ["Concurrency", "Items", "Runner", "ceiling_of", "load_items"]
 
 
 _TICK = 0.5
-_OWN_RETRY = frozenset({429, 503})
 
 Items = str | Path | Iterable[Mapping[str, Any] | BatchItem]
 Concurrency = int | str | None
@@ -273,7 +272,7 @@ class Runner:
 
     def _make_client(self, url: str | None) -> AsyncClient:
         # 429 and 503 are retried by the runner, so the limiter hears of every one.
-        policy = self._retry.replace(statuses=self._retry.statuses - _OWN_RETRY)
+        policy = client_policy(self._retry)
         return AsyncClient(
             endpoint=url,
             model=self._model,
