@@ -35,7 +35,6 @@ from lmlink._errors import (
     ModelLoadingError,
 )
 from lmlink._log import log
-from lmlink._models import ChatResponse
 from lmlink._retry import RetryState
 
 from ._limiter import AUTO_CEILING, AdaptiveLimiter, Outcome, Ticket
@@ -258,11 +257,14 @@ class EndpointPool:
         stream: bool = False,
         fatal: Callable[[LMLinkError], bool] = lambda exc: False,
         label: str = "",
-    ) -> ChatResponse | LMLinkError:
+        send: Callable[[AsyncClient], Awaitable[Any]] | None = None,
+    ) -> Any:
         """The answer to ``messages``, or the error the item keeps; raises the errors every
         item would share (``fatal(exc)``, or no endpoint left). With a ``total`` timeout,
         the item's attempts and the waits between them end by one deadline, set by its
-        first attempt. ``label`` names the item in the log."""
+        first attempt. ``label`` names the item in the log. ``send(client)``, when given,
+        is the call to make instead of a chat (``client.embed(...)``, say): it gets the
+        same slots, retries, deadline and failover."""
         state: RetryState | None = None
         deadline: float | None = None
         moves = 0
@@ -277,7 +279,9 @@ class EndpointPool:
             error: LMLinkError | None = None
             try:
                 client = endpoint.client
-                if stream:
+                if send is not None:
+                    call = send(client)
+                elif stream:
                     call = client.chat_stream(messages, model=model, **params)
                 else:
                     call = client.chat(messages, model=model, **params)
@@ -321,7 +325,7 @@ class EndpointPool:
             )
             await asyncio.sleep(delay)
 
-    async def _within(self, call: Awaitable[ChatResponse], deadline: float | None) -> ChatResponse:
+    async def _within(self, call: Awaitable[Any], deadline: float | None) -> Any:
         """``await call``, cut off at ``deadline``: the client's own deadline starts with
         each call, the item's with its first attempt."""
         if deadline is None:
