@@ -209,3 +209,31 @@ def test_embeddings_value() -> None:
     assert a == lmlink.Embeddings([[1.0, 2.0]], prompt_tokens=2, model="m")
     assert a != lmlink.Embeddings([[1.0]], prompt_tokens=2, model="m")
     assert repr(a) == "Embeddings(1 vectors of 2, model='m', prompt_tokens=2)"
+
+
+def test_random_faults_apply_to_embeddings(make_api: Any, server: FakeServer) -> None:
+    """The fake server's ``faults`` hit the embeddings route too, and are counted."""
+    from lmlink.testing import Faults
+
+    api = make_api(max_retries=0)
+    server.faults = Faults(seed=1, p_503=1.0)
+    with pytest.raises(lmlink.OverloadedError):
+        embed(api, ["a"])
+    assert server.stats.faults == {"503": 1}
+    server.faults = Faults(seed=1, p_stall=1.0)
+    with pytest.raises(lmlink.APITimeoutError):
+        embed(api, ["a"], timeout=0.3)
+
+
+def test_the_server_knobs_reset_and_route(server: FakeServer, api: API) -> None:
+    """``reset`` drops queued embeddings replies; GET on the route is a 405."""
+    server.enqueue_embeddings(Reply.error(400))
+    server.reset()
+    assert embed(api, ["a"]).vectors == [embedding_of("a")]
+    import urllib.request
+    from urllib.error import HTTPError
+
+    with pytest.raises(HTTPError) as info:
+        urllib.request.urlopen(server.url + "/embeddings", timeout=5)
+    info.value.close()
+    assert info.value.code == 405

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -317,13 +318,38 @@ def test_sigterm_exits_143_and_resumes(server: FakeServer, tmp_path: Path) -> No
     assert len(vectors(out)) == 200
 
 
-def test_vectors_load_into_numpy_as_the_readme_says(server: FakeServer, tmp_path: Path) -> None:
-    """The README's loading line gives one unit row per id, in file order."""
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_section() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return readme.split("## Embeddings\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_command_and_numpy_loading_work(server: FakeServer, tmp_path: Path) -> None:
+    """The README's ``lmlink embed`` command, word for word, then its numpy lines: one unit
+    row per id, in file order."""
     np = pytest.importorskip("numpy")
-    src = write_jsonl(tmp_path / "in.jsonl", texts(5))
-    out = tmp_path / "out.jsonl"
-    assert invoke(server, str(src), "-o", str(out)).exit_code == 0
-    with open(out) as f:
-        matrix = np.array([json.loads(line)["embedding"] for line in f if '"id"' in line])
+    section = _readme_section()
+    [command] = [
+        line
+        for line in section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+        if line.startswith("lmlink ")
+    ]
+    write_jsonl(tmp_path / "docs.jsonl", texts(5))
+    args = [*shlex.split(command)[1:], "-e", server.url]
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.stderr
+        loading = section.split("```python\n")[2].split("```", 1)[0]
+        scope: dict[str, Any] = {}
+        exec(loading, scope)  # the README's own lines
+    finally:
+        os.chdir(cwd)
+    matrix = scope["matrix"]
+    assert scope["ids"] == [f"d{i:03d}" for i in range(5)]
     assert matrix.shape == (5, 8)
     assert all(math.isclose(float(n), 1.0, rel_tol=1e-5) for n in np.linalg.norm(matrix, axis=1))
+    assert embed_requests(server)[0].json["model"] == "nomic-embed-text"
