@@ -122,12 +122,20 @@ def test_malformed_answers_are_decode_errors(
         embed(api, ["a", "b"])
 
 
-def test_chat_only_model_is_a_typed_error(api: API, server: FakeServer) -> None:
-    """llama-server without --embeddings (and Ollama for a chat model) answers 501."""
-    server.embed = EmbedSettings(models={"embedder"})
-    with pytest.raises(lmlink.InternalServerError, match="does not support embeddings") as info:
+@pytest.mark.parametrize(
+    ("refusal", "error", "status"),
+    [("llamacpp", lmlink.InternalServerError, 501), ("vllm", lmlink.BadRequestError, 400)],
+)
+def test_chat_only_model_is_a_typed_error(
+    api: API, server: FakeServer, refusal: Any, error: type[Exception], status: int
+) -> None:
+    """llama-server without --embeddings (and Ollama for a chat model) answers 501, vLLM
+    400: each a typed error with the server's words, not retried."""
+    server.embed = EmbedSettings(models={"embedder"}, refusal=refusal)
+    with pytest.raises(error, match="(?i)does not support embeddings") as info:
         embed(api, ["a"], model="chat-model")
-    assert info.value.status_code == 501
+    assert info.value.status_code == status  # type: ignore[attr-defined]
+    assert len(server.requests) == 1
     assert embed(api, ["a"], model="embedder").vectors == [embedding_of("a")]
 
 

@@ -204,16 +204,21 @@ def test_batch_and_embed_refuse_each_others_files(server: FakeServer, tmp_path: 
     assert (vectors_out.read_bytes(), answers_out.read_bytes()) == before
 
 
-def test_a_server_that_does_not_embed_stops_the_run(server: FakeServer, tmp_path: Path) -> None:
-    """The 501 of a chat-only model: exit 1 with one line, nothing written."""
-    server.embed = EmbedSettings(models={"other"})
+@pytest.mark.parametrize("refusal", ["llamacpp", "vllm"])
+def test_a_server_that_does_not_embed_stops_the_run(
+    server: FakeServer, tmp_path: Path, refusal: Any
+) -> None:
+    """A chat-only model (llama-server's 501, vLLM's 400): exit 1 with one line, nothing
+    written, and no splitting into one request per input."""
+    server.embed = EmbedSettings(models={"other"}, refusal=refusal)
     src = write_jsonl(tmp_path / "in.jsonl", texts(50))
     out = tmp_path / "out.jsonl"
     result = invoke(server, str(src), "-o", str(out))
     assert result.exit_code == 1
-    assert "does not support embeddings" in result.stderr
+    assert "does not support embeddings" in result.stderr.lower()
     assert "nothing was written" in result.stderr
     assert not out.exists()
+    assert len(embed_requests(server)) <= 4  # the first groups in flight, no halving
 
 
 def test_no_server_exits_1(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ Each line is ``{"id": "a1", "embedding": [0.0123, ...]}`` or ``{"id", "error": {
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ EMBED_TASK = Task("embed", None, {}, ("text", "prompt"), allow_messages=False)
 _NO_OPTIONS = BatchItem("", [])
 # Statuses an input can cause: bad or too long text (llama-server answers 500 for that).
 _SPLIT = frozenset({400, 413, 422, 500})
+_NO_EMBEDDINGS = re.compile(r"(does not|doesn't) support embeddings", re.IGNORECASE)
 
 
 def splittable(exc: LMLinkError) -> bool:
@@ -53,8 +55,11 @@ def splittable(exc: LMLinkError) -> bool:
 
 
 def _fatal(exc: LMLinkError) -> bool:
-    """Failures every group would share; 501 is a server that does not embed at all."""
-    if isinstance(exc, APIStatusError) and exc.status_code == 501:
+    """Failures every group would share: a server or model that does not embed at all
+    (llama-server's 501, vLLM's 400 "does not support Embeddings API") among them."""
+    if isinstance(exc, APIStatusError) and (
+        exc.status_code == 501 or _NO_EMBEDDINGS.search(exc.message)
+    ):
         return True
     return is_fatal(exc, _NO_OPTIONS)
 

@@ -43,7 +43,8 @@ class EmbedSettings:
     ``"reversed"`` (the entries come last to first, each with its true ``index``).
     ``usage``: whether the answer has ``usage``. ``base64``: whether ``encoding_format:
     "base64"`` is honoured (False answers floats, like older Ollama). ``models``: the
-    models that embed (None: all); any other model gets llama-server's 501. ``fail_on``: a
+    models that embed (None: all); any other model gets llama-server's 501 (``refusal=
+    "vllm"``: vLLM's 400 "The model does not support Embeddings API"). ``fail_on``: a
     request with a text containing this string gets a 400, as a text longer than the
     model's context does.
     """
@@ -53,6 +54,7 @@ class EmbedSettings:
     usage: bool = True
     base64: bool = True
     models: Collection[str] | None = None
+    refusal: Literal["llamacpp", "vllm"] = "llamacpp"
     fail_on: str | None = None
 
 
@@ -86,6 +88,15 @@ def render_embeddings(body: Any, settings: EmbedSettings, *, model: str) -> Plan
         )
     name = body.get("model") if isinstance(body.get("model"), str) else model
     if settings.models is not None and name not in settings.models:
+        if settings.refusal == "vllm":
+            refused = {
+                "object": "error",
+                "message": "The model does not support Embeddings API",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+            return json_plan(400, refused)
         return _error(501, _CANNOT_EMBED, "not_supported_error")
     given = body.get("input")
     texts = [given] if isinstance(given, str) else given
