@@ -132,7 +132,7 @@ def test_chat_only_model_is_a_typed_error(
     """llama-server without --embeddings (and Ollama for a chat model) answers 501, vLLM
     400: each a typed error with the server's words, not retried."""
     server.embed = EmbedSettings(models={"embedder"}, refusal=refusal)
-    with pytest.raises(error, match="(?i)does not support embeddings") as info:
+    with pytest.raises(error, match=r"(?i)does not support embeddings") as info:
         embed(api, ["a"], model="chat-model")
     assert info.value.status_code == status  # type: ignore[attr-defined]
     assert len(server.requests) == 1
