@@ -35,6 +35,7 @@ from ._streaming import Delta
 from ._wire import MessagesInput
 
 if TYPE_CHECKING:
+    from ._embed import Embeddings
     from ._http.proxy import AsyncProxyTransport
 
 __all__ = ["AsyncClient", "adiscover"]
@@ -195,6 +196,30 @@ class AsyncClient(ClientCore):
         while True:  # bounded: by the retry budget
             try:
                 return await self._send(run.call, self._read_models)
+            except LMLinkError as exc:
+                await asyncio.sleep(run.failed(exc))
+
+    # -- embeddings ---------------------------------------------------------------------
+
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        **extra: Any,
+    ) -> Embeddings:
+        """The embedding vectors of ``inputs`` (see :meth:`Client.embed`)."""
+        from ._embed import embed_answer, embed_call
+
+        await self._ensure_endpoint()
+        call, count = embed_call(self, inputs, model, dimensions, extra)
+        run = self._attempts(call)
+        while True:  # bounded: by the retry budget
+            try:
+                async with await self._open(run.call) as resp:
+                    body = await resp.read(self._max_body)
+                    return embed_answer(self, run.call, resp.status, resp.headers, body, count)
             except LMLinkError as exc:
                 await asyncio.sleep(run.failed(exc))
 

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import Timeout
 from ._core import Call, ClientCore
@@ -36,6 +36,9 @@ from ._http.sync import SyncTransport
 from ._models import ChatResponse, ModelInfo
 from ._streaming import ChatStream, Delta
 from ._wire import MessagesInput
+
+if TYPE_CHECKING:
+    from ._embed import Embeddings
 
 __all__ = ["Client", "discover", "discovery_off", "ports_to_probe", "probe_timeouts"]
 
@@ -215,6 +218,38 @@ class Client(ClientCore):
         while True:  # bounded: by the retry budget
             try:
                 return self._send(run.call, self._read_models)
+            except LMLinkError as exc:
+                self._sleep(run.failed(exc))
+
+    # -- embeddings ---------------------------------------------------------------------
+
+    def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        **extra: Any,
+    ) -> Embeddings:
+        """The embedding vectors of ``inputs`` (``POST /embeddings``), in their order.
+        ``dimensions`` asks for shorter vectors (models that support it); ``timeout=``,
+        ``headers=`` and ``extra_body=`` work as in :meth:`chat`, other keywords go into the
+        body (``encoding_format="base64"`` is decoded like the default floats).
+
+        >>> e = client.embed(["a cat", "a dog"], model="nomic-embed-text")
+        >>> len(e.vectors), e.prompt_tokens
+        (2, 4)
+        """
+        from ._embed import embed_answer, embed_call
+
+        self._ensure_endpoint()
+        call, count = embed_call(self, inputs, model, dimensions, extra)
+        run = self._attempts(call)
+        while True:  # bounded: by the retry budget
+            try:
+                with self._open(run.call) as resp:
+                    body = resp.read(self._max_body)
+                    return embed_answer(self, run.call, resp.status, resp.headers, body, count)
             except LMLinkError as exc:
                 self._sleep(run.failed(exc))
 
