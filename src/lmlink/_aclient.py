@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _observe
 from ._astreaming import AsyncChatStream
 from ._client import discovery_off, ports_to_probe, probe_timeouts, url_host
 from ._config import Timeout
-from ._core import Call, ClientCore
+from ._core import Attempts, Call, ClientCore
 from ._discovery import Answer, ServerInfo
 from ._drivers import (
     PROBE_TIMEOUT,
@@ -30,6 +31,7 @@ from ._drivers import (
 from ._errors import LMLinkError
 from ._http import AsyncHTTPResponse, AsyncTransport
 from ._http.aio import LoopPools
+from ._http.common import Timeouts
 from ._models import ChatResponse, ModelInfo
 from ._streaming import Delta
 from ._wire import MessagesInput
@@ -102,6 +104,13 @@ class AsyncClient(ClientCore):
             extra=extra,
         )
         run = self._attempts(self._chat_call(plan, options), plan)
+        if _observe.observers:  # instrumented (lmlink.otel): the one test on the hot path
+            return await _observe.acall(
+                _observe.chat_operation(plan, run.call.url), self._chat, run
+            )
+        return await self._chat(run)
+
+    async def _chat(self, run: Attempts) -> ChatResponse:
         while True:  # bounded: by the retry budget, the plan's fallbacks and re-asks
             try:
                 resp = await self._send(run.call, self._read_chat)
@@ -250,9 +259,15 @@ class AsyncClient(ClientCore):
     async def _get(self, url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
         """One GET, no retries: (status, headers, body), or None if nothing answered."""
         try:
-            async with await self._transport.request(
-                "GET", url, self._get_headers, None, probe_timeouts(timeout)
-            ) as resp:
+            if self._hooks is not None:
+                resp = await self._hooked(
+                    "GET", url, self._get_headers, None, probe_timeouts(timeout)
+                )
+            else:
+                resp = await self._transport.request(
+                    "GET", url, self._get_headers, None, probe_timeouts(timeout)
+                )
+            async with resp:
                 self._answered = True
                 return resp.status, resp.headers, await resp.read(1 << 20)
         except LMLinkError:
@@ -264,10 +279,36 @@ class AsyncClient(ClientCore):
 
     async def _open(self, call: Call) -> AsyncHTTPResponse:
         """Send ``call``; return once the response head has arrived."""
+        if self._hooks is not None:
+            return await self._hooked(
+                call.method, call.url, call.headers, call.body, call.timeouts()
+            )
         resp = await self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
         )
         self._answered = True
+        return resp
+
+    async def _hooked(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> AsyncHTTPResponse:
+        """One request with the event hooks around it (see ``_hooks``)."""
+        hooks = self._hooks
+        assert hooks is not None
+        request = await hooks.asending(method, url, headers, body)
+        sent = time.monotonic()
+        resp = await self._transport.request(method, url, headers, body, timeouts)
+        self._answered = True
+        try:
+            await hooks.aanswered(request, resp.status, resp.headers, time.monotonic() - sent)
+        except BaseException:
+            await resp.aclose()
+            raise
         return resp
 
     async def _send(self, call: Call, read: Callable[[Call, AsyncHTTPResponse], Awaitable[T]]) -> T:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _observe
 from ._config import Timeout
-from ._core import Call, ClientCore
+from ._core import Attempts, Call, ClientCore
 from ._discovery import DEFAULT_PORTS, Answer, ServerInfo
 from ._drivers import (
     PROBE_TIMEOUT,
@@ -65,8 +66,10 @@ class Client(ClientCore):
     server :func:`discover` finds is used. ``timeout`` is the idle timeout in seconds, or a
     :class:`Timeout`. ``proxy="http://proxy:3128"`` or ``trust_env=True`` (``HTTP_PROXY``
     and friends) send requests through a proxy (needs ``lmlink[proxy]``); by default the
-    server is reached directly. Safe to share between threads, and across ``fork()`` (a
-    child process opens connections of its own).
+    server is reached directly. ``event_hooks={"request": [fn], "response": [fn]}`` shows
+    every HTTP request and response head to ``fn`` (httpx's shape; see ``lmlink._hooks``).
+    Safe to share between threads, and across ``fork()`` (a child process opens
+    connections of its own).
     """
 
     _transport: Transport
@@ -83,6 +86,8 @@ class Client(ClientCore):
         else:
             self._transport = SyncTransport(redact=self.redact, **settings)
         self._sleep = time.sleep
+        if self._hooks is not None:
+            self._hooks.refuse_async()
 
     def chat(
         self,
@@ -117,6 +122,11 @@ class Client(ClientCore):
             extra=extra,
         )
         run = self._attempts(self._chat_call(plan, options), plan)
+        if _observe.observers:  # instrumented (lmlink.otel): the one test on the hot path
+            return _observe.call(_observe.chat_operation(plan, run.call.url), self._chat, run)
+        return self._chat(run)
+
+    def _chat(self, run: Attempts) -> ChatResponse:
         while True:  # bounded: by the retry budget, the plan's fallbacks and re-asks
             try:
                 resp = self._send(run.call, self._read_chat)
@@ -286,9 +296,13 @@ class Client(ClientCore):
     def _get(self, url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
         """One GET, no retries: (status, headers, body), or None if nothing answered."""
         try:
-            with self._transport.request(
-                "GET", url, self._get_headers, None, probe_timeouts(timeout)
-            ) as resp:
+            if self._hooks is not None:
+                resp = self._hooked("GET", url, self._get_headers, None, probe_timeouts(timeout))
+            else:
+                resp = self._transport.request(
+                    "GET", url, self._get_headers, None, probe_timeouts(timeout)
+                )
+            with resp:
                 self._answered = True
                 return resp.status, resp.headers, resp.read(1 << 20)
         except LMLinkError:
@@ -300,10 +314,34 @@ class Client(ClientCore):
 
     def _open(self, call: Call) -> HTTPResponse:
         """Send ``call``; return once the response head has arrived."""
+        if self._hooks is not None:
+            return self._hooked(call.method, call.url, call.headers, call.body, call.timeouts())
         resp = self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
         )
         self._answered = True
+        return resp
+
+    def _hooked(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> HTTPResponse:
+        """One request with the event hooks around it (see ``_hooks``)."""
+        hooks = self._hooks
+        assert hooks is not None
+        request = hooks.sending(method, url, headers, body)
+        sent = time.monotonic()
+        resp = self._transport.request(method, url, headers, body, timeouts)
+        self._answered = True
+        try:
+            hooks.answered(request, resp.status, resp.headers, time.monotonic() - sent)
+        except BaseException:
+            resp.close()
+            raise
         return resp
 
     def _send(self, call: Call, read: Callable[[Call, HTTPResponse], T]) -> T:
