@@ -29,10 +29,12 @@ from ._errors import (
     NotFoundError,
     OverloadedError,
     PermissionDeniedError,
+    PromptTooLongError,
     RateLimitError,
     ResponseTooLargeError,
     StreamError,
     StructuredOutputError,
+    UnsupportedError,
 )
 from ._models import ChatResponse, Choice, Message, ModelInfo, TokenLogprob, ToolCall
 from ._retry import set_instant_retries
@@ -99,6 +101,7 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PromptTooLongError",
     "RateLimitError",
     "ResponseTooLargeError",
     "RetryPolicy",
@@ -108,6 +111,7 @@ __all__ = [
     "Timeout",
     "TokenLogprob",
     "ToolCall",
+    "UnsupportedError",
     "__version__",
     "adiscover",
     "arun_batch",

@@ -22,6 +22,7 @@ from ._http import Connection, RecordedRequest, Stats
 from ._personas import PERSONAS, Persona
 from ._render import Plan, json_plan, render_chat
 from ._replies import Faults, Reply, format_seconds
+from ._tokenize import serve_tokens, window_fields
 
 __all__ = ["FakeServer", "Responder"]
 
@@ -79,6 +80,8 @@ class FakeServer:
             replies (errors, stalls, delays) for it; ``faults`` apply to it as to chat.
         errors: exceptions raised inside the server (e.g. by the responder); each one also
             produced a 500 response. A test can ``assert not srv.errors``.
+        context_length: the model's window, reported where the persona's server reports it
+            (None: not reported); the persona's tokenizer routes are in ``_tokenize``.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class FakeServer:
         self.loading_retry_after: float | None = None
         self.embed = EmbedSettings()
         self._embed_queue: collections.deque[Reply] = collections.deque()
+        self.context_length: int | None = 4096
         self.errors: list[BaseException] = []
         #: The counters the server thread updates; prefer the ``stats`` snapshot in tests.
         self.live_stats = Stats()
@@ -370,6 +374,9 @@ class FakeServer:
             if root is not None:
                 headers = [("Content-Type", "text/plain; charset=utf-8"), *self._persona_headers()]
                 return Plan(headers=headers, body=root)
+        tokens = serve_tokens(self, request, path)
+        if tokens is not None:
+            return self._unauthorized(request) or tokens
         # llama.cpp's answer to unknown routes.
         return json_plan(
             404, {"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}}
@@ -402,6 +409,7 @@ class FakeServer:
                 entry.update(created=0, owned_by=m)
             if persona is not None:
                 entry.update(persona.models_extra)
+                window_fields(entry, persona.name, self.context_length)
             entries.append(entry)
         if path in _MODELS:
             listing: dict[str, Any] = {"object": "list", "data": entries}
