@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,9 +34,11 @@ from ._http.aio import LoopPools
 from ._http.common import Timeouts
 from ._models import ChatResponse, ModelInfo
 from ._streaming import Delta
+from ._tokens import Ask, Reply, ask_call, context_steps, count_steps, memory_of, raw_answer
 from ._wire import MessagesInput
 
 if TYPE_CHECKING:
+    from ._embed import Embeddings
     from ._http.proxy import AsyncProxyTransport
 
 __all__ = ["AsyncClient", "adiscover"]
@@ -207,6 +209,30 @@ class AsyncClient(ClientCore):
             except LMLinkError as exc:
                 await asyncio.sleep(run.failed(exc))
 
+    # -- embeddings ---------------------------------------------------------------------
+
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        **extra: Any,
+    ) -> Embeddings:
+        """The embedding vectors of ``inputs`` (see :meth:`Client.embed`)."""
+        from ._embed import embed_answer, embed_call
+
+        await self._ensure_endpoint()
+        call, count = embed_call(self, inputs, model, dimensions, extra)
+        run = self._attempts(call)
+        while True:  # bounded: by the retry budget
+            try:
+                async with await self._open(run.call) as resp:
+                    body = await resp.read(self._max_body)
+                    return embed_answer(self, run.call, resp.status, resp.headers, body, count)
+            except LMLinkError as exc:
+                await asyncio.sleep(run.failed(exc))
+
     async def server_info(self) -> ServerInfo:
         """Which server this is (kind, version, models) and what calls learned about it."""
         await self._ensure_endpoint()
@@ -216,6 +242,46 @@ class AsyncClient(ClientCore):
         """Wait until the server is ready (see :meth:`Client.wait_ready`)."""
         await self._ensure_endpoint()
         return self._learn(await self._drive(wait_ready_steps(self._url(""), timeout)))
+
+    # -- token counts and the context window (drivers in ``_tokens``) -----------------
+
+    async def count_tokens(self, what: str | MessagesInput, *, model: str | None = None) -> int:
+        """How many tokens the server's tokenizer makes of ``what`` (see
+        :meth:`Client.count_tokens`)."""
+        await self._ensure_endpoint()
+        memory = memory_of(self)
+        endpoint = self._url("")
+        kind = self._caps.kinds.get(endpoint)
+        model = model or self._model
+        return await self._converse(count_steps(memory, endpoint, kind, model, what, self.redact))
+
+    async def context_length(self, model: str | None = None) -> int | None:
+        """The model's context window in tokens, or None (see :meth:`Client.context_length`)."""
+        await self._ensure_endpoint()
+        endpoint = self._url("")
+        kind = self._caps.kinds.get(endpoint)
+        return await self._converse(
+            context_steps(endpoint, kind, model or self._model, self.redact)
+        )
+
+    async def _converse(self, steps: Generator[Ask, Reply, T]) -> T:
+        """Run a driver of ``_tokens``: its requests one after another."""
+        reply: Any = None
+        while True:  # bounded: by the driver
+            try:
+                ask = steps.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            run = self._attempts(ask_call(self, ask))
+            while True:  # bounded: by the retry budget
+                try:
+                    reply = await self._send(run.call, self._read_raw)
+                    break
+                except LMLinkError as exc:
+                    await asyncio.sleep(run.failed(exc))
+
+    async def _read_raw(self, call: Call, resp: AsyncHTTPResponse) -> Reply:
+        return raw_answer(self, resp.status, resp.headers, await resp.read(self._max_body))
 
     async def _drive(self, steps: Steps[T]) -> T:
         """Run a driver of ``_drivers``: each round of GETs at the same time, its sleeps."""
