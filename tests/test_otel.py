@@ -20,8 +20,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import lmlink
 import lmlink.otel
-from apis import API
-from lmlink.testing import FakeServer, Reply
+from apis import API, AsyncAPI
+from lmlink.testing import EmbedSettings, FakeServer, Reply
 
 
 class Telemetry:
@@ -383,3 +383,44 @@ def test_import_lmlink_does_not_import_opentelemetry() -> None:
         "assert 'opentelemetry.trace' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _embed(api: API, *args: Any, **kwargs: Any) -> Any:
+    if isinstance(api, AsyncAPI):
+        return api.run(api.client.embed(*args, **kwargs))
+    return api.client.embed(*args, **kwargs)
+
+
+def test_embeddings_span(otel: Telemetry, api: API, server: FakeServer) -> None:
+    """embed() is one span ``embeddings {model}`` with the dimensions asked for, the
+    response model and the input tokens; its duration and input-token points are recorded."""
+    e = _embed(api, ["a cat", "a big dog"], dimensions=8)
+    assert len(e.vectors) == 2
+    span = otel.span()
+    attrs = span.attributes or {}
+    assert span.name == "embeddings fake-model"
+    assert span.kind is SpanKind.CLIENT
+    assert attrs["gen_ai.operation.name"] == "embeddings"
+    assert attrs["gen_ai.request.model"] == "fake-model"
+    assert attrs["gen_ai.embeddings.dimension.count"] == 8
+    assert attrs["gen_ai.usage.input_tokens"] == e.prompt_tokens == 5
+    assert attrs["gen_ai.response.model"] == "fake-model"
+    assert attrs["server.port"] == server.port
+    assert "gen_ai.usage.output_tokens" not in attrs
+    (duration,) = otel.points("gen_ai.client.operation.duration")
+    assert duration.attributes["gen_ai.operation.name"] == "embeddings"
+    tokens = otel.points("gen_ai.client.token.usage")
+    assert [(p.attributes["gen_ai.token.type"], p.sum) for p in tokens] == [("input", 5)]
+
+
+def test_embeddings_failure(otel: Telemetry, api: API, server: FakeServer) -> None:
+    """An embed() the server refuses (a text too long, as the fake server says it) fails
+    its span with the error's kind."""
+    server.embed = EmbedSettings(fail_on="BAD")
+    with pytest.raises(lmlink.ContextLengthError):
+        _embed(api, ["fine", "BAD text"], model="embedder", encoding_format="float")
+    span = otel.span()
+    assert span.name == "embeddings embedder"
+    attrs = span.attributes or {}
+    assert attrs["error.type"] == "lmlink.ContextLengthError"
+    assert attrs["gen_ai.request.encoding_formats"] == ("float",)

@@ -220,11 +220,19 @@ class AsyncClient(ClientCore):
         **extra: Any,
     ) -> Embeddings:
         """The embedding vectors of ``inputs`` (see :meth:`Client.embed`)."""
-        from ._embed import embed_answer, embed_call
+        from ._embed import embed_call
 
         await self._ensure_endpoint()
         call, count = embed_call(self, inputs, model, dimensions, extra)
         run = self._attempts(call)
+        if _observe.observers:  # instrumented (lmlink.otel)
+            op = _observe.embeddings_operation(call.url, model or self.model, dimensions, extra)
+            return await _observe.acall(op, self._embed, run, count)
+        return await self._embed(run, count)
+
+    async def _embed(self, run: Attempts, count: int) -> Embeddings:
+        from ._embed import embed_answer
+
         while True:  # bounded: by the retry budget
             try:
                 async with await self._open(run.call) as resp:

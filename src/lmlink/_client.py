@@ -251,11 +251,19 @@ class Client(ClientCore):
         >>> len(e.vectors), e.prompt_tokens
         (2, 4)
         """
-        from ._embed import embed_answer, embed_call
+        from ._embed import embed_call
 
         self._ensure_endpoint()
         call, count = embed_call(self, inputs, model, dimensions, extra)
         run = self._attempts(call)
+        if _observe.observers:  # instrumented (lmlink.otel)
+            op = _observe.embeddings_operation(call.url, model or self.model, dimensions, extra)
+            return _observe.call(op, self._embed, run, count)
+        return self._embed(run, count)
+
+    def _embed(self, run: Attempts, count: int) -> Embeddings:
+        from ._embed import embed_answer
+
         while True:  # bounded: by the retry budget
             try:
                 with self._open(run.call) as resp:

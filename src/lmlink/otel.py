@@ -19,7 +19,9 @@ settings that were given (``gen_ai.request.max_tokens``, ``temperature``, ``top_
 ``output_tokens`` (when the server reported usage), ``server.address`` / ``server.port``.
 Retries stay inside the one span. A stream's span ends when the stream does: at its last
 event, at an error, or when the caller leaves it early (then with what had arrived, no
-finish reason).
+finish reason). ``embed`` calls are spans named ``embeddings {model}``, with
+``gen_ai.embeddings.dimension.count`` (``dimensions=``), ``gen_ai.request.encoding_formats``
+and the input tokens.
 
 A call that ends in an exception gets the status ERROR, the exception as an event, and
 ``error.type``: for lmlink's own errors their public name (``lmlink.RateLimitError``,
@@ -175,6 +177,12 @@ class _OtelObserver:
             attributes["gen_ai.request.stop_sequences"] = [stop]
         elif isinstance(stop, Sequence) and all(isinstance(s, str) for s in stop):
             attributes["gen_ai.request.stop_sequences"] = list(stop)
+        dimensions = params.get("dimensions")
+        if isinstance(dimensions, int):
+            attributes["gen_ai.embeddings.dimension.count"] = dimensions
+        encoding = params.get("encoding_format")
+        if isinstance(encoding, str):
+            attributes["gen_ai.request.encoding_formats"] = [encoding]
         n = params.get("n")
         if isinstance(n, int) and not isinstance(n, bool) and n != 1:
             attributes["gen_ai.request.choice.count"] = n
