@@ -215,27 +215,28 @@ class _SpanWatch:
 
     def end(self, result: Any) -> None:
         elapsed = time.perf_counter() - self._started
-        span = self._span
-        model = getattr(result, "model", None)
+        attributes: dict[str, Any] = {}
         metric = self._metric_attributes()
+        model = getattr(result, "model", None)
         if model:
-            span.set_attribute("gen_ai.response.model", model)
-            metric["gen_ai.response.model"] = model
+            attributes["gen_ai.response.model"] = metric["gen_ai.response.model"] = model
         raw = getattr(result, "raw", None)
         if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-            span.set_attribute("gen_ai.response.id", raw["id"])
+            attributes["gen_ai.response.id"] = raw["id"]
         choices = getattr(result, "choices", None)
         if isinstance(choices, list):
             reasons = [c.finish_reason for c in choices if c.finish_reason is not None]
             if reasons:
-                span.set_attribute("gen_ai.response.finish_reasons", reasons)
+                attributes["gen_ai.response.finish_reasons"] = reasons
         usage = {
             "input": getattr(result, "prompt_tokens", None),
             "output": getattr(result, "output_tokens", None),
         }
         for kind, count in usage.items():
             if count is not None:
-                span.set_attribute(f"gen_ai.usage.{kind}_tokens", count)
+                attributes[f"gen_ai.usage.{kind}_tokens"] = count
+        span = self._span
+        span.set_attributes(attributes)  # one call: the SDK locks once per call
         span.end()
         observer = self._observer
         observer.duration.record(elapsed, metric)
