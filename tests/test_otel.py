@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import lmlink
+import lmlink._observe
 import lmlink.otel
 from apis import API, AsyncAPI
 from lmlink.testing import EmbedSettings, FakeServer, Reply
@@ -143,6 +144,19 @@ def test_model_named_in_the_call_names_the_span(otel: Telemetry, api: API) -> No
     span = otel.span()
     assert span.name == "chat other-model"
     assert (span.attributes or {})["gen_ai.request.model"] == "other-model"
+
+
+def test_span_is_a_child_of_the_current_span(otel: Telemetry, api: API) -> None:
+    """A call made inside a span of the caller's is that span's child, plain and streamed."""
+    tracer = otel.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("job") as parent:
+        api.chat("hi")
+        api.stream("hi")
+    chats = [s for s in otel.spans() if s.name.startswith("chat ")]
+    assert len(chats) == 2
+    for span in chats:
+        assert span.parent is not None
+        assert span.parent.span_id == parent.get_span_context().span_id
 
 
 def test_failed_chat_span_has_error_type(otel: Telemetry, api: API, server: FakeServer) -> None:
@@ -320,6 +334,7 @@ def test_uninstrument_stops_and_reinstrument_starts(
     uninstrument() when not instrumented does nothing."""
     api = make_api()
     lmlink.otel.uninstrument()
+    before = list(lmlink._observe.observers)
     telemetry = Telemetry()
     lmlink.otel.instrument(tracer_provider=telemetry.tracer_provider)
     assert lmlink.otel.is_instrumented()
@@ -327,6 +342,7 @@ def test_uninstrument_stops_and_reinstrument_starts(
     lmlink.otel.uninstrument()
     lmlink.otel.uninstrument()
     assert not lmlink.otel.is_instrumented()
+    assert lmlink._observe.observers == before  # the seam is as it was: empty, the fast path
     api.chat("two")
     api.stream("three")
     assert len(telemetry.spans()) == 1
