@@ -150,16 +150,17 @@ def error_type(exc: BaseException) -> str:
 class _OtelObserver:
     """Turns each observed call into a span and metric points."""
 
-    __slots__ = ("duration", "tokens", "tracer")
+    __slots__ = ("client", "duration", "tokens", "tracer")
 
     def __init__(self, tracer: Tracer, duration: Histogram, tokens: Histogram) -> None:
+        from opentelemetry.trace import SpanKind
+
         self.tracer = tracer
         self.duration = duration
         self.tokens = tokens
+        self.client = SpanKind.CLIENT
 
     def start(self, op: _observe.Operation) -> _SpanWatch:
-        from opentelemetry.trace import SpanKind
-
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": op.name,
             "gen_ai.provider.name": PROVIDER,
@@ -187,7 +188,7 @@ class _OtelObserver:
         if isinstance(n, int) and not isinstance(n, bool) and n != 1:
             attributes["gen_ai.request.choice.count"] = n
         span = self.tracer.start_span(
-            f"{op.name} {op.model}", kind=SpanKind.CLIENT, attributes=attributes
+            f"{op.name} {op.model}", kind=self.client, attributes=attributes
         )
         return _SpanWatch(self, op, span)
 
