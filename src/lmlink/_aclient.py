@@ -54,7 +54,8 @@ class AsyncClient(ClientCore):
     ...     resp = await client.chat("Say hi")
 
     One client may serve several event loops (in several threads, or one after another):
-    each loop gets a connection pool of its own (up to ``max_connections`` each).
+    each loop gets a connection pool of its own (up to ``max_connections`` each). Its
+    ``event_hooks`` may be async functions too: what they return is awaited.
     """
 
     _pools: LoopPools
