@@ -440,3 +440,21 @@ def test_embeddings_failure(otel: Telemetry, api: API, server: FakeServer) -> No
     attrs = span.attributes or {}
     assert attrs["error.type"] == "lmlink.ContextLengthError"
     assert attrs["gen_ai.request.encoding_formats"] == ("float",)
+
+
+def test_without_opentelemetry_instrument_says_what_to_install() -> None:
+    """Without opentelemetry installed, instrument() is a ConfigurationError naming the
+    extra, and lmlink itself works as before."""
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry'] = None  # as if it were not installed\n"
+        "import lmlink, lmlink.otel\n"
+        "try:\n"
+        "    lmlink.otel.instrument()\n"
+        "except lmlink.ConfigurationError as exc:\n"
+        "    assert \"pip install 'lmlink[otel]'\" in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+        "assert not lmlink.otel.is_instrumented()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
