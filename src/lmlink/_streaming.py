@@ -66,7 +66,7 @@ class StreamCore:
         self._context = context
         self._planned = planned
         self._run: Attempts | None = None
-        self._started = time.monotonic()
+        self._started = time.monotonic()  # again when the request is sent (_begin)
         self._on_delta = on_delta
         self._on_reasoning = on_reasoning
         self._decoder = SSEDecoder()
@@ -80,9 +80,12 @@ class StreamCore:
         self._response: ChatResponse | None = None
 
     def _begin(self) -> Attempts:
-        """The attempts of this stream (planned now if the plan waited for discovery)."""
+        """The attempts of this stream (planned now if the plan waited for discovery). The
+        call's clock, its total deadline included, starts here, as its request is sent, not
+        when the stream object was made."""
         planned = self._planned
         plan, options = planned() if callable(planned) else planned
+        self._started = time.monotonic()
         self._run = self._context.attempts(plan, options, self._started)
         return self._run
 
