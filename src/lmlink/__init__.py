@@ -29,10 +29,12 @@ from ._errors import (
     NotFoundError,
     OverloadedError,
     PermissionDeniedError,
+    PromptTooLongError,
     RateLimitError,
     ResponseTooLargeError,
     StreamError,
     StructuredOutputError,
+    UnsupportedError,
 )
 from ._models import ChatResponse, Choice, Message, ModelInfo, TokenLogprob, ToolCall
 from ._retry import set_instant_retries
@@ -42,6 +44,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._aclient import AsyncClient, adiscover
     from ._astreaming import AsyncChatStream
+    from ._embed import Embeddings
     from ._tools import tool_schema
     from .batch import BatchSummary, arun_batch, run_batch
 
@@ -50,6 +53,7 @@ _LAZY = {
     "AsyncClient": "._aclient",
     "adiscover": "._aclient",
     "AsyncChatStream": "._astreaming",
+    "Embeddings": "._embed",
     "tool_schema": "._tools",
     "run_batch": ".batch",
     "arun_batch": ".batch",
@@ -88,6 +92,7 @@ __all__ = [
     "ConfigurationError",
     "ContextLengthError",
     "DecodeError",
+    "Embeddings",
     "InternalServerError",
     "LMLinkError",
     "Message",
@@ -96,6 +101,7 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PromptTooLongError",
     "RateLimitError",
     "ResponseTooLargeError",
     "RetryPolicy",
@@ -105,6 +111,7 @@ __all__ = [
     "Timeout",
     "TokenLogprob",
     "ToolCall",
+    "UnsupportedError",
     "__version__",
     "adiscover",
     "arun_batch",

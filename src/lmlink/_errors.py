@@ -2,11 +2,13 @@
 
     LMLinkError
     ├── ConfigurationError          no model or endpoint, bad argument
+    │   └── UnsupportedError        the server has no way to do that (``.server``)
     ├── APIConnectionError          could not connect, or the connection broke
     │   └── APITimeoutError         connect / idle / total deadline passed (``.phase``)
     ├── APIStatusError              the server answered with an error (``.status_code``, ``.body``)
     │   ├── BadRequestError         400 / 422 and validation failures (never retried)
     │   │   └── ContextLengthError  prompt longer than the context, whatever the wording
+    │   │       └── PromptTooLongError  not sent: the prompt cannot fit (batch runner)
     │   ├── AuthenticationError     401
     │   ├── PermissionDeniedError   403
     │   ├── NotFoundError           404: unknown model or route
@@ -49,10 +51,12 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PromptTooLongError",
     "RateLimitError",
     "ResponseTooLargeError",
     "StreamError",
     "StructuredOutputError",
+    "UnsupportedError",
 ]
 
 BODY_LIMIT = 500
@@ -91,6 +95,19 @@ class LMLinkError(Exception):
 
 class ConfigurationError(LMLinkError):
     """lmlink was called in a way that cannot work (no model, no endpoint, bad value)."""
+
+
+class UnsupportedError(ConfigurationError):
+    """The server offers no way to do what was asked (say, count tokens: Ollama and LM
+    Studio have no tokenizer endpoint). ``server`` is its kind (``"ollama"``...).
+
+    >>> try:
+    ...     client.count_tokens("hello")
+    ... except lmlink.UnsupportedError as exc:
+    ...     print(exc.server, exc)
+    """
+
+    server: str = "unknown"
 
 
 class APIConnectionError(LMLinkError):
@@ -137,6 +154,17 @@ class ContextLengthError(BadRequestError):
 
     Shorten the messages or lower ``max_tokens``.
     """
+
+
+class PromptTooLongError(ContextLengthError):
+    """The batch runner did not send an item: its prompt alone fills the model's context
+    window. ``prompt_tokens`` (the server's count, or lmlink's estimate when ``counted`` is
+    False) and ``context_length``; ``status_code`` is 0, as no request was made.
+    """
+
+    prompt_tokens: int = 0
+    context_length: int = 0
+    counted: bool = True
 
 
 class AuthenticationError(APIStatusError):

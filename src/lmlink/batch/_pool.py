@@ -26,7 +26,7 @@ import collections
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from lmlink import AsyncClient
@@ -39,7 +39,6 @@ from lmlink._errors import (
     ModelLoadingError,
 )
 from lmlink._log import log
-from lmlink._models import ChatResponse
 
 from ._attempts import OWN_RETRY, ItemAttempts, Next, client_policy, pause_for, unreachable
 from ._limiter import AUTO_CEILING, AdaptiveLimiter, Outcome, Ticket
@@ -259,12 +258,16 @@ class EndpointPool:
         stream: bool = False,
         fatal: Callable[[LMLinkError], bool] = lambda exc: False,
         label: str = "",
-    ) -> ChatResponse | LMLinkError:
+        send: Callable[[AsyncClient, dict[str, Any]], Awaitable[Any]] | None = None,
+    ) -> Any:
         """The answer to ``messages``, or the error the item keeps; raises the errors every
         item would share (``fatal(exc)``, or no endpoint left). With a ``total`` timeout,
         the item's attempts and the waits between them end by one deadline, set by its
         first attempt (what follows each failure: :class:`._attempts.ItemAttempts`).
-        ``label`` names the item in the log."""
+        ``label`` names the item in the log. ``send(client, options)``, when given, is the
+        call to make instead of a chat (``client.embed(..., **options)``, say): it gets the
+        same slots, retries, deadline and failover; ``options`` holds the ``timeout=`` left
+        to the item."""
         run = ItemAttempts(
             self._retry, self._total, endpoints=len(self.endpoints), retry_here=self._retry_here
         )
@@ -282,7 +285,9 @@ class EndpointPool:
                 client = endpoint.client
                 timeout = run.timeout_for(client.timeout, left)
                 kwargs = params if timeout is None else {**params, "timeout": timeout}
-                if stream:
+                if send is not None:
+                    resp = await send(client, kwargs)
+                elif stream:
                     resp = await client.chat_stream(messages, model=model, **kwargs)
                 else:
                     resp = await client.chat(messages, model=model, **kwargs)

@@ -41,7 +41,7 @@ from lmlink._models import ChatResponse
 from ._cache import ResponseCache, cache_key
 from ._commit import GroupCommit
 from ._doneset import DigestSet, digest
-from ._header import describe_changes, make_settings
+from ._header import BATCH_OUTPUT, describe_changes, make_settings
 from ._input import BatchInputError, BatchItem, Problem, items_from_rows
 from ._journal import Journal, JournalState, SettingsChangedError, encode_record
 from ._limiter import AUTO_CEILING
@@ -95,6 +95,9 @@ class Runner:
     >>> state = runner.prepare()        # ids already done, torn line repaired
     >>> summary = await runner.run()
     """
+
+    #: The kind of output this runner writes (its header says it; the other kind is refused).
+    kind = BATCH_OUTPUT
 
     def __init__(
         self,
@@ -186,6 +189,7 @@ class Runner:
             self.journal = Journal.open(
                 self.output,
                 adopt=self._allow_changed,
+                kind=self.kind,
                 check=lambda state: self._check_settings(
                     given, model_known=given is not None, state=state
                 ),

@@ -1,0 +1,261 @@
+"""count_tokens and context_length through real HTTP, against the fake server in the shape
+of each real server (its persona), blocking and asyncio."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import lmlink
+from apis import API, AsyncAPI
+from lmlink._tokens import ollama_window
+from lmlink.testing import FakeServer
+
+HELLO = [{"role": "user", "content": "Hello world"}]
+# The fake's ChatML prompt of HELLO: <|im_start|> user \n Hello ␣world <|im_end|> \n
+# <|im_start|> assistant \n = 10 tokens.
+HELLO_CHAT = 10
+
+
+@pytest.fixture
+def persona() -> str | None:
+    return "llamacpp"
+
+
+@pytest.fixture
+def server(persona: str | None) -> Iterator[FakeServer]:
+    """The fake server, in the shape of the test's persona."""
+    with FakeServer(model="fake-model", persona=persona) as srv:
+        yield srv
+
+
+def call(api: API, name: str, *args: Any, **kwargs: Any) -> Any:
+    """``api.client.<name>(...)``, awaited on the asyncio client."""
+    result = getattr(api.client, name)(*args, **kwargs)
+    return api.run(result) if isinstance(api, AsyncAPI) else result
+
+
+def posts(server: FakeServer) -> list[tuple[str, Any]]:
+    return [(r.path, r.json) for r in server.requests if r.method == "POST"]
+
+
+@pytest.mark.parametrize(
+    ("persona", "path", "body"),
+    [
+        ("llamacpp", "/tokenize", {"content": "Hello world", "add_special": True}),
+        (
+            "vllm",
+            "/tokenize",
+            {"model": "fake-model", "prompt": "Hello world", "add_special_tokens": True},
+        ),
+        (
+            "sglang",
+            "/tokenize",
+            {"model": "fake-model", "prompt": "Hello world", "add_special_tokens": True},
+        ),
+        (
+            "llama-cpp-python",
+            "/extras/tokenize/count",
+            {"model": "fake-model", "input": "Hello world"},
+        ),
+    ],
+)
+def test_count_text_per_server(api: API, server: FakeServer, path: str, body: Any) -> None:
+    """A string is counted by the server's own tokenize endpoint, in its request shape, with
+    the BOS token a prompt gets (2 words + BOS)."""
+    assert call(api, "count_tokens", "Hello world") == 3
+    assert posts(server) == [(path, body)]
+
+
+@pytest.mark.parametrize(
+    ("persona", "expected", "paths"),
+    [
+        ("llamacpp", HELLO_CHAT + 1, ["/apply-template", "/tokenize"]),
+        ("vllm", HELLO_CHAT, ["/tokenize"]),
+    ],
+)
+def test_count_messages_with_the_chat_template(
+    api: API, server: FakeServer, expected: int, paths: list[str]
+) -> None:
+    """Messages are counted as the chat prompt the server builds: llama.cpp renders the
+    template (/apply-template) and tokenizes it with BOS; vLLM takes the messages itself."""
+    assert call(api, "count_tokens", HELLO) == expected
+    sent = posts(server)
+    assert [p for p, _ in sent] == paths
+    assert sent[0][1]["messages"] == HELLO
+
+
+def test_vllm_chat_body_asks_for_the_generation_prompt(api: API, server: FakeServer) -> None:
+    """vLLM is asked for the prompt a chat call would get: generation prompt included."""
+    server.persona = lmlink.testing.PERSONAS["vllm"]
+    server.owned_by = "vllm"
+    call(api, "count_tokens", HELLO)
+    body = posts(server)[-1][1]
+    assert body["add_generation_prompt"] is True
+    assert body["messages"] == HELLO
+
+
+@pytest.mark.parametrize(
+    ("persona", "name"), [("sglang", "SGLang"), ("llama-cpp-python", "llama-cpp-python")]
+)
+def test_text_only_tokenizers_refuse_messages(api: API, server: FakeServer, name: str) -> None:
+    """SGLang and llama-cpp-python tokenize plain text only: messages raise UnsupportedError
+    naming the server, without a wrong count and without a tokenize request."""
+    with pytest.raises(lmlink.UnsupportedError, match=name) as info:
+        call(api, "count_tokens", HELLO)
+    assert "pass a string" in str(info.value)
+    assert posts(server) == []
+
+
+@pytest.mark.parametrize(
+    ("persona", "name"),
+    [("ollama", "Ollama"), ("lmstudio", "LM Studio"), ("tgi", "TGI"), ("mlx", "mlx-lm")],
+)
+def test_no_tokenizer_is_a_typed_error_naming_the_server(
+    api: API, server: FakeServer, persona: str, name: str
+) -> None:
+    """A server with no tokenizer endpoint raises UnsupportedError (a ConfigurationError)
+    naming it, after one GET that identifies it and no POST at all."""
+    with pytest.raises(lmlink.UnsupportedError, match=f"the {name} server at ") as info:
+        call(api, "count_tokens", "Hello world")
+    assert info.value.server == persona
+    assert isinstance(info.value, lmlink.ConfigurationError)
+    assert posts(server) == []
+
+
+@pytest.mark.parametrize("persona", [None])
+def test_unknown_server_without_tokenizer(api: API, server: FakeServer) -> None:
+    """A server of unknown kind is probed in each known shape; when none answers, the error
+    says so."""
+    with pytest.raises(lmlink.UnsupportedError, match="answered none of the tokenizer"):
+        call(api, "count_tokens", "Hello world")
+    assert [p for p, _ in posts(server)] == ["/tokenize", "/tokenize", "/extras/tokenize/count"]
+
+
+@pytest.mark.parametrize("persona", ["llamacpp"])
+def test_probe_once_then_remembered(api: API, server: FakeServer) -> None:
+    """The kind is learned once (GET /v1/models); later counts go straight to /tokenize."""
+    call(api, "count_tokens", "Hello world")
+    call(api, "count_tokens", "one two three")
+    call(api, "count_tokens", HELLO)
+    paths = [(r.method, r.path) for r in server.requests]
+    assert paths == [
+        ("GET", "/v1/models"),
+        ("POST", "/tokenize"),
+        ("POST", "/tokenize"),
+        ("POST", "/apply-template"),
+        ("POST", "/tokenize"),
+    ]
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_unidentified_vllm_is_probed_and_remembered(api: API, server: FakeServer) -> None:
+    """Behind something that hides its kind, vLLM is found by probing: llama.cpp's shape is
+    refused (400: no prompt), vLLM's answers, and only vLLM's is sent from then on."""
+    server.owned_by = "proxy"  # /v1/models no longer tells the kind
+    assert call(api, "count_tokens", "Hello world") == 3
+    assert call(api, "count_tokens", "Hello world, again") == 5
+    bodies = [body for _, body in posts(server)]
+    assert "content" in bodies[0]
+    assert [b.get("prompt") for b in bodies[1:]] == ["Hello world", "Hello world, again"]
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_memory_is_per_client(make_api: Callable[..., API], server: FakeServer) -> None:
+    """Each client learns for itself: a second client identifies the server again."""
+    for _ in range(2):
+        call(make_api(), "count_tokens", "x")
+    gets = [r.path for r in server.requests if r.method == "GET"]
+    assert gets == ["/v1/models", "/v1/models"]
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_server_errors_are_raised_typed(api: API, server: FakeServer) -> None:
+    """A known server's refusal is raised as the matching status error (unknown model: 404)."""
+    with pytest.raises(lmlink.NotFoundError, match="does not exist"):
+        call(api, "count_tokens", "hi", model="no-such-model")
+
+
+@pytest.mark.parametrize("persona", ["llamacpp"])
+def test_api_key_is_sent(make_api: Callable[..., API], server: FakeServer) -> None:
+    """The tokenizer requests carry the client's key like every other request."""
+    server.api_key = "sk-test"
+    assert call(make_api(api_key="sk-test"), "count_tokens", "Hello world") == 3
+    with pytest.raises(lmlink.AuthenticationError):
+        call(make_api(), "count_tokens", "Hello world")
+
+
+# -- context_length -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("persona", "path"),
+    [
+        ("vllm", "/v1/models"),
+        ("sglang", "/v1/models"),
+        ("llamacpp", "/props"),
+        ("ollama", "/api/show"),
+        ("lmstudio", "/api/v0/models"),
+    ],
+)
+def test_context_length_per_server(api: API, server: FakeServer, path: str) -> None:
+    """Each server's window is read where that server tells it."""
+    server.context_length = 8192
+    assert call(api, "context_length") == 8192
+    assert server.requests[-1].path == path
+    server.context_length = 2048
+    assert call(api, "context_length", "fake-model") == 2048
+
+
+@pytest.mark.parametrize("persona", ["vllm", "llamacpp", "ollama", "lmstudio", "sglang"])
+def test_context_length_none_when_not_told(api: API, server: FakeServer) -> None:
+    """A server that does not report the window gives None, not a guess."""
+    server.context_length = None
+    assert call(api, "context_length") is None
+
+
+@pytest.mark.parametrize("persona", ["llama-cpp-python", "tgi", "mlx", None])
+def test_context_length_none_for_servers_that_never_say(api: API, server: FakeServer) -> None:
+    """llama-cpp-python, TGI, mlx-lm and unknown servers do not tell their window: None."""
+    assert call(api, "context_length") is None
+
+
+@pytest.mark.parametrize("persona", ["ollama"])
+def test_ollama_unknown_model_is_none(api: API, server: FakeServer) -> None:
+    """Ollama's /api/show 404 for a model it lacks: the window is unknown."""
+    assert call(api, "context_length", "other-model") is None
+    assert server.requests[-1].json == {"model": "other-model"}
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_context_length_of_the_named_model(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """The window is that of the model asked for (the client's model by default)."""
+    server.models = ["a", "fake-model"]
+    api = make_api(model=None)
+    assert call(api, "context_length") == 4096  # no model: the first listed
+    assert call(api, "context_length", "missing") is None
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_context_length_raises_when_the_model_list_fails(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """A refused model list is an error, not an unknown window."""
+    server.api_key = "sk-test"
+    with pytest.raises(lmlink.AuthenticationError):
+        call(make_api(), "context_length")
+
+
+def test_ollama_window_prefers_num_ctx() -> None:
+    """Ollama runs a model with its num_ctx when the Modelfile sets one; otherwise the window
+    is the trained context length of the model's architecture."""
+    info = {"general.architecture": "llama", "llama.context_length": 131072}
+    assert ollama_window({"model_info": info, "parameters": "num_ctx 8192\nstop x"}) == 8192
+    assert ollama_window({"model_info": info, "parameters": 'stop "<|eot_id|>"'}) == 131072
+    assert ollama_window({"model_info": {"qwen3.context_length": 40960}}) == 40960
+    assert ollama_window({"model_info": {}}) is None
+    assert ollama_window("garbage") is None
