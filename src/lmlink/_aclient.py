@@ -187,9 +187,11 @@ class AsyncClient(ClientCore):
         **kwargs: Any,
     ) -> ChatResponse:
         """The async twin of :meth:`Client.run_tools`; tools may be async functions."""
-        loop = ToolLoop(messages, tools, max_steps, blocking=False)
+        loop = ToolLoop(
+            messages, tools, max_steps, blocking=False, timeout=self.timeout, kwargs=kwargs
+        )
         while loop.turn():
-            resp = await self.chat(loop.history, tools=loop.definitions, **kwargs)
+            resp = await self.chat(loop.history, tools=loop.definitions, **loop.kwargs())
             for call, run in loop.calls(resp):
                 try:
                     result = run()
