@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pydantic
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -22,7 +23,7 @@ import lmlink
 import lmlink._observe
 import lmlink.otel
 from apis import API, AsyncAPI
-from lmlink.testing import EmbedSettings, FakeServer, Reply
+from lmlink.testing import EmbedSettings, FakeServer, Reply, sensible_reply
 
 
 class Telemetry:
@@ -458,3 +459,30 @@ def test_without_opentelemetry_instrument_says_what_to_install() -> None:
         "assert not lmlink.otel.is_instrumented()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _Ticket(pydantic.BaseModel):
+    label: str
+
+
+@pytest.mark.parametrize(
+    ("response_format", "expected"),
+    [
+        ({"type": "object", "properties": {"label": {"type": "string"}}}, "json"),
+        (_Ticket, "json"),
+        ("json", "json"),
+        ({"type": "json_object"}, "json"),
+        (None, None),
+    ],
+    ids=["schema", "pydantic", "json", "json-object", "none"],
+)
+def test_output_type_follows_response_format(
+    otel: Telemetry, make_api: Callable[..., API], response_format: Any, expected: str | None
+) -> None:
+    """gen_ai.output.type (conditionally required when the request asks for an output
+    format) is "json" for every JSON response_format, absent without one."""
+    with FakeServer(model="fake-model", responder=sensible_reply) as srv:
+        api = make_api(endpoint=srv.url)
+        api.chat('Label this: {"label": "x"}', response_format=response_format)
+    attrs = otel.span().attributes or {}
+    assert attrs.get("gen_ai.output.type") == expected

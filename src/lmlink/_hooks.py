@@ -7,13 +7,14 @@ a :class:`Request` just before it goes out, and its answer to the ``"response"``
 They are there to look: changing the objects changes nothing that is sent.
 
 Secrets never reach a hook: the values of ``Authorization`` and the other credential
-headers are blanked out (``Bearer ***``).
+headers (``Proxy-Authorization``, ``X-API-Key``, ``api-key``, ``Cookie``) are blanked out
+(``Bearer ***``).
 
 An exception raised by a hook propagates to the caller unchanged, as httpx does: a request
 hook's before the request is sent, a response hook's after the response is closed. (An
 lmlink error raised by a hook is treated like the same error from the server: a retryable
 one is retried.) The async client awaits what an async hook returns; the blocking client
-refuses async hooks when it is made.
+refuses async hooks when it is made, and a hook that returns an awaitable when it runs.
 
 A client without hooks pays for one attribute test per request.
 """
@@ -31,7 +32,7 @@ __all__ = ["Headers", "Hooks", "Request", "Response"]
 Hook = Callable[[Any], Any]
 
 # Headers whose values are credentials: what a hook sees of them is blanked out.
-_SECRET = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+_SECRET = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"})
 _KINDS = ("request", "response")
 
 
@@ -178,7 +179,7 @@ class Hooks:
         """Call the request hooks (blocking client); the Request they saw."""
         request = Request(method, url, headers, body)
         for fn in self.request:
-            fn(request)
+            _returned(fn, fn(request))
         return request
 
     def answered(
@@ -187,7 +188,7 @@ class Hooks:
         """Call the response hooks (blocking client)."""
         response = Response(request, status, headers, seconds)
         for fn in self.response:
-            fn(response)
+            _returned(fn, fn(response))
 
     async def asending(
         self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes | None
@@ -205,6 +206,19 @@ class Hooks:
         response = Response(request, status, headers, seconds)
         for fn in self.response:
             await _settle(fn(response))
+
+
+def _returned(fn: Hook, result: Any) -> None:
+    """For the blocking client: a hook that hands back an awaitable (a lambda around an
+    async function, say) would never run; it is refused rather than silently skipped."""
+    if result is not None and isinstance(result, Awaitable):
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()  # a coroutine never awaited: no "never awaited" warning later
+        raise ConfigurationError(
+            f"event hook {getattr(fn, '__name__', fn)!r} returned an awaitable, which the "
+            "blocking Client cannot await: use AsyncClient"
+        )
 
 
 async def _settle(result: Any) -> None:

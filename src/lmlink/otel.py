@@ -14,7 +14,8 @@ follows the OpenTelemetry GenAI semantic conventions: named ``chat {model}``, wi
 speak; ``server.address`` tells which server it was), ``gen_ai.request.model``, the request
 settings that were given (``gen_ai.request.max_tokens``, ``temperature``, ``top_p``,
 ``top_k``, ``seed``, ``stop_sequences``, ``frequency_penalty``, ``presence_penalty``,
-``choice.count`` when ``n`` is not 1), ``gen_ai.response.model``, ``gen_ai.response.id``,
+``choice.count`` when ``n`` is not 1), ``gen_ai.output.type`` (``json`` when a
+``response_format`` asks for JSON), ``gen_ai.response.model``, ``gen_ai.response.id``,
 ``gen_ai.response.finish_reasons`` (one per choice), ``gen_ai.usage.input_tokens`` /
 ``output_tokens`` (when the server reported usage), ``server.address`` / ``server.port``.
 Retries stay inside the one span. A stream's span ends when the stream does: at its last
@@ -184,6 +185,9 @@ class _OtelObserver:
         encoding = params.get("encoding_format")
         if isinstance(encoding, str):
             attributes["gen_ai.request.encoding_formats"] = [encoding]
+        output = params.get("output_type")
+        if isinstance(output, str):
+            attributes["gen_ai.output.type"] = output
         n = params.get("n")
         if isinstance(n, int) and not isinstance(n, bool) and n != 1:
             attributes["gen_ai.request.choice.count"] = n
