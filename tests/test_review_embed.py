@@ -1,0 +1,84 @@
+"""Embeddings edges found in review, pinned through real HTTP against the fake server.
+
+Each test states the behaviour a user should get; those marked xfail(strict=True) fail
+today and name the fix in their reason (remove the mark with the fix)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lmlink
+import lmlink.batch
+from apis import API, AsyncAPI
+from batch_helpers import write_jsonl
+from lmlink.testing import FakeServer, Reply
+
+
+@pytest.fixture(autouse=True)
+def _instant_retries() -> Iterator[None]:
+    lmlink.set_instant_retries(True)
+    yield
+    lmlink.set_instant_retries(False)
+
+
+def _embed(api: API, *args: Any, **kwargs: Any) -> Any:
+    if isinstance(api, AsyncAPI):
+        return api.run(api.client.embed(*args, **kwargs))
+    return api.client.embed(*args, **kwargs)
+
+
+def _embed_requests(server: FakeServer) -> list[Any]:
+    return [r for r in server.requests if r.path == "/v1/embeddings"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_embed.embed_body: body.update(fields) lets an 'input' keyword or "
+    "extra_body['input'] replace the texts; refuse it like 'model' (before sending)",
+)
+@pytest.mark.parametrize("how", ["keyword", "extra_body"])
+def test_input_given_twice_is_refused_before_sending(
+    make_api: Callable[..., API], server: FakeServer, how: str
+) -> None:
+    """The texts are embed()'s first argument; an 'input' body field beside them would
+    silently send other texts (today: sent, then a DecodeError about vector counts)."""
+    api = make_api()
+    extra: dict[str, Any] = (
+        {"input": ["z", "y"]} if how == "keyword" else {"extra_body": {"input": ["z", "y"]}}
+    )
+    with pytest.raises(lmlink.ConfigurationError, match="input"):
+        _embed(api, "a", **extra)
+    assert _embed_requests(server) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="batch/_embed.EmbedRunner._embed splits on any 400 down to single items; an "
+    "error every input shares (vLLM's 400 for dimensions on a model without matryoshka) "
+    "costs ~2 requests per item and an error line each instead of stopping the run",
+)
+def test_an_error_every_input_shares_is_not_split_to_single_items(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """vLLM answers dimensions= for a model without matryoshka support with a 400 that
+    no input causes: both halves of a split fail alike, so splitting further is waste."""
+    message = (
+        'Model "bge" does not support matryoshka representation, changing output '
+        "dimensions will lead to poor results."
+    )
+    body = {"object": "error", "message": message, "type": "BadRequestError", "code": 400}
+    server.enqueue_embeddings(*[Reply(status=400, body=body) for _ in range(200)])
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"d{i:03d}", "text": f"doc {i}"} for i in range(64)]
+    )
+    out = tmp_path / "out.jsonl"
+    summary = lmlink.batch.run_embed(
+        src, out, endpoint=server.url, model="fake-model", batch_size=32, dimensions=8
+    )
+    assert summary.ok == 0
+    # Today: 126 requests (each group of 32 split down to 32 single requests).
+    assert len(_embed_requests(server)) <= 8
