@@ -375,3 +375,22 @@ def test_cookie_is_blanked(make_api: Callable[..., API], server: FakeServer) -> 
     assert request.headers["cookie"] == "***"
     assert "cookie-secret" not in repr(request.headers)
     assert server.requests[0].headers["cookie"] == "session=cookie-secret"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X-Goog-Api-Key", "X-Auth-Token", "Ocp-Apim-Subscription-Key", "X-Session-Id", "X-Secret"],
+)
+def test_headers_named_as_credentials_are_blanked(
+    make_api: Callable[..., API], server: FakeServer, name: str
+) -> None:
+    """A gateway's own key header is blanked for the hooks like Authorization; the server
+    still gets it, and other headers are shown as sent."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    api.chat("hi", headers={name: "gateway-secret", "X-Trace": "t1"})
+    (request,) = seen.requests
+    assert request.headers[name] == "***"
+    assert "gateway-secret" not in repr(request.headers)
+    assert request.headers["X-Trace"] == "t1"
+    assert server.requests[0].headers[name.lower()] == "gateway-secret"

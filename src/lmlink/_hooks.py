@@ -7,8 +7,8 @@ a :class:`Request` just before it goes out, and its answer to the ``"response"``
 They are there to look: changing the objects changes nothing that is sent.
 
 Secrets never reach a hook: the values of ``Authorization`` and the other credential
-headers (``Proxy-Authorization``, ``X-API-Key``, ``api-key``, ``Cookie``) are blanked out
-(``Bearer ***``).
+headers (``Proxy-Authorization``, ``X-API-Key``, ``api-key``, ``Cookie``, and any whose name
+speaks of a key, token, secret, password, session or auth) are blanked out (``Bearer ***``).
 
 An exception raised by a hook propagates to the caller unchanged, as httpx does: a request
 hook's before the request is sent, a response hook's after the response is closed. (An
@@ -21,6 +21,7 @@ A client without hooks pays for one attribute test per request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -31,8 +32,18 @@ __all__ = ["Headers", "Hooks", "Request", "Response"]
 
 Hook = Callable[[Any], Any]
 
-# Headers whose values are credentials: what a hook sees of them is blanked out.
+# Headers whose values are credentials: what a hook sees of them is blanked out. Besides the
+# usual names, any name that says it holds one (X-Goog-Api-Key, X-Auth-Token,
+# Ocp-Apim-Subscription-Key...): a gateway's key must not reach a log either.
 _SECRET = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"})
+_SECRET_WORDS = re.compile(r"auth|key|token|secret|passw|cookie|credential|session")
+
+
+def _secret(name: str) -> bool:
+    lower = name.lower()
+    return lower in _SECRET or _SECRET_WORDS.search(lower) is not None
+
+
 _KINDS = ("request", "response")
 
 
@@ -82,7 +93,7 @@ class Request:
     ) -> None:
         self.method = method
         self.url = url
-        self.headers = Headers([(n, _blank(v) if n.lower() in _SECRET else v) for n, v in headers])
+        self.headers = Headers([(n, _blank(v) if _secret(n) else v) for n, v in headers])
         self.body = body or b""
 
     @property
