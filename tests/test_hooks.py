@@ -394,3 +394,19 @@ def test_headers_named_as_credentials_are_blanked(
     assert "gateway-secret" not in repr(request.headers)
     assert request.headers["X-Trace"] == "t1"
     assert server.requests[0].headers[name.lower()] == "gateway-secret"
+
+
+def test_userinfo_in_the_endpoint_never_reaches_a_hook(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """user:password@ in the endpoint is sent as Basic auth: the hooks see neither in the
+    URL nor in the header."""
+    seen = Recorder()
+    endpoint = server.url.replace("http://", "http://alice:pw-secret@")
+    api = make_api(endpoint=endpoint, event_hooks=seen.hooks)
+    api.chat("hi")
+    (request,) = seen.requests
+    assert request.url == server.url + "/chat/completions"
+    assert request.headers["authorization"] == "Basic ***"
+    assert "pw-secret" not in repr(request.headers) + request.url
+    assert server.requests[0].headers["authorization"].startswith("Basic ")

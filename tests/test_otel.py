@@ -537,3 +537,20 @@ def test_embeddings_span_has_no_stream_attribute(otel: Telemetry, api: API) -> N
     else:
         api.client.embed(["a"])
     assert "gen_ai.request.stream" not in (otel.span().attributes or {})
+
+
+def test_userinfo_in_the_endpoint_never_reaches_a_span(
+    otel: Telemetry, make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """server.address is the host alone: no user:password@ from the endpoint, on the span
+    or in its status when the call fails."""
+    server.enqueue(Reply.error(401, "no"))
+    api = make_api(endpoint=server.url.replace("http://", "http://alice:pw-secret@"))
+    with pytest.raises(lmlink.AuthenticationError):
+        api.chat("hi")
+    span = otel.span()
+    assert (span.attributes or {})["server.address"] == "127.0.0.1"
+    shown = repr(dict(span.attributes or {})) + str(span.status.description)
+    shown += repr([dict(e.attributes or {}) for e in span.events])
+    assert "pw-secret" not in shown
+    assert "alice" not in shown
