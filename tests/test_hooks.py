@@ -361,7 +361,7 @@ def test_blocking_client_refuses_a_response_hook_that_returns_an_awaitable(
         model="fake-model",
         event_hooks={"response": [lambda r: hook(r)]},  # noqa: PLW0108 (the point)
     )
-    with _no_warnings(), pytest.raises(lmlink.ConfigurationError, match="awaitable"):
+    with _no_warnings(), pytest.raises(lmlink.ConfigurationError, match="coroutine"):
         client.chat("hi")
     client.close()
 
@@ -410,3 +410,24 @@ def test_userinfo_in_the_endpoint_never_reaches_a_hook(
     assert request.headers["authorization"] == "Basic ***"
     assert "pw-secret" not in repr(request.headers) + request.url
     assert server.requests[0].headers["authorization"].startswith("Basic ")
+
+
+def test_blocking_client_leaves_a_scheduled_task_alone(server: FakeServer) -> None:
+    """A hook of the blocking client may schedule work on a loop of its own and return the
+    task: the task is already running there, so the call goes on and the task runs."""
+    loop = asyncio.new_event_loop()
+    ran: list[str] = []
+
+    async def record(url: str) -> None:
+        ran.append(url)
+
+    def hook(request: Any) -> Any:
+        return loop.create_task(record(request.url))
+
+    with lmlink.Client(
+        endpoint=server.url, model="fake-model", event_hooks={"request": [hook]}
+    ) as client:
+        assert client.chat("hi").content
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert ran == [server.url + "/chat/completions"]

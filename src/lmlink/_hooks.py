@@ -14,7 +14,7 @@ An exception raised by a hook propagates to the caller unchanged, as httpx does:
 hook's before the request is sent, a response hook's after the response is closed. (An
 lmlink error raised by a hook is treated like the same error from the server: a retryable
 one is retried.) The async client awaits what an async hook returns; the blocking client
-refuses async hooks when it is made, and a hook that returns an awaitable when it runs.
+refuses async hooks when it is made, and a hook that returns a coroutine when it runs.
 
 A client without hooks pays for one attribute test per request.
 """
@@ -22,7 +22,7 @@ A client without hooks pays for one attribute test per request.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -220,14 +220,13 @@ class Hooks:
 
 
 def _returned(fn: Hook, result: Any) -> None:
-    """For the blocking client: a hook that hands back an awaitable (a lambda around an
-    async function, say) would never run; it is refused rather than silently skipped."""
-    if result is not None and isinstance(result, Awaitable):
-        close = getattr(result, "close", None)
-        if callable(close):
-            close()  # a coroutine never awaited: no "never awaited" warning later
+    """For the blocking client: a hook that hands back a coroutine (a lambda around an
+    async function, say) would never run; it is refused rather than silently skipped. (A
+    task or future it returns is already scheduled on its own loop: that is left alone.)"""
+    if result is not None and isinstance(result, Coroutine):
+        result.close()  # never awaited: no "never awaited" warning later
         raise ConfigurationError(
-            f"event hook {getattr(fn, '__name__', fn)!r} returned an awaitable, which the "
+            f"event hook {getattr(fn, '__name__', fn)!r} returned a coroutine, which the "
             "blocking Client cannot await: use AsyncClient"
         )
 
