@@ -5,6 +5,7 @@ today and name the fix in their reason (remove the mark with the fix)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,15 @@ def test_a_group_whose_answer_is_too_large_is_split(server: FakeServer, tmp_path
     src = write_jsonl(
         tmp_path / "in.jsonl", [{"id": f"d{i:03d}", "text": f"doc {i}"} for i in range(64)]
     )
-    client = lmlink.AsyncClient(endpoint=server.url, model="fake-model", max_response_bytes=20_000)
-    summary = lmlink.batch.run_embed(src, tmp_path / "out.jsonl", client=client, batch_size=64)
+
+    async def run() -> lmlink.BatchSummary:
+        async with lmlink.AsyncClient(
+            endpoint=server.url, model="fake-model", max_response_bytes=20_000
+        ) as client:
+            return await lmlink.batch.arun_embed(
+                src, tmp_path / "out.jsonl", client=client, batch_size=64
+            )
+
+    summary = asyncio.run(run())
     assert summary.errors == {}
     assert summary.ok == 64
