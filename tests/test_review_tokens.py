@@ -68,8 +68,11 @@ def test_missing_tokenizer_route_is_unsupported(no_tokenizer: str, kind: str) ->
     """count_tokens on a server without its tokenizer route says so, as the typed error
     count_tokens documents for servers without one (not a model-name 404)."""
     if kind == "sync":
-        with pytest.raises(lmlink.UnsupportedError, match="tokeniz"):
-            lmlink.Client(endpoint=no_tokenizer, model="m").count_tokens("hello")
+        with (
+            lmlink.Client(endpoint=no_tokenizer, model="m") as client,
+            pytest.raises(lmlink.UnsupportedError, match="tokeniz"),
+        ):
+            client.count_tokens("hello")
         return
 
     async def go() -> None:
