@@ -259,3 +259,15 @@ def test_ollama_window_prefers_num_ctx() -> None:
     assert ollama_window({"model_info": {"qwen3.context_length": 40960}}) == 40960
     assert ollama_window({"model_info": {}}) is None
     assert ollama_window("garbage") is None
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_context_length_teaches_the_kind_to_count_tokens(api: API, server: FakeServer) -> None:
+    """The kind learned by context_length is reused: count_tokens asks no model list."""
+    server.owned_by = "vllm"
+    call(api, "context_length")
+    call(api, "count_tokens", "Hello world")
+    assert [(r.method, r.path) for r in server.requests] == [
+        ("GET", "/v1/models"),
+        ("POST", "/tokenize"),
+    ]

@@ -265,7 +265,9 @@ class Client(ClientCore):
         self._ensure_endpoint()
         endpoint = self._url("")
         kind = self._caps.kinds.get(endpoint)
-        return self._converse(context_steps(endpoint, kind, model or self._model, self.redact))
+        return self._converse(
+            context_steps(memory_of(self), endpoint, kind, model or self._model, self.redact)
+        )
 
     def _converse(self, steps: Generator[Ask, Reply, T]) -> T:
         """Run a driver of ``_tokens``: its requests one after another."""

@@ -119,12 +119,21 @@ _PROBE = (_LLAMACPP, _VLLM, _LLAMA_CPP_PYTHON)
 
 
 class TokenMemory:
-    """What one client learned: the tokenizer route that worked, per endpoint."""
+    """What one client learned, per endpoint: the server's kind, and the tokenizer route
+    that worked."""
 
-    __slots__ = ("routes",)
+    __slots__ = ("kinds", "routes")
 
     def __init__(self) -> None:
+        self.kinds: dict[str, str] = {}
         self.routes: dict[str, Route] = {}
+
+    def kind(self, endpoint: str, known: str | None) -> str | None:
+        """The kind of the server at ``endpoint``: ``known`` (what the client learned
+        elsewhere) unless it is unknown, else what a driver here found."""
+        if known is not None and known != "unknown":
+            return known
+        return self.kinds.get(endpoint)
 
 
 def memory_of(core: ClientCore) -> TokenMemory:
@@ -245,11 +254,13 @@ def count_steps(
     text, messages = _split(what)
     origin = origin_of(endpoint)
     known = memory.routes.get(endpoint)
+    kind = memory.kind(endpoint, kind)
     if known is not None:
         candidates: tuple[Route, ...] = (known,)
     else:
-        if kind is None or kind == "unknown":
+        if kind is None:
             kind = identify((yield Ask("GET", endpoint + "/models")), None)[0]
+            memory.kinds[endpoint] = kind
         candidates = _ROUTES.get(kind, _PROBE)
         if not candidates:
             raise UnsupportedError(
@@ -361,15 +372,17 @@ def _ok(reply: Reply) -> Any:
 
 
 def context_steps(
-    endpoint: str, kind: str | None, model: str | None, redact: Redact = str
+    memory: TokenMemory, endpoint: str, kind: str | None, model: str | None, redact: Redact = str
 ) -> Generator[Ask, Reply, int | None]:
     """The model's context window in tokens, or None when the server does not say."""
     origin = origin_of(endpoint)
     listing = yield Ask("GET", endpoint + "/models")
     if listing[0] >= 300:
         raise error_from_response(*listing, redact=redact)
-    if kind is None or kind == "unknown":
+    kind = memory.kind(endpoint, kind)
+    if kind is None:
         kind = identify(listing, None)[0]
+        memory.kinds[endpoint] = kind
     payload = _payload(listing)
     data = payload.get("data") if isinstance(payload, dict) else None
     entry = _entry(data, "id", model)
