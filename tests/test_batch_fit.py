@@ -85,7 +85,8 @@ def test_a_prompt_over_the_window_is_refused_not_sent(
     assert error["status_code"] is None
     assert "by the server's tokenizer" in error["message"]
     assert f"context window is {WINDOW}" in error["message"]
-    assert out["short"]["content"] and out["dense"]["content"]
+    assert out["short"]["content"]
+    assert out["dense"]["content"]
     assert sent(server) == sorted([SHORT[:10], DENSE[:10]])
 
 
@@ -118,7 +119,8 @@ def test_without_a_tokenizer_the_estimate_refuses_only_the_hopeless(
     out = go(run, server, tmp_path, items(huge=HUGE, wordy=WORDY, dense=DENSE))
     assert out["huge"]["error"]["type"] == "PromptTooLongError"
     assert "estimated, no tokenizer" in out["huge"]["error"]["message"]
-    assert "content" in out["wordy"] and "content" in out["dense"]
+    assert "content" in out["wordy"]
+    assert "content" in out["dense"]
     assert not [r for r in server.requests if "tokenize" in r.path]
 
 
