@@ -44,6 +44,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._aclient import AsyncClient, adiscover
     from ._astreaming import AsyncChatStream
+    from ._embed import Embeddings
     from ._tools import tool_schema
     from .batch import BatchSummary, arun_batch, run_batch
 
@@ -52,6 +53,7 @@ _LAZY = {
     "AsyncClient": "._aclient",
     "adiscover": "._aclient",
     "AsyncChatStream": "._astreaming",
+    "Embeddings": "._embed",
     "tool_schema": "._tools",
     "run_batch": ".batch",
     "arun_batch": ".batch",
@@ -90,6 +92,7 @@ __all__ = [
     "ConfigurationError",
     "ContextLengthError",
     "DecodeError",
+    "Embeddings",
     "InternalServerError",
     "LMLinkError",
     "Message",

@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _observe
 from ._astreaming import AsyncChatStream
 from ._client import discovery_off, ports_to_probe, probe_timeouts, url_host
 from ._config import Timeout
-from ._core import Call, ClientCore
+from ._core import Attempts, Call, ClientCore
 from ._discovery import Answer, ServerInfo
 from ._drivers import (
     PROBE_TIMEOUT,
@@ -30,12 +31,14 @@ from ._drivers import (
 from ._errors import LMLinkError
 from ._http import AsyncHTTPResponse, AsyncTransport
 from ._http.aio import LoopPools
+from ._http.common import Timeouts
 from ._models import ChatResponse, ModelInfo
 from ._streaming import Delta
 from ._tokens import Ask, Reply, ask_call, context_steps, count_steps, memory_of, raw_answer
 from ._wire import MessagesInput
 
 if TYPE_CHECKING:
+    from ._embed import Embeddings
     from ._http.proxy import AsyncProxyTransport
 
 __all__ = ["AsyncClient", "adiscover"]
@@ -102,6 +105,13 @@ class AsyncClient(ClientCore):
             extra=extra,
         )
         run = self._attempts(self._chat_call(plan, options), plan)
+        if _observe.observers:  # instrumented (lmlink.otel): the one test on the hot path
+            return await _observe.acall(
+                _observe.chat_operation(plan, run.call.url), self._chat, run
+            )
+        return await self._chat(run)
+
+    async def _chat(self, run: Attempts) -> ChatResponse:
         while True:  # bounded: by the retry budget, the plan's fallbacks and re-asks
             try:
                 resp = await self._send(run.call, self._read_chat)
@@ -199,6 +209,30 @@ class AsyncClient(ClientCore):
             except LMLinkError as exc:
                 await asyncio.sleep(run.failed(exc))
 
+    # -- embeddings ---------------------------------------------------------------------
+
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        **extra: Any,
+    ) -> Embeddings:
+        """The embedding vectors of ``inputs`` (see :meth:`Client.embed`)."""
+        from ._embed import embed_answer, embed_call
+
+        await self._ensure_endpoint()
+        call, count = embed_call(self, inputs, model, dimensions, extra)
+        run = self._attempts(call)
+        while True:  # bounded: by the retry budget
+            try:
+                async with await self._open(run.call) as resp:
+                    body = await resp.read(self._max_body)
+                    return embed_answer(self, run.call, resp.status, resp.headers, body, count)
+            except LMLinkError as exc:
+                await asyncio.sleep(run.failed(exc))
+
     async def server_info(self) -> ServerInfo:
         """Which server this is (kind, version, models) and what calls learned about it."""
         await self._ensure_endpoint()
@@ -266,9 +300,15 @@ class AsyncClient(ClientCore):
     async def _get(self, url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
         """One GET, no retries: (status, headers, body), or None if nothing answered."""
         try:
-            async with await self._transport.request(
-                "GET", url, self._get_headers, None, probe_timeouts(timeout)
-            ) as resp:
+            if self._hooks is not None:
+                resp = await self._hooked(
+                    "GET", url, self._get_headers, None, probe_timeouts(timeout)
+                )
+            else:
+                resp = await self._transport.request(
+                    "GET", url, self._get_headers, None, probe_timeouts(timeout)
+                )
+            async with resp:
                 self._answered = True
                 return resp.status, resp.headers, await resp.read(1 << 20)
         except LMLinkError:
@@ -280,10 +320,36 @@ class AsyncClient(ClientCore):
 
     async def _open(self, call: Call) -> AsyncHTTPResponse:
         """Send ``call``; return once the response head has arrived."""
+        if self._hooks is not None:
+            return await self._hooked(
+                call.method, call.url, call.headers, call.body, call.timeouts()
+            )
         resp = await self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
         )
         self._answered = True
+        return resp
+
+    async def _hooked(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> AsyncHTTPResponse:
+        """One request with the event hooks around it (see ``_hooks``)."""
+        hooks = self._hooks
+        assert hooks is not None
+        request = await hooks.asending(method, url, headers, body)
+        sent = time.monotonic()
+        resp = await self._transport.request(method, url, headers, body, timeouts)
+        self._answered = True
+        try:
+            await hooks.aanswered(request, resp.status, resp.headers, time.monotonic() - sent)
+        except BaseException:
+            await resp.aclose()
+            raise
         return resp
 
     async def _send(self, call: Call, read: Callable[[Call, AsyncHTTPResponse], Awaitable[T]]) -> T:

@@ -44,10 +44,18 @@ class AsyncChatStream(StreamCore):
     async def __aenter__(self) -> AsyncChatStream:
         await self._prepare()  # discovery, when no endpoint is configured
         run = self._begin()
+        try:
+            await self._connect(run)
+        except BaseException as exc:
+            self._watch_failed(exc)
+            raise
+        return self
+
+    async def _connect(self, run: Attempts) -> None:
         while True:  # bounded: by the attempt loop (retry budget, the plan's fallbacks)
             try:
                 await self._open(run)
-                return self
+                return
             except LMLinkError as exc:
                 await self._close_response()
                 await asyncio.sleep(self._failed(exc))
@@ -104,7 +112,11 @@ class AsyncChatStream(StreamCore):
             elif self._ended and self._failure is None:
                 return
             else:
-                await self._pull()
+                try:
+                    await self._pull()
+                except Exception as exc:
+                    self._watch_failed(exc)
+                    raise
 
     async def until_done(self) -> ChatResponse:
         """Consume the rest of the stream (calling the callbacks); return the aggregate."""
@@ -121,6 +133,7 @@ class AsyncChatStream(StreamCore):
         """Stop reading; an unfinished stream's connection is closed."""
         self._ended = True
         await self._close_response()
+        self._watch_ended()
 
     async def __aexit__(
         self,
@@ -128,4 +141,6 @@ class AsyncChatStream(StreamCore):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None:
+            self._watch_failed(exc)
         await self.aclose()

@@ -15,10 +15,11 @@ import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _observe
 from ._config import Timeout
-from ._core import Call, ClientCore
+from ._core import Attempts, Call, ClientCore
 from ._discovery import DEFAULT_PORTS, Answer, ServerInfo
 from ._drivers import (
     PROBE_TIMEOUT,
@@ -37,6 +38,9 @@ from ._models import ChatResponse, ModelInfo
 from ._streaming import ChatStream, Delta
 from ._tokens import Ask, Reply, ask_call, context_steps, count_steps, memory_of, raw_answer
 from ._wire import MessagesInput
+
+if TYPE_CHECKING:
+    from ._embed import Embeddings
 
 __all__ = ["Client", "discover", "discovery_off", "ports_to_probe", "probe_timeouts"]
 
@@ -63,8 +67,10 @@ class Client(ClientCore):
     server :func:`discover` finds is used. ``timeout`` is the idle timeout in seconds, or a
     :class:`Timeout`. ``proxy="http://proxy:3128"`` or ``trust_env=True`` (``HTTP_PROXY``
     and friends) send requests through a proxy (needs ``lmlink[proxy]``); by default the
-    server is reached directly. Safe to share between threads, and across ``fork()`` (a
-    child process opens connections of its own).
+    server is reached directly. ``event_hooks={"request": [fn], "response": [fn]}`` shows
+    every HTTP request and response head to ``fn`` (httpx's shape; see ``lmlink._hooks``).
+    Safe to share between threads, and across ``fork()`` (a child process opens
+    connections of its own).
     """
 
     _transport: Transport
@@ -81,6 +87,8 @@ class Client(ClientCore):
         else:
             self._transport = SyncTransport(redact=self.redact, **settings)
         self._sleep = time.sleep
+        if self._hooks is not None:
+            self._hooks.refuse_async()
 
     def chat(
         self,
@@ -115,6 +123,11 @@ class Client(ClientCore):
             extra=extra,
         )
         run = self._attempts(self._chat_call(plan, options), plan)
+        if _observe.observers:  # instrumented (lmlink.otel): the one test on the hot path
+            return _observe.call(_observe.chat_operation(plan, run.call.url), self._chat, run)
+        return self._chat(run)
+
+    def _chat(self, run: Attempts) -> ChatResponse:
         while True:  # bounded: by the retry budget, the plan's fallbacks and re-asks
             try:
                 resp = self._send(run.call, self._read_chat)
@@ -219,6 +232,38 @@ class Client(ClientCore):
             except LMLinkError as exc:
                 self._sleep(run.failed(exc))
 
+    # -- embeddings ---------------------------------------------------------------------
+
+    def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        **extra: Any,
+    ) -> Embeddings:
+        """The embedding vectors of ``inputs`` (``POST /embeddings``), in their order.
+        ``dimensions`` asks for shorter vectors (models that support it); ``timeout=``,
+        ``headers=`` and ``extra_body=`` work as in :meth:`chat`, other keywords go into the
+        body (``encoding_format="base64"`` is decoded like the default floats).
+
+        >>> e = client.embed(["a cat", "a dog"], model="nomic-embed-text")
+        >>> len(e.vectors), e.prompt_tokens
+        (2, 4)
+        """
+        from ._embed import embed_answer, embed_call
+
+        self._ensure_endpoint()
+        call, count = embed_call(self, inputs, model, dimensions, extra)
+        run = self._attempts(call)
+        while True:  # bounded: by the retry budget
+            try:
+                with self._open(run.call) as resp:
+                    body = resp.read(self._max_body)
+                    return embed_answer(self, run.call, resp.status, resp.headers, body, count)
+            except LMLinkError as exc:
+                self._sleep(run.failed(exc))
+
     def server_info(self) -> ServerInfo:
         """Which server this is (kind, version, models) and what calls learned about it.
 
@@ -305,9 +350,13 @@ class Client(ClientCore):
     def _get(self, url: str, timeout: float = PROBE_TIMEOUT) -> Answer:
         """One GET, no retries: (status, headers, body), or None if nothing answered."""
         try:
-            with self._transport.request(
-                "GET", url, self._get_headers, None, probe_timeouts(timeout)
-            ) as resp:
+            if self._hooks is not None:
+                resp = self._hooked("GET", url, self._get_headers, None, probe_timeouts(timeout))
+            else:
+                resp = self._transport.request(
+                    "GET", url, self._get_headers, None, probe_timeouts(timeout)
+                )
+            with resp:
                 self._answered = True
                 return resp.status, resp.headers, resp.read(1 << 20)
         except LMLinkError:
@@ -319,10 +368,34 @@ class Client(ClientCore):
 
     def _open(self, call: Call) -> HTTPResponse:
         """Send ``call``; return once the response head has arrived."""
+        if self._hooks is not None:
+            return self._hooked(call.method, call.url, call.headers, call.body, call.timeouts())
         resp = self._transport.request(
             call.method, call.url, call.headers, call.body, call.timeouts()
         )
         self._answered = True
+        return resp
+
+    def _hooked(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> HTTPResponse:
+        """One request with the event hooks around it (see ``_hooks``)."""
+        hooks = self._hooks
+        assert hooks is not None
+        request = hooks.sending(method, url, headers, body)
+        sent = time.monotonic()
+        resp = self._transport.request(method, url, headers, body, timeouts)
+        self._answered = True
+        try:
+            hooks.answered(request, resp.status, resp.headers, time.monotonic() - sent)
+        except BaseException:
+            resp.close()
+            raise
         return resp
 
     def _send(self, call: Call, read: Callable[[Call, HTTPResponse], T]) -> T:

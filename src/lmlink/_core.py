@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._adapt import CapabilityStore, ChatPlan, ChatSpec
@@ -51,6 +51,8 @@ __all__ = ["Attempts", "Call", "ClientCore", "StreamContext"]
 
 if TYPE_CHECKING:
     import ssl
+
+    from ._hooks import Hooks
 
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
@@ -134,8 +136,15 @@ class ClientCore:
         structured_retries: int = 1,
         proxy: str | None = None,
         trust_env: bool = False,
+        event_hooks: Mapping[str, Sequence[Callable[[Any], Any]]] | None = None,
     ) -> None:
         env = os.environ
+        # None unless hooks were given: the shells test exactly this, once per request.
+        self._hooks: Hooks | None = None
+        if event_hooks is not None:
+            from ._hooks import Hooks
+
+            self._hooks = Hooks.of(event_hooks)
         # Opt-in only: a local server is reached directly, whatever HTTP_PROXY says.
         self._proxy = proxy
         self._trust_env = trust_env

@@ -27,6 +27,7 @@ __all__ = [
     "backoff_delay",
     "parse_retry_after",
     "reached_caller",
+    "server_wait",
     "set_instant_retries",
 ]
 
@@ -87,6 +88,14 @@ def backoff_delay(retry: int, policy: RetryPolicy, rand: float) -> float:
     """The wait before retry number ``retry`` (1-based); ``rand`` is uniform in [0, 1)."""
     base = min(policy.backoff_max, policy.backoff_initial * 2.0 ** (retry - 1))
     return base * (1.0 - policy.jitter * rand)
+
+
+def server_wait(exc: LMLinkError, policy: RetryPolicy) -> float | None:
+    """The wait the server asked for with ``exc`` (``Retry-After``), capped at
+    ``policy.retry_after_max``; None when it asked for none. The client's retries and the
+    batch runner's pauses both take it from here."""
+    after = exc.retry_after if isinstance(exc, APIStatusError) else None
+    return None if after is None else min(after, policy.retry_after_max)
 
 
 def _is_loading(exc: LMLinkError) -> bool:
@@ -177,9 +186,9 @@ class RetryState:
         else:
             self._counted += 1
         self.retries += 1
-        server_wait = exc.retry_after if isinstance(exc, APIStatusError) else None
-        if server_wait is not None:
-            delay = min(server_wait, policy.retry_after_max)
+        delay_asked = server_wait(exc, policy)
+        if delay_asked is not None:
+            delay = delay_asked
         else:
             delay = backoff_delay(min(self.retries, 32), policy, self._rand())
         if waiting and self._load_started is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from . import _observe
 from ._adapt import ChatPlan
 from ._answer import AnswerDecoder, is_event_stream
 from ._core import Attempts, Call, StreamContext
@@ -78,13 +79,27 @@ class StreamCore:
         self._ttft: float | None = None
         self._ended = False
         self._response: ChatResponse | None = None
+        self._watch: _observe.Watches | None = None  # when instrumented (lmlink.otel)
 
     def _begin(self) -> Attempts:
         """The attempts of this stream (planned now if the plan waited for discovery)."""
         planned = self._planned
         plan, options = planned() if callable(planned) else planned
-        self._run = self._context.attempts(plan, options, self._started)
-        return self._run
+        run = self._run = self._context.attempts(plan, options, self._started)
+        if _observe.observers:
+            self._watch = _observe.start(_observe.chat_operation(plan, run.call.url))
+        return run
+
+    def _watch_failed(self, exc: BaseException) -> None:
+        """The stream ends with ``exc`` (its own failure, or the caller's leaving the block
+        by an exception): the observers are told so."""
+        if self._watch is not None:
+            self._watch.fail(exc)
+
+    def _watch_ended(self) -> None:
+        """The stream is over (or left early): the observers get what it received."""
+        if self._watch is not None:
+            self._watch.end(self.response)
 
     def _scrub(self, exc: LMLinkError) -> LMLinkError:
         """``exc`` with the client's secrets blanked out, and those of the call's headers."""
@@ -116,6 +131,7 @@ class StreamCore:
         self._run.accept(resp)
         self._response = resp
         self._ended = True
+        self._watch_ended()
         if resp.reasoning and self._on_reasoning is not None:
             self._on_reasoning(resp.reasoning)  # as a stream would have, before the text
         if resp.content:
@@ -192,6 +208,7 @@ class StreamCore:
         assert self._run is not None
         self._run.accept(out)
         self._response = out
+        self._watch_ended()
         return out
 
     def _check_entered(self, usage: str) -> None:
@@ -246,10 +263,18 @@ class ChatStream(StreamCore):
 
     def __enter__(self) -> ChatStream:
         run = self._begin()
+        try:
+            self._connect(run)
+        except BaseException as exc:
+            self._watch_failed(exc)
+            raise
+        return self
+
+    def _connect(self, run: Attempts) -> None:
         while True:  # bounded: by the attempt loop (retry budget, the plan's fallbacks)
             try:
                 self._open(run)
-                return self
+                return
             except LMLinkError as exc:
                 self._close_response()
                 self._sleep(self._failed(exc))
@@ -303,7 +328,11 @@ class ChatStream(StreamCore):
             elif self._ended and self._failure is None:
                 return
             else:
-                self._pull()
+                try:
+                    self._pull()
+                except Exception as exc:
+                    self._watch_failed(exc)
+                    raise
 
     def until_done(self) -> ChatResponse:
         """Consume the rest of the stream (calling the callbacks); return the aggregate."""
@@ -320,6 +349,7 @@ class ChatStream(StreamCore):
         """Stop reading; an unfinished stream's connection is closed."""
         self._ended = True
         self._close_response()
+        self._watch_ended()
 
     def __exit__(
         self,
@@ -327,4 +357,6 @@ class ChatStream(StreamCore):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None:
+            self._watch_failed(exc)
         self.close()

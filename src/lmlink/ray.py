@@ -29,7 +29,7 @@ from lmlink._errors import ConfigurationError, LMLinkError
 from lmlink.batch._input import BatchInputError, BatchItem, items_from_rows
 from lmlink.batch._limiter import AUTO_CEILING
 from lmlink.batch._outcome import error_record, is_fatal, success_record
-from lmlink.batch._pool import OWN_RETRY, EndpointPool, endpoint_list
+from lmlink.batch._pool import EndpointPool, client_policy, endpoint_list
 from lmlink.batch._tasks import Task
 
 if TYPE_CHECKING:
@@ -194,8 +194,7 @@ class _ChatActor:
         from lmlink import AsyncClient, RetryPolicy
 
         c = self.config
-        default = RetryPolicy()
-        retry = default.replace(statuses=default.statuses - OWN_RETRY)
+        retry = client_policy(RetryPolicy())
         clients = [
             AsyncClient(
                 endpoint=url,

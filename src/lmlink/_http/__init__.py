@@ -4,6 +4,9 @@
 - :mod:`.response`: the incremental response parser (framing, caps, the gzip bound);
 - :mod:`.common`: timeouts and wait budgets, TLS contexts, the response base, the
   wording of every transport error, fork safety;
+- :mod:`.attempt`: what a request does when its connection fails before the response head
+  is whole (resend on a fresh connection, hear the server's early answer, or raise), decided
+  once for both shells;
 - :mod:`.sync`: the blocking transport (``socket``, a thread-safe keep-alive pool);
 - :mod:`.aio`: the asyncio transport (``asyncio.Protocol``; one pool per event loop) and
   :mod:`.aio_connection`, its connection;

@@ -9,8 +9,9 @@ lazily: a wait only moves the expiry, and the timer, when it fires early, re-arm
 the new expiry, so a stream of thousands of reads creates a handful of timer handles, not one
 per read. Waits are bounded by ``min(idle, deadline - now)`` as in the sync shell. Idle pooled
 connections stay registered with the loop, so a server closing one (RFC 9112 section 9.3.1)
-removes it from the pool at once; a reused connection that still turns out dead before any
-response byte is replaced and the request sent once more. The pool is per origin, LIFO, capped
+removes it from the pool at once; what follows a failure before the response head is whole
+(a stale connection replaced and the request resent, an early answer heard) is decided in
+:mod:`.attempt`, as for the sync shell. The pool is per origin, LIFO, capped
 at ``max_connections`` sockets, and callers waiting for a slot are served first in, first out
 (a freed connection is handed to the oldest waiter directly). Cancellation is never converted:
 a cancelled wait aborts its connection and re-raises ``CancelledError``.
@@ -25,9 +26,10 @@ from collections.abc import Sequence
 from time import monotonic
 from typing import Any, cast
 
-from lmlink._errors import APIConnectionError, ConfigurationError, LMLinkError
+from lmlink._errors import ConfigurationError, LMLinkError
 
 from .aio_connection import AsyncConnection
+from .attempt import Step, after_error
 from .common import (
     DEFAULT_LIMIT,
     ResponseBase,
@@ -37,7 +39,6 @@ from .common import (
     connect_error,
     forget_after_fork,
     readable,
-    stale,
     timeout_error,
     within,
 )
@@ -173,18 +174,15 @@ class AsyncTransport(TransportSettings):
                 while not parser.head_done:
                     await conn.wait(timeouts, start)
             except LMLinkError as exc:
-                if parser.head_done:  # the head, some body, then a broken frame: the
-                    conn.used += 1  # body is handed out first, then conn.exc is raised
+                unsent = bool(conn.transport.get_write_buffer_size())
+                step = after_error(exc, conn.used, parser, unsent=unsent)
+                if step is Step.ANSWERED:  # the body is handed out first, then conn.exc
+                    conn.used += 1
                     return AsyncResponse(self, conn, parser, timeouts, start)
-                if not isinstance(exc, APIConnectionError):
-                    self._discard(conn)
-                    raise
-                if stale(conn.used, parser, exc):
+                if step is Step.RESEND:
                     self._replace(conn)
                     conn = await self._connect_in_slot(target, timeouts, start)
                     continue
-                if conn.transport.get_write_buffer_size():
-                    exc.request_sent = False
                 self._discard(conn)
                 raise
             except BaseException:

@@ -43,7 +43,6 @@ __all__ = [
     "io_error",
     "make_ssl_context",
     "readable",
-    "stale",
     "timeout_error",
     "too_large",
     "within",
@@ -110,13 +109,6 @@ def readable(sock: Any) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
-
-
-def stale(used: int, parser: ResponseParser, exc: APIConnectionError) -> bool:
-    """Whether a request failed on a kept-alive connection the server had already closed
-    (RFC 9112 section 9.3.1): nothing of it was processed, so it is sent again, once, on a
-    fresh connection."""
-    return bool(used) and not parser.received and exc.reason in ("closed", "reset")
 
 
 def within(timeouts: Timeouts, seconds: float) -> Timeouts:

@@ -8,12 +8,13 @@ head; :class:`Response` reads the rest on demand. Every wait is bounded by
 selectors). A finished response hands its connection straight back to the pool; an abandoned
 one closes its socket, which is how a server learns to stop generating. The pool is per
 origin, LIFO (the most recently used connection is the likeliest to be alive), capped at
-``max_connections`` open sockets across origins, and thread-safe. A reused connection found
-dead before any response byte (the server closed it while it idled, RFC 9112 section 9.3.1)
-is replaced and the request sent once more; every pooled connection is polled before reuse,
-and one with EOF or stray bytes waiting is replaced. A server that answers before it has
-read the whole request (a proxy's 413) is heard rather than reported as a broken pipe, and
-a forked child starts with an empty pool (never the parent's sockets).
+``max_connections`` open sockets across origins, and thread-safe. What follows a
+failure before the response head is whole (a stale pooled connection is replaced and the
+request sent once more; a server that answered before it read the whole request, a proxy's
+413, is heard rather than reported as a broken pipe) is decided in :mod:`.attempt`; this
+loop only carries it out. Every pooled connection is polled before reuse, and one with EOF or
+stray bytes waiting is replaced; a forked child starts with an empty pool (never the parent's
+sockets).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from collections.abc import Iterator, Sequence
 from time import monotonic
 from typing import Any
 
-from lmlink._errors import APIConnectionError, APITimeoutError, ConfigurationError, LMLinkError
+from lmlink._errors import APIConnectionError, ConfigurationError, LMLinkError
 
+from .attempt import EARLY_ANSWER_GRACE, Step, after_error, hear_early_answer
 from .common import (
     DEFAULT_LIMIT,
     ResponseBase,
@@ -37,7 +39,6 @@ from .common import (
     forget_after_fork,
     io_error,
     readable,
-    stale,
     timeout_error,
     within,
 )
@@ -166,12 +167,11 @@ def _send(conn: _Conn, data: bytes, where: str, timeouts: Timeouts, start: float
 
 
 def _answered_early(conn: _Conn, parser: ResponseParser, timeouts: Timeouts, start: float) -> bool:
-    """After a failed send: whether the server answered before it stopped reading (a
-    proxy's 413 for a body too large, a 401 before the body). Its answer is read into
-    ``parser`` and is the outcome of the request, rather than the broken pipe."""
+    """After a failed send: read what the server answered before it stopped reading into
+    ``parser``; whether a whole head arrived (see :mod:`.attempt`)."""
     try:
         while not parser.head_done:
-            _receive(conn, parser, within(timeouts, 1.0), start)
+            _receive(conn, parser, within(timeouts, EARLY_ANSWER_GRACE), start)
     except LMLinkError:
         return False
     return True
@@ -220,24 +220,20 @@ class SyncTransport(TransportSettings):
                 try:
                     _send(conn, data, target.where, timeouts, start)
                 except APIConnectionError as exc:
-                    # A broken pipe may follow an answer the server sent before it stopped
-                    # reading; a send that timed out has nothing to hear.
-                    if isinstance(exc, APITimeoutError) or not _answered_early(
+                    if not hear_early_answer(exc) or not _answered_early(
                         conn, parser, timeouts, start
                     ):
                         raise
                 while not parser.head_done:
                     _receive(conn, parser, timeouts, start)
             except LMLinkError as exc:
-                if parser.head_done:  # the head, some body, then a broken frame
+                step = after_error(exc, conn.used, parser)
+                if step is Step.ANSWERED:  # the body is handed out first, then resp._error
                     resp = Response(self, conn, parser, timeouts, start)
                     resp._error = exc
                     conn.used += 1
                     return resp
-                if not isinstance(exc, APIConnectionError):
-                    self._discard(conn)
-                    raise
-                if stale(conn.used, parser, exc):
+                if step is Step.RESEND:
                     conn.sock.close()
                     try:
                         conn = self._connect(target, timeouts, start)

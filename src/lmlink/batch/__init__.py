@@ -11,13 +11,15 @@ Every result is one line of the output, written and fsynced as soon as it is kno
 same call again after a crash or Ctrl-C and only the missing ids are sent. The first line is
 a header record with the run's settings: a file without one is never written to, and a run
 with other settings is refused (:class:`SettingsChangedError`). See
-:func:`arun_batch` for every option. Importing this package loads neither ``asyncio``,
-``rich`` nor ``sqlite3``.
+:func:`arun_batch` for every option. :func:`run_embed` (``arun_embed``) does the same
+for embeddings: ``{"id", "embedding": [...]}`` per line, many inputs per request.
+Importing this package loads neither ``asyncio``, ``rich`` nor ``sqlite3``.
 """
 
 from __future__ import annotations
 
 from ._api import arun_batch, run_batch, run_sync
+from ._embedapi import arun_embed, run_embed
 from ._input import BatchInputError, BatchItem, ItemFormat, Problem, read_items
 from ._journal import JournalError, SettingsChangedError
 from ._limiter import AdaptiveLimiter, AIMDLimiter, Outcome
@@ -40,7 +42,9 @@ __all__ = [
     "SettingsChangedError",
     "Task",
     "arun_batch",
+    "arun_embed",
     "read_items",
     "run_batch",
+    "run_embed",
     "run_sync",
 ]

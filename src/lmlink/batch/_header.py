@@ -16,6 +16,10 @@ compares equal when the new key is unset.
 
 A resume whose settings differ from the header's is refused with one line naming what
 changed (:func:`describe_changes`), unless it is asked for explicitly.
+
+An embeddings output (``lmlink embed``) has the same header with ``"lmlink":
+"embed-output"``: each command refuses the other's files, whatever the settings, and an
+older lmlink, which knows only ``batch-output``, refuses it as foreign.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ from typing import Any, TypeGuard
 import orjson
 
 __all__ = [
+    "BATCH_OUTPUT",
+    "EMBED_OUTPUT",
     "FORMAT",
     "HEADER_START",
+    "HEADER_STARTS",
     "describe_changes",
+    "header_kind",
     "header_line",
     "is_header",
     "is_result_shaped",
@@ -36,9 +44,13 @@ __all__ = [
 ]
 
 FORMAT = 1
-_KIND = "batch-output"
+#: The kinds of output: chat answers (``lmlink batch`` and its presets), and embeddings.
+BATCH_OUTPUT = "batch-output"
+EMBED_OUTPUT = "embed-output"
+_KINDS = (BATCH_OUTPUT, EMBED_OUTPUT)
 #: How every header line starts (orjson keeps the key order): a torn header is a prefix.
 HEADER_START = b'{"lmlink":"batch-output"'
+HEADER_STARTS = tuple(b'{"lmlink":"%s"' % kind.encode() for kind in _KINDS)
 
 # The order changes are named in; a change of an earlier key explains the later ones it
 # implies (new labels are a new schema and new instructions).
@@ -91,17 +103,25 @@ def make_settings(
     }
 
 
-def header_line(settings: Mapping[str, Any]) -> bytes:
+def header_line(settings: Mapping[str, Any], kind: str = BATCH_OUTPUT) -> bytes:
     """The header record as one line, newline included."""
     from lmlink._version import __version__
 
-    record = {"lmlink": _KIND, "format": FORMAT, "version": __version__, "settings": settings}
+    record = {"lmlink": kind, "format": FORMAT, "version": __version__, "settings": settings}
     return orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS) + b"\n"
 
 
 def is_header(value: Any) -> TypeGuard[dict[str, Any]]:
-    """Whether a decoded line is an lmlink header (of any format)."""
-    return isinstance(value, dict) and value.get("lmlink") == _KIND and "id" not in value
+    """Whether a decoded line is an lmlink header (of any format and kind)."""
+    return isinstance(value, dict) and value.get("lmlink") in _KINDS and "id" not in value
+
+
+def header_kind(header: Mapping[str, Any] | None) -> str | None:
+    """The kind of output a header starts (``BATCH_OUTPUT`` or ``EMBED_OUTPUT``)."""
+    if header is None:
+        return None
+    kind = header.get("lmlink")
+    return kind if isinstance(kind, str) else None
 
 
 def is_result_shaped(record: Mapping[str, Any]) -> bool:

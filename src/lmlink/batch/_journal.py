@@ -43,7 +43,16 @@ from lmlink._errors import ConfigurationError
 from lmlink._log import log
 
 from ._doneset import DigestSet, DoneSet, digest
-from ._header import FORMAT, HEADER_START, header_line, is_header, is_result_shaped
+from ._header import (
+    BATCH_OUTPUT,
+    EMBED_OUTPUT,
+    FORMAT,
+    HEADER_STARTS,
+    header_kind,
+    header_line,
+    is_header,
+    is_result_shaped,
+)
 
 __all__ = ["Journal", "JournalError", "JournalState", "SettingsChangedError", "encode_record"]
 
@@ -116,8 +125,9 @@ class Journal:
     >>> journal.close()
     """
 
-    def __init__(self, path: Path, fd: int, state: JournalState) -> None:
+    def __init__(self, path: Path, fd: int, state: JournalState, kind: str = BATCH_OUTPUT) -> None:
         self.path = path
+        self.kind = kind
         self._fd: int | None = fd
         self.state = state
         self.written = 0
@@ -131,6 +141,7 @@ class Journal:
         retry_errors_for: Collection[str] | DigestSet = (),
         adopt: bool = False,
         check: Callable[[JournalState], None] | None = None,
+        kind: str = BATCH_OUTPUT,
     ) -> Journal:
         """Open (or create) ``path``, lock it, cut off a torn last line, read the ids in it.
 
@@ -138,6 +149,7 @@ class Journal:
         atomically), so those ids count as not done. A file without a header is refused,
         unless ``adopt`` is set and it holds only lmlink result lines (``state.legacy``).
         ``check`` sees the state before any line is removed, and may refuse by raising.
+        ``kind`` is the output this run writes: a file of the other kind is refused.
         """
         path = Path(path)
         if path.is_dir():
@@ -146,7 +158,7 @@ class Journal:
             raise JournalError(f"{path} is not a regular file (a device or a pipe); give a file")
         fd, created = _open_locked(path)
         try:
-            state = _read(path, fd, adopt=adopt)
+            state = _read(path, fd, adopt=adopt, kind=kind)
             state.created = created
             if created:
                 _fsync_dir(path)
@@ -158,7 +170,7 @@ class Journal:
             if isinstance(exc, OSError):
                 raise JournalError(f"cannot use {path}: {exc.strerror or exc}") from exc
             raise
-        journal = cls(path, fd, state)
+        journal = cls(path, fd, state, kind)
         try:
             journal.drop_errors(retry_errors_for)
         except BaseException:
@@ -193,7 +205,7 @@ class Journal:
         settings: there is nothing they could be mixed with."""
         if self._fd is None:
             raise JournalError(f"{self.path} is closed")
-        line = header_line(settings)
+        line = header_line(settings, self.kind)
         header = self.state.header
         if header is not None and not len(self.state.done) and header.get("settings") != settings:
             os.ftruncate(self._fd, 0)  # a crash here leaves an empty file: a new output
@@ -342,7 +354,10 @@ def _lines(fd: int) -> Iterator[tuple[int, bytes, bool]]:
         yield offset, rest, False
 
 
-def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
+_MADE_BY = {BATCH_OUTPUT: "`lmlink batch` (chat answers)", EMBED_OUTPUT: "`lmlink embed`"}
+
+
+def _read(path: Path, fd: int, *, adopt: bool = False, kind: str = BATCH_OUTPUT) -> JournalState:
     """Every id in the file, read line by line into a compact set. Nothing is changed until
     the whole file is known to be lmlink output: then a torn last line is cut off, or a
     whole one missing its newline ended."""
@@ -391,11 +406,11 @@ def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
         whole_tail = True
     elif text.strip():
         # Only a header can be torn in a file with no whole line; else a result line.
-        torn = _TORN if first is not None else HEADER_START
-        if not (text.startswith(torn) or torn.startswith(text)):
+        starts = (_TORN,) if first is not None else HEADER_STARTS
+        if not any(text.startswith(torn) or torn.startswith(text) for torn in starts):
             raise _foreign(path, "ends in a line that")
     if state.header is None and lines:
-        if not shaped:
+        if not shaped or kind != BATCH_OUTPUT:
             raise JournalError(
                 f"{path} is not an lmlink batch output (it does not start with lmlink's "
                 "header line); pick another output (it was left as it is)"
@@ -415,6 +430,14 @@ def _read(path: Path, fd: int, *, adopt: bool = False) -> JournalState:
         raise JournalError(
             f"{path} was written by a newer lmlink (output format {made}; this one knows "
             f"format {FORMAT}); upgrade lmlink, or pick another output (it was left as it is)"
+        )
+    made_by = header_kind(state.header)
+    if made_by is not None and made_by != kind:
+        # Vectors and chat answers in one file: no reader could tell what a line means.
+        raise JournalError(
+            f"{path} is an output of {_MADE_BY.get(made_by, made_by)}; "
+            f"{_MADE_BY.get(kind, kind)} does not add to it: pick another output "
+            "(it was left as it is)"
         )
     if whole_tail:
         os.write(fd, b"\n")

@@ -12,6 +12,11 @@ own health, and every request goes to a live endpoint with room for it.
 
 With one endpoint every failure is what it always was: per item, overload or fatal
 (:mod:`._outcome`). The limit of each endpoint comes from :func:`new_limiter`.
+
+:meth:`EndpointPool.ask` is one item's I/O loop (take a slot, call the client, give the slot
+back); what follows a failure (the pool's own 429/503 retries, the item's deadline, moving to
+another endpoint) is decided by :class:`._attempts.ItemAttempts`, on the same retry policy
+and backoff as the client's own retries.
 """
 
 from __future__ import annotations
@@ -19,38 +24,42 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from lmlink import AsyncClient
-from lmlink import _retry as retry_module
 from lmlink._config import RetryPolicy
 from lmlink._errors import (
     APIConnectionError,
     APIStatusError,
-    APITimeoutError,
     ConfigurationError,
     LMLinkError,
     ModelLoadingError,
 )
 from lmlink._log import log
-from lmlink._models import ChatResponse
-from lmlink._retry import RetryState
 
+from ._attempts import OWN_RETRY, ItemAttempts, Next, client_policy, pause_for, unreachable
 from ._limiter import AUTO_CEILING, AdaptiveLimiter, Outcome, Ticket
 from ._outcome import is_overload
 from ._progress import EndpointShare
 
-__all__ = ["OWN_RETRY", "STRIKES", "Endpoint", "EndpointPool", "endpoint_list", "new_limiter"]
-
-OWN_RETRY = frozenset({429, 503})  # retried by the pool, so that every limit hears of them
+__all__ = [
+    "OWN_RETRY",
+    "STRIKES",
+    "Endpoint",
+    "EndpointPool",
+    "client_policy",
+    "endpoint_list",
+    "new_limiter",
+    "unreachable",
+]
 
 #: Failures in a row (5xx, timeouts, broken connections) that take an endpoint out.
 STRIKES = 3
 _PROBE_FIRST = 1.0
 _PROBE_MAX = 30.0
-_UNREACHABLE = frozenset({"refused", "dns", "tls"})
 
 
 def new_limiter(ceiling: int | None) -> AdaptiveLimiter:
@@ -60,11 +69,6 @@ def new_limiter(ceiling: int | None) -> AdaptiveLimiter:
     if ceiling is None:
         return AdaptiveLimiter(AUTO_CEILING, initial=1, now=time.monotonic())
     return AdaptiveLimiter(ceiling, initial=ceiling, now=time.monotonic())
-
-
-def unreachable(exc: LMLinkError) -> bool:
-    """True when the server could not be reached at all (no request was read)."""
-    return isinstance(exc, APIConnectionError) and exc.reason in _UNREACHABLE
 
 
 def _strike(exc: LMLinkError) -> bool:
@@ -226,11 +230,7 @@ class EndpointPool:
         """Give the slot back, telling its limiter how the request ended. A Retry-After
         holds back that endpoint's new requests as long as a retry would wait, and never
         longer than an item may take in all."""
-        after = getattr(error, "retry_after", None)
-        if retry_module._instant:  # test suites skip every wait, this one too
-            after = None
-        elif after is not None:
-            after = min(after, self._retry.retry_after_max, self._total or after)
+        after = pause_for(error, self._retry, self._total)
         endpoint.limiter.finish(ticket, outcome, time.monotonic(), retry_after=after)
         if self._waiters:
             self._wake(sum(max(0, e.limiter.limit - e.limiter.in_flight) for e in self.endpoints))
@@ -258,30 +258,39 @@ class EndpointPool:
         stream: bool = False,
         fatal: Callable[[LMLinkError], bool] = lambda exc: False,
         label: str = "",
-    ) -> ChatResponse | LMLinkError:
+        send: Callable[[AsyncClient, dict[str, Any]], Awaitable[Any]] | None = None,
+    ) -> Any:
         """The answer to ``messages``, or the error the item keeps; raises the errors every
         item would share (``fatal(exc)``, or no endpoint left). With a ``total`` timeout,
         the item's attempts and the waits between them end by one deadline, set by its
-        first attempt. ``label`` names the item in the log."""
-        state: RetryState | None = None
-        deadline: float | None = None
-        moves = 0
+        first attempt (what follows each failure: :class:`._attempts.ItemAttempts`).
+        ``label`` names the item in the log. ``send(client, options)``, when given, is the
+        call to make instead of a chat (``client.embed(..., **options)``, say): it gets the
+        same slots, retries, deadline and failover; ``options`` holds the ``timeout=`` left
+        to the item."""
+        run = ItemAttempts(
+            self._retry, self._total, endpoints=len(self.endpoints), retry_here=self._retry_here
+        )
         while True:  # bounded: moves, the retry budget, the deadline, endpoints going out
-            got = await self.acquire(deadline)
+            got = await self.acquire(run.deadline)
             if got is None:  # the deadline passed while the item waited for a slot
-                return self._past_deadline()
+                return run.expired()
             endpoint, ticket = got
-            if deadline is None and self._total is not None:
-                deadline = time.monotonic() + self._total
+            left = run.begin()
             outcome = Outcome.NEUTRAL
             error: LMLinkError | None = None
             try:
+                if left is not None and left <= 0:
+                    raise run.expired()
                 client = endpoint.client
-                if stream:
-                    call = client.chat_stream(messages, model=model, **params)
+                timeout = run.timeout_for(client.timeout, left)
+                kwargs = params if timeout is None else {**params, "timeout": timeout}
+                if send is not None:
+                    resp = await send(client, kwargs)
+                elif stream:
+                    resp = await client.chat_stream(messages, model=model, **kwargs)
                 else:
-                    call = client.chat(messages, model=model, **params)
-                resp = await self._within(call, deadline)
+                    resp = await client.chat(messages, model=model, **kwargs)
                 outcome = Outcome.OK
                 endpoint.ok += 1
                 endpoint.strikes = 0
@@ -293,52 +302,23 @@ class EndpointPool:
             finally:
                 self.release(endpoint, ticket, outcome, error)
             assert error is not None
-            if getattr(error, "phase", None) == "total":  # the item's own time is up
-                endpoint.failed += 1
-                return error
-            if self._elsewhere(endpoint, error):
-                if moves < 2 * len(self.endpoints):
-                    moves += 1
-                    endpoint.moved += 1
-                    continue
-            elif fatal(error) or unreachable(error):
+            judge = functools.partial(self._elsewhere, endpoint)
+            step = run.after(error, moved=judge, fatal=fatal(error))
+            if step is Next.MOVE:
+                endpoint.moved += 1
+                continue
+            if step is Next.RAISE:
                 raise error
-            own = isinstance(error, APIStatusError) and error.status_code in OWN_RETRY
-            if not (self._retry_here and own and not isinstance(error, ModelLoadingError)):
+            if step is Next.KEEP:
                 endpoint.failed += 1
-                return error
-            state = state or RetryState(self._retry, deadline)
-            try:
-                delay = state.delay_for(error)  # raises if the wait would pass the deadline
-            except LMLinkError:
-                endpoint.failed += 1
-                return error
+                return run.kept(error)
             log.info(
                 "lmlink: batch item %s: retry in %.2f s after: %s",
                 label,
-                delay,
+                run.delay,
                 endpoint.client.redact(str(error)),
             )
-            await asyncio.sleep(delay)
-
-    async def _within(self, call: Awaitable[ChatResponse], deadline: float | None) -> ChatResponse:
-        """``await call``, cut off at ``deadline``: the client's own deadline starts with
-        each call, the item's with its first attempt."""
-        if deadline is None:
-            return await call
-        left = deadline - time.monotonic()
-        try:
-            return await asyncio.wait_for(call, max(left, 0.0))
-        except asyncio.TimeoutError:
-            raise self._past_deadline() from None
-
-    def _past_deadline(self) -> APITimeoutError:
-        return APITimeoutError(
-            f"the item's total timeout of {self._total:g} s passed",
-            phase="total",
-            timeout=self._total,
-            reason="timeout",
-        )
+            await asyncio.sleep(run.delay)
 
     def _elsewhere(self, endpoint: Endpoint, error: LMLinkError) -> bool:
         """Count ``error`` against ``endpoint``; True if the item should go to another one.

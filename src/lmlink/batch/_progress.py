@@ -213,6 +213,12 @@ class BatchSummary:
             lines += [f"  {e.describe()}" for e in self.endpoints]
         if self.ok and self.ok == self.cached:
             lines.append(f"every answer from the cache, in {self.elapsed_s:.1f} s")
+        elif self.ok and not self.output_tokens and self.prompt_tokens:  # embeddings
+            rate = self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+            lines.append(
+                f"{self.prompt_tokens:,} input tokens in {self.elapsed_s:.1f} s: "
+                f"{rate:,.1f} items/s" + (f" · model {self.model}" if self.model else "")
+            )
         elif self.ok:
             lines.append(
                 f"{self.output_tokens:,} output tokens in {self.elapsed_s:.1f} s: "

@@ -42,12 +42,12 @@ from ._cache import ResponseCache, cache_key
 from ._commit import GroupCommit
 from ._doneset import DigestSet, digest
 from ._fit import FitGate
-from ._header import describe_changes, make_settings
+from ._header import BATCH_OUTPUT, describe_changes, make_settings
 from ._input import BatchInputError, BatchItem, Problem, items_from_rows
 from ._journal import Journal, JournalState, SettingsChangedError, encode_record
 from ._limiter import AUTO_CEILING
 from ._outcome import error_record, is_fatal, success_record
-from ._pool import EndpointPool, endpoint_list, unreachable
+from ._pool import EndpointPool, client_policy, endpoint_list, unreachable
 from ._progress import BatchSummary, Progress, ProgressCallback
 from ._shard import Shard, in_shard
 from ._source import ItemSource, scan_items
@@ -58,7 +58,6 @@ __all__ = ["Concurrency", "Items", "Runner", "ceiling_of", "load_items"]
 
 
 _TICK = 0.5
-_OWN_RETRY = frozenset({429, 503})
 
 Items = str | Path | Iterable[Mapping[str, Any] | BatchItem]
 Concurrency = int | str | None
@@ -97,6 +96,9 @@ class Runner:
     >>> state = runner.prepare()        # ids already done, torn line repaired
     >>> summary = await runner.run()
     """
+
+    #: The kind of output this runner writes (its header says it; the other kind is refused).
+    kind = BATCH_OUTPUT
 
     def __init__(
         self,
@@ -189,6 +191,7 @@ class Runner:
             self.journal = Journal.open(
                 self.output,
                 adopt=self._allow_changed,
+                kind=self.kind,
                 check=lambda state: self._check_settings(
                     given, model_known=given is not None, state=state
                 ),
@@ -275,7 +278,7 @@ class Runner:
 
     def _make_client(self, url: str | None) -> AsyncClient:
         # 429 and 503 are retried by the runner, so the limiter hears of every one.
-        policy = self._retry.replace(statuses=self._retry.statuses - _OWN_RETRY)
+        policy = client_policy(self._retry)
         return AsyncClient(
             endpoint=url,
             model=self._model,

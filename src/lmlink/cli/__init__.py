@@ -9,6 +9,7 @@ from .._version import __version__
 from ._batch import batch, classify, extract, summarize
 from ._chat import chat, models, servers
 from ._demo import demo
+from ._embed import embed
 
 __all__ = ["main"]
 
@@ -25,7 +26,7 @@ def main() -> None:
     No server at hand? `python -m lmlink.testing --port 8080` runs lmlink's test server
     (canned answers; classify labels by keywords, extract fields shaped by the schema);
     then pass -e http://127.0.0.1:8080/v1.
-    Batch exit codes: 0 every id answered, 3 some ids have only an error line
+    Batch (and embed) exit codes: 0 every id answered, 3 some ids have only an error line
     (--retry-errors redoes them), 1 stopped (no server, key, model), 2 bad input.
     """
 
@@ -38,3 +39,4 @@ main.add_command(batch)
 main.add_command(classify)
 main.add_command(summarize)
 main.add_command(extract)
+main.add_command(embed)

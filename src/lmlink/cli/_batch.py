@@ -56,10 +56,21 @@ class _Concurrency(click.ParamType[Any, Any]):
 
 
 _CONCURRENCY = _Concurrency()
+_STREAM = click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Streamed or plain requests [default: streams, plain with a schema].",
+)
 
 
 def batch_options(fn: F) -> F:
     """INPUT, -o, the server options and everything a batch run takes."""
+    return run_options(fn, chat=True)
+
+
+def run_options(fn: F, *, chat: bool) -> F:
+    """INPUT, -o, the server options and what every run takes; with ``chat`` also the
+    options of chat requests (--system, --temperature, --max-tokens, --cache, --stream)."""
     options = [
         click.argument(
             "input_path",
@@ -82,15 +93,6 @@ def batch_options(fn: F) -> F:
             "does best; halved on 429/503/timeouts].",
         ),
         click.option("--template", default=None, help="Render each row: 'Summarise: {text}'."),
-        click.option("--system", default=None, help="A system message for every item."),
-        click.option("--temperature", type=float, default=None),
-        click.option("--max-tokens", type=click.IntRange(1), default=None),
-        click.option(
-            "--cache",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="An SQLite file of answers; cached items send nothing.",
-        ),
         click.option(
             "--retry-errors", is_flag=True, help="Run again the ids whose line is an error."
         ),
@@ -99,11 +101,6 @@ def batch_options(fn: F) -> F:
             is_flag=True,
             help="Add to an output made with other settings (task, labels, template, model, "
             "sampling...), or adopt one from an older lmlink; refused otherwise (exit 2).",
-        ),
-        click.option(
-            "--stream/--no-stream",
-            default=None,
-            help="Streamed or plain requests [default: streams, plain with a schema].",
         ),
         click.option(
             "--shard",
@@ -119,6 +116,19 @@ def batch_options(fn: F) -> F:
             help="A bar on a terminal, else a line every 2 s.",
         ),
     ]
+    if chat:
+        options[4:4] = [
+            click.option("--system", default=None, help="A system message for every item."),
+            click.option("--temperature", type=float, default=None),
+            click.option("--max-tokens", type=click.IntRange(1), default=None),
+            click.option(
+                "--cache",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="An SQLite file of answers; cached items send nothing.",
+            ),
+        ]
+        options.insert(-2, _STREAM)
     fn = server_options(fn, many_endpoints=True)
     for option in reversed(options):
         fn = option(fn)
@@ -166,6 +176,7 @@ def run_batch_command(
     shard: str | None = None,
     params: dict[str, Any] | None = None,
     announce: Callable[[], None] | None = None,
+    runner_class: Callable[..., Runner] | None = None,
 ) -> int:
     """Run one batch command to the end; return the exit code (0, 3, 1, 2, 130 or 143)."""
     from lmlink import LMLinkError
@@ -196,6 +207,7 @@ def run_batch_command(
             allow_changed_settings=allow_changed_settings,
             stream=stream,
             params=request,
+            runner_class=runner_class,
         )
         if announce is not None:
             announce()
@@ -280,6 +292,7 @@ def _prepare(
     template: str | None,
     system: str | None,
     shard: str | None = None,
+    runner_class: Callable[..., Runner] | None = None,
     **options: Any,
 ) -> Runner:
     """Read and check the input, open the output: the runner, or exit 2 (1 if busy)."""
@@ -299,7 +312,8 @@ def _prepare(
         _exit(2, exc.message)
     try:
         check_paths(None if str(input_path) == "-" else input_path, output, options["cache"])
-        runner = Runner(
+        make = runner_class or Runner
+        runner = make(
             items, output, task=task, template=template, system=system, shard=part, **options
         )
         state = runner.prepare()

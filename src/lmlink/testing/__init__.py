@@ -21,6 +21,7 @@ with JSON of the asked shape (``responder=sensible_reply``).
 from __future__ import annotations
 
 from ._answers import sensible_reply
+from ._embeddings import EmbedSettings, embedding_of
 from ._http import RecordedRequest, Stats
 from ._personas import PERSONAS, Persona
 from ._replies import CANNED_REPLY, DIALECTS, Faults, Reply
@@ -32,6 +33,7 @@ __all__ = [
     "Persona",
     "CANNED_REPLY",
     "DIALECTS",
+    "EmbedSettings",
     "FakeServer",
     "Faults",
     "RecordedRequest",
@@ -43,6 +45,7 @@ __all__ = [
     "ShapeServer",
     "SimResult",
     "Stats",
+    "embedding_of",
     "sensible_reply",
     "simulate",
 ]

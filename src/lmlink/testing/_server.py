@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeAlias
 
+from ._embeddings import EmbedSettings, render_embeddings
 from ._http import Connection, RecordedRequest, Stats
 from ._personas import PERSONAS, Persona
 from ._render import Plan, json_plan, render_chat
@@ -31,6 +32,7 @@ Responder: TypeAlias = Callable[[RecordedRequest], Reply | str | None]
 
 _CHAT = frozenset({"/v1/chat/completions", "/chat/completions"})
 _MODELS = frozenset({"/v1/models", "/models"})
+_EMBED = frozenset({"/v1/embeddings", "/embeddings"})
 _HEALTH = frozenset({"/health", "/v1/health"})
 _ROOT_TEXT = b"lmlink test server is running\n"
 
@@ -45,7 +47,8 @@ class FakeServer:
     ``POST /v1/chat/completions`` (also ``/chat/completions``) answers with the next queued
     :class:`Reply`, else ``responder(request)``, else ``default`` (a canned answer), in stream
     mode when the request says ``"stream": true``. ``GET /v1/models`` lists ``models``,
-    ``GET /health`` says ``{"status":"ok"}``, anything else is a 404 JSON error.
+    ``GET /health`` says ``{"status":"ok"}``, ``POST /v1/embeddings`` answers deterministic
+    vectors (see ``embed``), anything else is a 404 JSON error.
 
     Example::
 
@@ -72,6 +75,9 @@ class FakeServer:
         api_key: when set, chat and models routes want ``Authorization: Bearer <key>``
             (401 otherwise), like vLLM/llama.cpp started with ``--api-key``.
         owned_by: the ``owned_by`` of ``/v1/models`` entries.
+        embed: an :class:`EmbedSettings`, how ``/v1/embeddings`` answers (order, usage,
+            models that embed, an input that fails). :meth:`enqueue_embeddings` queues
+            replies (errors, stalls, delays) for it; ``faults`` apply to it as to chat.
         errors: exceptions raised inside the server (e.g. by the responder); each one also
             produced a 500 response. A test can ``assert not srv.errors``.
         context_length: the model's window, reported where the persona's server reports it
@@ -105,6 +111,8 @@ class FakeServer:
         if self.persona is not None:
             self.owned_by = self.persona.owned_by or ""
         self.loading_retry_after: float | None = None
+        self.embed = EmbedSettings()
+        self._embed_queue: collections.deque[Reply] = collections.deque()
         self.context_length: int | None = 4096
         self.errors: list[BaseException] = []
         #: The counters the server thread updates; prefer the ``stats`` snapshot in tests.
@@ -255,12 +263,22 @@ class FakeServer:
         """
         self._queue.extend(replies)
 
+    def enqueue_embeddings(self, *replies: Reply) -> None:
+        """Queue replies for embeddings requests, one per request: a reply with a fault
+        (an error status, a stall, a cut) is played as it is; any other answers with the
+        vectors, after its ``delay``.
+
+        Example: ``srv.enqueue_embeddings(Reply.error(503, retry_after=0.1), Reply())``
+        """
+        self._embed_queue.extend(replies)
+
     def reset(self) -> None:
         """Forget queued replies, recorded requests, errors and counters (not the settings).
 
         Example: ``srv.reset(); assert srv.stats.requests == 0``
         """
         self._queue.clear()
+        self._embed_queue.clear()
         with self._lock:
             self._requests.clear()
         self.errors.clear()
@@ -341,6 +359,10 @@ class FakeServer:
         get = method in ("GET", "HEAD")
         if path in _CHAT:
             return self._chat(request) if method == "POST" else self._not_allowed(method, path)
+        if path in _EMBED:
+            return (
+                self._embeddings(request) if method == "POST" else self._not_allowed(method, path)
+            )
         if path in _MODELS or path.startswith(("/v1/models/", "/models/")):
             if not get:
                 return self._not_allowed(method, path)
@@ -436,6 +458,25 @@ class FakeServer:
                 stats.faults[kind] = stats.faults.get(kind, 0) + 1
         self._seq += 1
         return render_chat(reply, body, model=self.model, seq=self._seq, created=int(time.time()))
+
+    def _embeddings(self, request: RecordedRequest) -> Plan:
+        if self.loading:
+            return self._loading_plan()
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        reply = self._embed_queue.popleft() if self._embed_queue else Reply()
+        faults = self.faults
+        if faults is not None and not reply.has_fault:
+            reply, kind = faults.apply(reply, False)
+            if kind is not None:
+                self.live_stats.faults[kind] = self.live_stats.faults.get(kind, 0) + 1
+        self._seq += 1
+        if reply.has_fault:
+            return render_chat(reply, {}, model=self.model, seq=self._seq, created=0)
+        plan = render_embeddings(request.json, self.embed, model=self.model)
+        plan.wait += reply.delay
+        return plan
 
     def _next_reply(self, request: RecordedRequest) -> Reply:
         item: Reply | str | None

@@ -1,0 +1,283 @@
+"""Event hooks (``event_hooks={"request": [...], "response": [...]}``, httpx's shape): every
+HTTP attempt is shown to them, credentials blanked out; what they raise reaches the caller;
+sync and async, streamed and plain, through real HTTP against the fake server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import lmlink
+from apis import API, AsyncAPI
+from lmlink.testing import FakeServer, Reply
+
+
+class Recorder:
+    """Hooks that keep what they saw."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.responses: list[Any] = []
+
+    def on_request(self, request: Any) -> None:
+        self.requests.append(request)
+
+    def on_response(self, response: Any) -> None:
+        self.responses.append(response)
+
+    @property
+    def hooks(self) -> dict[str, list[Callable[[Any], Any]]]:
+        return {"request": [self.on_request], "response": [self.on_response]}
+
+
+@pytest.fixture(autouse=True)
+def _instant_retries() -> Any:
+    lmlink.set_instant_retries(True)
+    yield
+    lmlink.set_instant_retries(False)
+
+
+def _server_info(api: API) -> lmlink.ServerInfo:
+    if isinstance(api, AsyncAPI):
+        return api.run(api.client.server_info())  # type: ignore[no-any-return]
+    return api.client.server_info()
+
+
+def test_request_hook_sees_what_is_sent(make_api: Callable[..., API], server: FakeServer) -> None:
+    """The request hook gets the method, URL, headers and body bytes the server received,
+    with the API key blanked out."""
+    seen = Recorder()
+    api = make_api(api_key="sk-secret-key", event_hooks=seen.hooks)
+    api.chat("hello hooks")
+    (request,) = seen.requests
+    (received,) = server.requests
+    assert request.method == "POST"
+    assert request.url == server.url + "/chat/completions"
+    assert request.body == received.body
+    assert request.content == received.body
+    assert b"hello hooks" in request.body
+    assert request.headers["Authorization"] == "Bearer ***"
+    assert request.headers["authorization"] == "Bearer ***"
+    assert "sk-secret-key" not in repr(dict(request.headers))
+    assert received.headers["authorization"] == "Bearer sk-secret-key"
+    assert request.headers["content-type"] == "application/json"
+
+
+def test_per_call_credentials_are_blanked_too(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """A key given in a call's own headers= is blanked out for the hooks as well."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    api.chat("hi", headers={"X-Api-Key": "per-call-secret", "X-Trace": "t1"})
+    (request,) = seen.requests
+    assert request.headers["x-api-key"] == "***"
+    assert request.headers["X-Trace"] == "t1"
+    assert server.requests[0].headers["x-api-key"] == "per-call-secret"
+
+
+def test_response_hook_sees_the_head(make_api: Callable[..., API], server: FakeServer) -> None:
+    """The response hook gets the status, the headers, the time to the head as a timedelta
+    and the request it answers."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    api.chat("hi")
+    (response,) = seen.responses
+    assert response.status_code == 200
+    assert not response.is_error
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert isinstance(response.elapsed, timedelta)
+    assert response.elapsed >= timedelta(0)
+    assert response.request is seen.requests[0]
+
+
+def test_every_attempt_is_shown(make_api: Callable[..., API], server: FakeServer) -> None:
+    """Retries are attempts of their own: each is shown to both hooks, in order."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    server.enqueue(Reply.error(503, retry_after=0), Reply.error(429, retry_after=0), "ok")
+    assert api.chat("hi").content == "ok"
+    assert len(seen.requests) == 3
+    assert [r.status_code for r in seen.responses] == [503, 429, 200]
+    assert seen.responses[0].is_error
+
+
+def test_streams_are_shown(make_api: Callable[..., API], server: FakeServer) -> None:
+    """A stream's request and its event-stream response head go through the hooks."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    server.enqueue(Reply(content="one two three", chunk_chars=3))
+    deltas, _ = api.stream("hi")
+    assert "".join(deltas) == "one two three"
+    (request,) = seen.requests
+    assert b'"stream":true' in request.body.replace(b" ", b"")
+    (response,) = seen.responses
+    assert response.headers["content-type"].startswith("text/event-stream")
+
+
+def test_stream_retried_before_output(make_api: Callable[..., API], server: FakeServer) -> None:
+    """A stream refused with a 503 and then served shows both attempts."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    server.enqueue(Reply.error(503, retry_after=0), Reply(content="fine"))
+    deltas, _ = api.stream("hi")
+    assert "".join(deltas) == "fine"
+    assert [r.status_code for r in seen.responses] == [503, 200]
+
+
+def test_models_and_server_info_are_shown(make_api: Callable[..., API], server: FakeServer) -> None:
+    """The other calls' requests (GETs included) go through the hooks too."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    assert [m.id for m in api.models()] == ["fake-model"]
+    assert seen.requests[0].method == "GET"
+    assert seen.requests[0].url == server.url + "/models"
+    assert seen.requests[0].body == b""
+    _server_info(api)
+    urls = [r.url for r in seen.requests[1:]]
+    assert server.url + "/models" in urls
+    assert len(seen.responses) == len(seen.requests)
+
+
+def test_request_hook_exception_propagates_and_nothing_is_sent(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """An exception raised by a request hook reaches the caller as is; no request leaves."""
+
+    def refuse(request: Any) -> None:
+        raise PermissionError("not today")
+
+    api = make_api(event_hooks={"request": [refuse]})
+    with pytest.raises(PermissionError, match="not today"):
+        api.chat("hi")
+    with pytest.raises(PermissionError):
+        api.stream("hi")
+    assert server.requests == []
+
+
+def test_response_hook_exception_propagates(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """An exception raised by a response hook reaches the caller as is, and is not retried;
+    the client stays usable."""
+    calls: list[int] = []
+
+    def check(response: Any) -> None:
+        calls.append(response.status_code)
+        if len(calls) == 1:
+            raise ValueError("bad answer")
+
+    api = make_api(event_hooks={"response": [check]})
+    with pytest.raises(ValueError, match="bad answer"):
+        api.chat("hi")
+    assert len(server.requests) == 1
+    assert api.chat("again").content
+    assert calls == [200, 200]
+
+
+def test_lmlink_error_from_a_hook_is_retried_like_the_servers(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """An lmlink error a hook raises takes the same path as the same error from the
+    transport: a connection reset before sending is retried."""
+    attempts: list[Any] = []
+
+    def flaky(request: Any) -> None:
+        attempts.append(request)
+        if len(attempts) == 1:
+            raise lmlink.APIConnectionError("reset by a hook", reason="reset")
+
+    api = make_api(event_hooks={"request": [flaky]})
+    assert api.chat("hi").content
+    assert len(attempts) == 2
+    assert len(server.requests) == 1
+
+
+def test_async_client_awaits_async_hooks(server: FakeServer) -> None:
+    """AsyncClient accepts async and plain hooks together, in the order given."""
+    order: list[str] = []
+
+    async def async_request(request: Any) -> None:
+        await asyncio.sleep(0)
+        order.append(f"async request {request.method}")
+
+    def plain_request(request: Any) -> None:
+        order.append(f"plain request {request.method}")
+
+    async def async_response(response: Any) -> None:
+        await asyncio.sleep(0)
+        order.append(f"async response {response.status_code}")
+
+    async def go() -> None:
+        hooks = {"request": [async_request, plain_request], "response": [async_response]}
+        async with lmlink.AsyncClient(
+            endpoint=server.url, model="fake-model", event_hooks=hooks
+        ) as client:
+            await client.chat("hi")
+            async with client.stream("hi") as s:
+                async for _ in s:
+                    pass
+
+    asyncio.run(go())
+    assert order == [
+        "async request POST",
+        "plain request POST",
+        "async response 200",
+        "async request POST",
+        "plain request POST",
+        "async response 200",
+    ]
+
+
+def test_async_hook_exception_propagates(server: FakeServer) -> None:
+    """An async hook's exception reaches the async caller as is."""
+
+    async def refuse(request: Any) -> None:
+        raise LookupError("async no")
+
+    async def go() -> None:
+        async with lmlink.AsyncClient(
+            endpoint=server.url, model="fake-model", event_hooks={"request": [refuse]}
+        ) as client:
+            await client.chat("hi")
+
+    with pytest.raises(LookupError, match="async no"):
+        asyncio.run(go())
+    assert server.requests == []
+
+
+def test_blocking_client_refuses_async_hooks(server: FakeServer) -> None:
+    """An async hook could never be awaited by the blocking client: it is refused at once."""
+
+    async def hook(request: Any) -> None:
+        pass
+
+    with pytest.raises(lmlink.ConfigurationError, match="AsyncClient"):
+        lmlink.Client(endpoint=server.url, event_hooks={"request": [hook]})
+
+
+@pytest.mark.parametrize(
+    ("hooks", "match"),
+    [
+        ({"before": [print]}, "'request' and 'response'"),
+        ({"request": print}, "list of callables"),
+        ({"response": ["not callable"]}, "callables"),
+        ([print], "must be a dict"),
+    ],
+    ids=["unknown-kind", "not-a-list", "not-callable", "not-a-dict"],
+)
+def test_bad_event_hooks_are_refused(server: FakeServer, hooks: Any, match: str) -> None:
+    """A malformed event_hooks= is a ConfigurationError naming what is wrong."""
+    with pytest.raises(lmlink.ConfigurationError, match=match):
+        lmlink.Client(endpoint=server.url, event_hooks=hooks)
+
+
+def test_empty_hooks_change_nothing(make_api: Callable[..., API], server: FakeServer) -> None:
+    """event_hooks with empty lists behaves like no hooks at all."""
+    api = make_api(event_hooks={"request": [], "response": []})
+    assert api.chat("hi").content
+    assert len(server.requests) == 1
