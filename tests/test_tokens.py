@@ -60,6 +60,7 @@ def posts(server: FakeServer) -> list[tuple[str, Any]]:
             "/extras/tokenize/count",
             {"model": "fake-model", "input": "Hello world"},
         ),
+        ("tgi", "/tokenize", {"inputs": "Hello world"}),
     ],
 )
 def test_count_text_per_server(api: API, server: FakeServer, path: str, body: Any) -> None:
@@ -74,6 +75,7 @@ def test_count_text_per_server(api: API, server: FakeServer, path: str, body: An
     [
         ("llamacpp", HELLO_CHAT + 1, ["/apply-template", "/tokenize"]),
         ("vllm", HELLO_CHAT, ["/tokenize"]),
+        ("tgi", HELLO_CHAT + 1, ["/chat_tokenize"]),
     ],
 )
 def test_count_messages_with_the_chat_template(
@@ -111,7 +113,7 @@ def test_text_only_tokenizers_refuse_messages(api: API, server: FakeServer, name
 
 @pytest.mark.parametrize(
     ("persona", "name"),
-    [("ollama", "Ollama"), ("lmstudio", "LM Studio"), ("tgi", "TGI"), ("mlx", "mlx-lm")],
+    [("ollama", "Ollama"), ("lmstudio", "LM Studio"), ("mlx", "mlx-lm"), ("openai", "OpenAI")],
 )
 def test_no_tokenizer_is_a_typed_error_naming_the_server(
     api: API, server: FakeServer, persona: str, name: str
@@ -198,6 +200,7 @@ def test_api_key_is_sent(make_api: Callable[..., API], server: FakeServer) -> No
         ("llamacpp", "/props"),
         ("ollama", "/api/show"),
         ("lmstudio", "/api/v0/models"),
+        ("tgi", "/info"),
     ],
 )
 def test_context_length_per_server(api: API, server: FakeServer, path: str) -> None:
@@ -209,16 +212,16 @@ def test_context_length_per_server(api: API, server: FakeServer, path: str) -> N
     assert call(api, "context_length", "fake-model") == 2048
 
 
-@pytest.mark.parametrize("persona", ["vllm", "llamacpp", "ollama", "lmstudio", "sglang"])
+@pytest.mark.parametrize("persona", ["vllm", "llamacpp", "ollama", "lmstudio", "sglang", "tgi"])
 def test_context_length_none_when_not_told(api: API, server: FakeServer) -> None:
     """A server that does not report the window gives None, not a guess."""
     server.context_length = None
     assert call(api, "context_length") is None
 
 
-@pytest.mark.parametrize("persona", ["llama-cpp-python", "tgi", "mlx", None])
+@pytest.mark.parametrize("persona", ["llama-cpp-python", "mlx", None])
 def test_context_length_none_for_servers_that_never_say(api: API, server: FakeServer) -> None:
-    """llama-cpp-python, TGI, mlx-lm and unknown servers do not tell their window: None."""
+    """llama-cpp-python, mlx-lm and unknown servers do not tell their window: None."""
     assert call(api, "context_length") is None
 
 

@@ -17,6 +17,10 @@ Where each server keeps them (read from their source):
   "count", "max_model_len"}``; plain text only. Window: ``/v1/models`` ``max_model_len``.
 - llama-cpp-python: ``POST /extras/tokenize/count`` ``{"input", "model"}`` → ``{"count"}``;
   plain text only, the BOS token always counted. Window: not told.
+- TGI: ``POST /tokenize`` ``{"inputs"}`` → a list of ``{"id", "text", "start", "stop"}``;
+  messages through ``POST /chat_tokenize`` ``{"model", "messages"}`` →
+  ``{"tokenize_response": [...], "templated_text"}``. Window: ``GET /info`` →
+  ``max_total_tokens``.
 - Ollama: no tokenizer. Window: ``POST /api/show`` ``{"model"}``: ``num_ctx`` in
   ``parameters`` when the model sets one (what Ollama runs it with), else
   ``model_info["<arch>.context_length"]`` (what the model was trained for).
@@ -101,18 +105,19 @@ _LLAMACPP = Route("llamacpp", chat=True)
 _VLLM = Route("vllm", chat=True)
 _SGLANG = Route("sglang", chat=False)
 _LLAMA_CPP_PYTHON = Route("llama-cpp-python", chat=False)
+_TGI = Route("tgi", chat=True)
 
 _ROUTES = {
     "llamacpp": (_LLAMACPP,),
     "vllm": (_VLLM,),
     "sglang": (_SGLANG,),
     "llama-cpp-python": (_LLAMA_CPP_PYTHON,),
+    "tgi": (_TGI,),
     # Known to have no tokenizer endpoint: no request at all.
     "ollama": (),
     "lmstudio": (),
     "mlx": (),
     "openai": (),
-    "tgi": (),
 }
 # Any other server (a proxy, LocalAI, one not identified): each shape in turn.
 _PROBE = (_LLAMACPP, _VLLM, _LLAMA_CPP_PYTHON)
@@ -179,9 +184,14 @@ def _payload(reply: Reply) -> Any:
 
 
 def _count_in(payload: Any) -> int | None:
-    """``{"count": n}`` (vLLM, SGLang, llama-cpp-python's /count) or ``{"tokens": [...]}``."""
+    """``{"count": n}`` (vLLM, SGLang, llama-cpp-python's /count), ``{"tokens": [...]}``
+    (llama.cpp), a list of tokens (TGI) or ``{"tokenize_response": [...]}`` (TGI's chat)."""
+    if isinstance(payload, list):
+        return len(payload)
     if not isinstance(payload, dict):
         return None
+    if isinstance(payload.get("tokenize_response"), list):
+        return len(payload["tokenize_response"])
     count = payload.get("count")
     if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
         return count
@@ -228,6 +238,13 @@ def _ask_count(
                 return None
         reply = yield Ask("POST", origin + "/tokenize", {"content": text, "add_special": True})
         return _judge(reply, _count_in, probing, redact, "/tokenize")  # type: ignore[no-any-return]
+    if route is _TGI:
+        if messages is not None:
+            chat = {"model": model or "tgi", "messages": messages}
+            reply = yield Ask("POST", origin + "/chat_tokenize", chat)
+        else:
+            reply = yield Ask("POST", origin + "/tokenize", {"inputs": text})
+        return _judge(reply, _count_in, probing, redact, "tokenize")  # type: ignore[no-any-return]
     if route is _LLAMA_CPP_PYTHON:
         body: dict[str, Any] = {**named, "input": text}
         reply = yield Ask("POST", origin + "/extras/tokenize/count", body)
@@ -265,7 +282,7 @@ def count_steps(
         if not candidates:
             raise UnsupportedError(
                 f"the {_label(kind)} server at {endpoint} has no tokenizer endpoint: "
-                "count_tokens needs llama.cpp, vLLM, SGLang or llama-cpp-python",
+                "count_tokens needs llama.cpp, vLLM, SGLang, TGI or llama-cpp-python",
                 server=kind,
             )
     probing = len(candidates) > 1
@@ -285,7 +302,7 @@ def count_steps(
     what_kind = "chat messages" if messages is not None else "text"
     raise UnsupportedError(
         f"the server at {endpoint} answered none of the tokenizer endpoints lmlink knows "
-        f"for {what_kind} (llama.cpp, vLLM, SGLang, llama-cpp-python)",
+        f"for {what_kind} (llama.cpp, vLLM, SGLang, llama-cpp-python, TGI)",
         server=kind or "unknown",
     )
 
@@ -401,6 +418,9 @@ def context_steps(
         if reply[0] == 200:
             return _lmstudio_v0(_payload(reply), model)
         return _lmstudio_v1(_ok((yield Ask("GET", origin + "/api/v1/models"))), model)
+    if kind == "tgi":
+        info = _ok((yield Ask("GET", origin + "/info")))
+        return _whole(info.get("max_total_tokens")) if isinstance(info, dict) else None
     if kind in ("llamacpp", "unknown", "localai"):
         return _n_ctx(_ok((yield Ask("GET", origin + "/props"))))
     return None

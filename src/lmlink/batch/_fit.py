@@ -12,7 +12,7 @@ The rule (pure, :class:`FitRule`) keeps the run cheap and never refuses an item 
    reaches the window: then not even one answer token fits. A server that tokenizes plain
    text only (SGLang, llama-cpp-python) counts the messages' text without the template,
    which the template only adds to. A count that fails sends the item.
-3. **No tokenizer** (Ollama, LM Studio, TGI...): an estimate decides, set so that it does not
+3. **No tokenizer** (Ollama, LM Studio...): an estimate decides, set so that it does not
    refuse an item that fits: :data:`BYTES_PER_TOKEN` bytes per token, about twice what
    English text takes and more than any common text. Below that, the item is sent and the
    server decides.
