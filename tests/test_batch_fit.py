@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import lmlink
 from batch_helpers import read_jsonl, write_jsonl
 from lmlink.batch import arun_batch, run_batch
-from lmlink.batch._fit import FLOOR, FitRule
+from lmlink.batch._fit import FLOOR, FitRule, short
 from lmlink.cli import main
 from lmlink.testing import FakeServer
 
@@ -203,3 +203,28 @@ def test_rule_refuses_at_the_window() -> None:
     assert isinstance(error, lmlink.ContextLengthError)
     assert (error.prompt_tokens, error.context_length, error.counted) == (100, 100, False)
     assert rule.refusal(None, counted=False) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "Say hi", "a" * 300, "a" * 431, "a" * 432, "é" * 100, "é" * 108, "€" * 60, "x" * 5000],
+)
+def test_the_quick_check_never_passes_what_the_bound_would_not(text: str) -> None:
+    """The runner's cheap pre-check says "short" only for items the byte bound also puts
+    under the floor (never the other way round)."""
+    messages = [{"role": "user", "content": text}]
+    if short(messages):
+        bound = FitRule.bound(messages)
+        assert bound is not None
+        assert bound < FLOOR
+
+
+def test_the_quick_check_looks_closer_at_what_it_cannot_size() -> None:
+    """Parts lists and tool calls are left to the full rule."""
+    assert short([{"role": "user", "content": "hi"}])
+    assert short(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a" * 300}]
+    )
+    assert not short([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    assert not short([{"role": "assistant", "content": None, "tool_calls": []}])
+    assert not short([{"role": "user", "content": "a" * FLOOR}])

@@ -274,3 +274,12 @@ def test_context_length_teaches_the_kind_to_count_tokens(api: API, server: FakeS
         ("GET", "/v1/models"),
         ("POST", "/tokenize"),
     ]
+
+
+@pytest.mark.parametrize("persona", [None])
+def test_old_llamacpp_without_apply_template(api: API, server: FakeServer) -> None:
+    """A llama.cpp build without /apply-template cannot count messages: a typed error that
+    says what to do, not a bare 404."""
+    server.owned_by = "llamacpp"
+    with pytest.raises(lmlink.UnsupportedError, match="no /apply-template"):
+        call(api, "count_tokens", HELLO)

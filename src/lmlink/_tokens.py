@@ -233,6 +233,12 @@ def _ask_count(
     if route is _LLAMACPP:
         if messages is not None:
             reply = yield Ask("POST", origin + "/apply-template", {"messages": messages})
+            if not probing and reply[0] == 404:
+                raise UnsupportedError(
+                    f"the llama.cpp server at {origin} has no /apply-template (a build older "
+                    "than 2025): pass a string to count_tokens, or update the server",
+                    server="llamacpp",
+                )
             text = _judge(reply, _prompt_in, probing, redact, "/apply-template")
             if text is None:
                 return None

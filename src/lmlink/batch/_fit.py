@@ -41,7 +41,7 @@ from lmlink._log import log
 if TYPE_CHECKING:
     from lmlink import AsyncClient
 
-__all__ = ["BYTES_PER_TOKEN", "FLOOR", "OVERHEAD", "PER_MESSAGE", "FitGate", "FitRule"]
+__all__ = ["BYTES_PER_TOKEN", "FLOOR", "OVERHEAD", "PER_MESSAGE", "FitGate", "FitRule", "short"]
 
 #: Tokens a chat template may add per message (role markers, separators).
 PER_MESSAGE = 16
@@ -160,7 +160,8 @@ class FitGate:
         return self._rule
 
     async def refusal(self, messages: Sequence[Any]) -> PromptTooLongError | None:
-        """Why the item must not be sent, or None."""
+        """Why the item must not be sent, or None. (The runner calls it only for items
+        that are not :func:`short`.)"""
         bound = FitRule.bound(messages)
         if bound is not None and bound < FLOOR:
             return None
@@ -191,6 +192,23 @@ class FitGate:
             return None
         except LMLinkError:
             return -1
+
+
+def short(messages: Sequence[Any]) -> bool:
+    """True for an item surely under :data:`FLOOR` tokens, decided cheaply (ASCII text is
+    one byte a character, any other at most 4): the common case costs the runner no
+    coroutine and no encoding.
+    False means only "look closer"."""
+    left = FLOOR - OVERHEAD
+    for message in messages:
+        content = message.get("content") if type(message) is dict else None
+        if type(content) is not str or "tool_calls" in message:
+            return False
+        size = len(content)
+        left -= (size if content.isascii() else 4 * size) + PER_MESSAGE
+        if left <= 0:
+            return False
+    return True
 
 
 def _joined(messages: Sequence[Any]) -> str | None:

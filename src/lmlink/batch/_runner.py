@@ -41,7 +41,7 @@ from lmlink._models import ChatResponse
 from ._cache import ResponseCache, cache_key
 from ._commit import GroupCommit
 from ._doneset import DigestSet, digest
-from ._fit import FitGate
+from ._fit import FitGate, short
 from ._header import BATCH_OUTPUT, describe_changes, make_settings
 from ._input import BatchInputError, BatchItem, Problem, items_from_rows
 from ._journal import Journal, JournalState, SettingsChangedError, encode_record
@@ -445,7 +445,7 @@ class Runner:
                         await asyncio.sleep(0)  # a run of hits must not starve the loop
                     await self._commit.room()
                     continue
-            if self._fit is not None and item_model == model:
+            if self._fit is not None and item_model == model and not short(item.messages):
                 refused = await self._fit.refusal(item.messages)
                 if refused is not None:  # its prompt alone fills the window: not sent
                     self._record_error(item, refused)
