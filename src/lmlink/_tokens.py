@@ -210,7 +210,8 @@ def _judge(
         raise error_from_response(status, headers, body, redact=redact)
     value = read(_payload(reply))
     if value is None and not probing:
-        raise DecodeError(f"the server's {what} answer is not what it should be: {body[:200]!r}")
+        shown = redact(repr(body[:200]))
+        raise DecodeError(f"the server's {what} answer is not what it should be: {shown}")
     return value
 
 
