@@ -283,3 +283,12 @@ def test_old_llamacpp_without_apply_template(api: API, server: FakeServer) -> No
     server.owned_by = "llamacpp"
     with pytest.raises(lmlink.UnsupportedError, match="no /apply-template"):
         call(api, "count_tokens", HELLO)
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_the_fake_tokenizer_is_public(api: API, server: FakeServer) -> None:
+    """Users can work out the fake server's counts with the same functions it uses."""
+    from lmlink.testing import chat_prompt, fake_tokens
+
+    assert call(api, "count_tokens", "a, b c") == len(fake_tokens("a, b c", bos=True)) == 5
+    assert call(api, "count_tokens", HELLO) == len(fake_tokens(chat_prompt(HELLO))) == HELLO_CHAT

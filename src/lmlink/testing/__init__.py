@@ -27,6 +27,7 @@ from ._personas import PERSONAS, Persona
 from ._replies import CANNED_REPLY, DIALECTS, Faults, Reply
 from ._server import FakeServer, Responder
 from ._shapes import SHAPES, ServerShape, ShapeModel, ShapeServer, SimResult, simulate
+from ._tokenize import chat_prompt, fake_tokens
 
 __all__ = [
     "PERSONAS",
@@ -45,7 +46,9 @@ __all__ = [
     "ShapeServer",
     "SimResult",
     "Stats",
+    "chat_prompt",
     "embedding_of",
+    "fake_tokens",
     "sensible_reply",
     "simulate",
 ]
