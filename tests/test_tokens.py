@@ -10,7 +10,7 @@ import pytest
 
 import lmlink
 from apis import API, AsyncAPI
-from lmlink._tokens import ollama_window
+from lmlink._tokens import TokenMemory, context_steps, count_steps, ollama_window
 from lmlink.testing import FakeServer
 
 HELLO = [{"role": "user", "content": "Hello world"}]
@@ -89,14 +89,13 @@ def test_count_messages_with_the_chat_template(
     assert sent[0][1]["messages"] == HELLO
 
 
+@pytest.mark.parametrize("persona", ["vllm"])
 def test_vllm_chat_body_asks_for_the_generation_prompt(api: API, server: FakeServer) -> None:
-    """vLLM is asked for the prompt a chat call would get: generation prompt included."""
-    server.persona = lmlink.testing.PERSONAS["vllm"]
-    server.owned_by = "vllm"
+    """vLLM is asked for the prompt a chat call would get: generation prompt included, the
+    model named."""
     call(api, "count_tokens", HELLO)
     body = posts(server)[-1][1]
-    assert body["add_generation_prompt"] is True
-    assert body["messages"] == HELLO
+    assert body == {"model": "fake-model", "messages": HELLO, "add_generation_prompt": True}
 
 
 @pytest.mark.parametrize(
@@ -292,3 +291,72 @@ def test_the_fake_tokenizer_is_public(api: API, server: FakeServer) -> None:
 
     assert call(api, "count_tokens", "a, b c") == len(fake_tokens("a, b c", bos=True)) == 5
     assert call(api, "count_tokens", HELLO) == len(fake_tokens(chat_prompt(HELLO))) == HELLO_CHAT
+
+
+# -- the drivers, pure: answers in, requests out --------------------------------------
+
+
+def drive(steps: Any, answers: list[tuple[int, bytes]]) -> tuple[list[Any], Any]:
+    """Run a driver on canned answers; return the requests it made and its result (or the
+    exception it raised)."""
+    asked: list[Any] = []
+    reply: Any = None
+    try:
+        while True:
+            asked.append(steps.send(reply))
+            status, body = answers.pop(0)
+            reply = (status, {}, body)
+    except StopIteration as done:
+        return asked, done.value
+    except lmlink.LMLinkError as exc:
+        return asked, exc
+
+
+@pytest.mark.parametrize("miss", [400, 404, 405, 422, 501])
+def test_probe_moves_on_after_a_refusal(miss: int) -> None:
+    """While probing a server of no known tokenizer shape (LocalAI, a proxy), a refusal
+    means "not this shape"."""
+    memory = TokenMemory()
+    answers = [(miss, b"{}"), (200, b'{"count": 7}')]
+    asked, result = drive(count_steps(memory, "http://h:1/v1", "localai", "m", "x"), answers)
+    assert result == 7
+    assert [a.url for a in asked] == ["http://h:1/tokenize", "http://h:1/tokenize"]
+    assert asked[1].body == {"model": "m", "prompt": "x", "add_special_tokens": True}
+    assert memory.routes["http://h:1/v1"].name == "vllm"
+
+
+def test_probe_stops_at_a_server_error() -> None:
+    """A 500 is the server's failure, not a shape it lacks: raised at once."""
+    steps = count_steps(TokenMemory(), "http://h:1/v1", "localai", None, "x")
+    asked, result = drive(steps, [(500, b'{"error": "boom"}')])
+    assert isinstance(result, lmlink.InternalServerError)
+    assert len(asked) == 1
+
+
+def test_known_kind_decodes_strictly() -> None:
+    """A known server's answer that holds no count is a DecodeError, not a guess."""
+    steps = count_steps(TokenMemory(), "http://h:1/v1", "llamacpp", None, "x")
+    _, result = drive(steps, [(200, b'{"nothing": 1}')])
+    assert isinstance(result, lmlink.DecodeError)
+
+
+def test_context_steps_reads_max_model_len_first() -> None:
+    """A window in the model list is taken without asking anything else."""
+    listing = b'{"data": [{"id": "a", "max_model_len": 32768}]}'
+    asked, result = drive(
+        context_steps(TokenMemory(), "http://h:1/v1", None, "a"), [(200, listing)]
+    )
+    assert result == 32768
+    assert len(asked) == 1
+
+
+def test_context_steps_lmstudio_falls_back_to_the_v1_listing() -> None:
+    """LM Studio without the v0 API: the v1 listing's loaded instance gives the window."""
+    v1 = (
+        b'{"models": [{"key": "q", "max_context_length": 131072,'
+        b' "loaded_instances": [{"id": "q", "config": {"context_length": 8192}}]}]}'
+    )
+    answers = [(200, b'{"data": [{"id": "q"}]}'), (404, b"{}"), (200, v1)]
+    asked, result = drive(context_steps(TokenMemory(), "http://h:1/v1", "lmstudio", "q"), answers)
+    assert result == 8192
+    assert [a.url for a in asked][1:] == ["http://h:1/api/v0/models", "http://h:1/api/v1/models"]
