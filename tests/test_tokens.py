@@ -3,6 +3,7 @@ of each real server (its persona), blocking and asyncio."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import lmlink
 from apis import API, AsyncAPI
 from lmlink._tokens import TokenMemory, context_steps, count_steps, ollama_window
 from lmlink.testing import FakeServer
+from raw_http import RawServer
 
 HELLO = [{"role": "user", "content": "Hello world"}]
 # The fake's ChatML prompt of HELLO: <|im_start|> user \n Hello ␣world <|im_end|> \n
@@ -360,3 +362,30 @@ def test_context_steps_lmstudio_falls_back_to_the_v1_listing() -> None:
     asked, result = drive(context_steps(TokenMemory(), "http://h:1/v1", "lmstudio", "q"), answers)
     assert result == 8192
     assert [a.url for a in asked][1:] == ["http://h:1/api/v0/models", "http://h:1/api/v1/models"]
+
+
+def _answer(sock: socket.socket, status: str, body: bytes, extra: str = "") -> None:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+
+
+def test_count_tokens_waits_out_a_busy_server(make_api: Callable[..., API]) -> None:
+    """A 503 with Retry-After on the tokenizer endpoint is retried like any call's."""
+
+    def script(n: int, sock: socket.socket) -> None:
+        if n == 0:
+            _answer(sock, "200 OK", b'{"data": [{"id": "m", "owned_by": "llamacpp"}]}')
+        elif n == 1:
+            _answer(sock, "503 Service Unavailable", b'{"error": "busy"}', "Retry-After: 0\r\n")
+        else:
+            _answer(sock, "200 OK", b'{"tokens": [1, 2, 3, 4]}')
+
+    raw = RawServer(script)
+    try:
+        assert call(make_api(endpoint=raw.url), "count_tokens", "four tokens here") == 4
+        assert raw.requests == 3
+    finally:
+        raw.close()
