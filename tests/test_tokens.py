@@ -11,7 +11,13 @@ import pytest
 
 import lmlink
 from apis import API, AsyncAPI
-from lmlink._tokens import TokenMemory, context_steps, count_steps, ollama_window
+from lmlink._tokens import (
+    TokenMemory,
+    context_steps,
+    count_steps,
+    ollama_served,
+    ollama_window,
+)
 from lmlink.testing import FakeServer
 from raw_http import RawServer
 
@@ -389,3 +395,25 @@ def test_count_tokens_waits_out_a_busy_server(make_api: Callable[..., API]) -> N
         assert raw.requests == 3
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("persona", ["ollama"])
+def test_ollama_loaded_model_gives_the_served_window(api: API, server: FakeServer) -> None:
+    """Once Ollama has loaded the model (a chat asked for it), /api/ps says the window it
+    serves; /api/show is not asked."""
+    api.chat("hi")
+    server.context_length = 2048
+    assert call(api, "context_length") == 2048
+    asked = [r.path for r in server.requests if r.method != "POST" or "chat" not in r.path]
+    assert asked[-1] == "/api/ps"
+    assert "/api/show" not in asked
+
+
+def test_ollama_served_matches_names_with_and_without_tag() -> None:
+    """A model asked for as ``llama3`` is the loaded ``llama3:latest``."""
+    ps = {"models": [{"name": "llama3:latest", "model": "llama3:latest", "context_length": 4096}]}
+    assert ollama_served(ps, "llama3") == 4096
+    assert ollama_served(ps, "llama3:latest") == 4096
+    assert ollama_served(ps, "qwen3:8b") is None
+    assert ollama_served({"models": [{"name": "llama3:latest"}]}, "llama3") is None
+    assert ollama_served(None, "llama3") is None

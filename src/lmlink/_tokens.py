@@ -21,9 +21,10 @@ Where each server keeps them (read from their source):
   messages through ``POST /chat_tokenize`` ``{"model", "messages"}`` →
   ``{"tokenize_response": [...], "templated_text"}``. Window: ``GET /info`` →
   ``max_total_tokens``.
-- Ollama: no tokenizer. Window: ``POST /api/show`` ``{"model"}``: ``num_ctx`` in
-  ``parameters`` when the model sets one (what Ollama runs it with), else
-  ``model_info["<arch>.context_length"]`` (what the model was trained for).
+- Ollama: no tokenizer. Window: ``GET /api/ps`` ``context_length`` while the model is
+  loaded (what Ollama serves it with); else ``POST /api/show`` ``{"model"}``: ``num_ctx``
+  in ``parameters`` when the model sets one, else ``model_info["<arch>.context_length"]``
+  (what it was trained for, at least the served window).
 - LM Studio: no tokenizer over HTTP. Window: the model's ``GET /api/v0/models`` entry,
   ``loaded_context_length`` or else ``max_context_length`` (``GET /api/v1/models``, the
   newer listing, when there is no v0).
@@ -60,6 +61,7 @@ __all__ = [
     "context_steps",
     "count_steps",
     "memory_of",
+    "ollama_served",
     "ollama_window",
     "raw_answer",
 ]
@@ -370,6 +372,16 @@ def ollama_window(payload: Any) -> int | None:
     return None
 
 
+def ollama_served(payload: Any, model: str) -> int | None:
+    """The window Ollama serves ``model`` with, from ``/api/ps`` (only while it is loaded)."""
+    models = payload.get("models") if isinstance(payload, dict) else None
+    names = {model, model if ":" in model else model + ":latest"}
+    for entry in models if isinstance(models, list) else ():
+        if isinstance(entry, dict) and (entry.get("name") in names or entry.get("model") in names):
+            return _whole(entry.get("context_length"))
+    return None
+
+
 def _lmstudio_v0(payload: Any, model: str | None) -> int | None:
     data = payload.get("data") if isinstance(payload, dict) else None
     entry = _entry(data, "id", model)
@@ -419,6 +431,9 @@ def context_steps(
     if kind == "ollama":
         if model is None:
             return None
+        served = ollama_served(_ok((yield Ask("GET", origin + "/api/ps"))), model)
+        if served is not None:
+            return served
         return ollama_window(_ok((yield Ask("POST", origin + "/api/show", {"model": model}))))
     if kind == "lmstudio":
         reply = yield Ask("GET", origin + "/api/v0/models")

@@ -17,7 +17,9 @@ A persona answers where its real server does (``FakeServer(persona="vllm")`` and
 - ``tgi``: ``POST /tokenize`` ``{"inputs"}`` → a list of ``{"id", "text", "start",
   "stop"}`` (BOS first); ``POST /chat_tokenize`` ``{"messages"}`` → ``{"tokenize_response",
   "templated_text"}``; ``GET /info`` with ``max_total_tokens``.
-- ``ollama``: ``POST /api/show`` ``{"model"}`` with ``model_info["<arch>.context_length"]``.
+- ``ollama``: ``GET /api/ps`` lists the models a chat request asked for, with
+  ``context_length``; ``POST /api/show`` ``{"model"}`` with
+  ``model_info["<arch>.context_length"]``.
 - ``lmstudio``: ``GET /api/v0/models`` with ``max_context_length``.
 
 The tokenizer is a toy with fixed rules, so that tests can work counts out by hand: a word
@@ -174,6 +176,23 @@ def _ollama_show(srv: FakeServer, body: dict[str, Any]) -> Plan:
     )
 
 
+def _ollama_ps(srv: FakeServer) -> Plan:
+    """The models loaded: those a chat request asked for (Ollama loads on first use)."""
+    chatted = {
+        r.json.get("model")
+        for r in srv.requests
+        if r.method == "POST" and r.path.endswith("/chat/completions") and isinstance(r.json, dict)
+    }
+    loaded = []
+    for m in srv.models:
+        if m in chatted:
+            entry: dict[str, Any] = {"name": m, "model": m, "size": 1 << 30, "size_vram": 1 << 30}
+            if srv.context_length is not None:
+                entry["context_length"] = srv.context_length
+            loaded.append(entry)
+    return json_plan(200, {"models": loaded})
+
+
 def _lmstudio_models(srv: FakeServer) -> Plan:
     entries = []
     for m in srv.models:
@@ -262,6 +281,8 @@ def serve_tokens(srv: FakeServer, request: RecordedRequest, path: str) -> Plan |
         return json_plan(200, {"tokens": ids}) if path == "/extras/tokenize" else None
     if persona == "tgi":
         return _tgi(srv, path, request, body)
+    if persona == "ollama" and path == "/api/ps" and request.method == "GET":
+        return _ollama_ps(srv)
     if persona == "ollama" and post and path == "/api/show":
         return _ollama_show(srv, body)
     if persona == "lmstudio" and path == "/api/v0/models" and request.method == "GET":
