@@ -301,8 +301,8 @@ class Client(ClientCore):
 
     def context_length(self, model: str | None = None) -> int | None:
         """The model's context window in tokens, as the server tells it (vLLM/SGLang
-        ``max_model_len``, llama.cpp ``/props``, Ollama ``/api/show``, LM Studio's model
-        list, TGI ``/info``), or None when it does not say.
+        ``max_model_len``, llama.cpp ``/props``, Ollama ``/api/ps`` or ``/api/show``, LM
+        Studio's model list, TGI ``/info``), or None when it does not say.
 
         >>> client.context_length()
         8192
