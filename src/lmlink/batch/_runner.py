@@ -168,7 +168,7 @@ class Runner:
         self._exhausted = False
         self._ended: asyncio.Event | None = None
         self._failure: BaseException | None = None
-        self._fit: FitGate | None = None  # when the model's context window is known
+        self._fit: FitGate | None = None  # prompts against the context window, by _drive
 
     # -- setup --------------------------------------------------------------------------
 
