@@ -140,6 +140,40 @@ def test_a_group_that_fails_for_the_server_is_not_split(server: FakeServer, tmp_
     assert len(vectors(out)) == 4
 
 
+def test_a_server_batch_limit_is_learned(server: FakeServer, tmp_path: Path) -> None:
+    """TEI's 422 "maximum allowed batch size 8": the group is resent 8 at a time and later
+    groups keep to 8; every id gets its vector, no error line (exit 0)."""
+    server.embed = EmbedSettings(max_batch=8)
+    src = write_jsonl(tmp_path / "in.jsonl", texts(100))
+    out = tmp_path / "out.jsonl"
+    result = invoke(server, str(src), "-o", str(out), "--batch-size", "32", "-c", "1")
+    assert result.exit_code == 0, result.stderr
+    assert vectors(out) == {f"d{i:03d}": embedding_of(f"document {i}") for i in range(100)}
+    sizes = [len(r.json["input"]) for r in embed_requests(server)]
+    refused = [n for n in sizes if n > 8]
+    assert all(n <= 8 for n in sizes if n not in refused)
+    # Only the groups taken before the limit was known were refused (one per worker).
+    assert 1 <= len(refused) <= 4
+    assert sum(n for n in sizes if n <= 8) == 100
+
+
+def test_a_413_halves_later_groups(server: FakeServer, tmp_path: Path) -> None:
+    """A 413 (request too large) sends that group in halves, and the groups taken after it
+    are halved too; every id gets its vector."""
+    server.enqueue_embeddings(Reply.error(413, "Payload Too Large"))
+    src = write_jsonl(tmp_path / "in.jsonl", texts(200))
+    out = tmp_path / "out.jsonl"
+    result = invoke(server, str(src), "-o", str(out), "--batch-size", "32", "-c", "1")
+    assert result.exit_code == 0, result.stderr
+    assert len(vectors(out)) == 200
+    sizes = [len(r.json["input"]) for r in embed_requests(server)]
+    assert sizes[0] == 32
+    assert sum(sizes[1:]) == 200
+    # At most the groups the workers held before the 413 go out whole (4 at -c 1).
+    assert sizes.count(32) <= 4
+    assert sizes[-1] <= 16
+
+
 def test_torn_last_line_is_repaired_and_resumed(server: FakeServer, tmp_path: Path) -> None:
     """A journal cut in the middle of a line (a crash): the torn line is removed, only the
     missing ids are sent, and every id ends with its vector once."""

@@ -46,7 +46,8 @@ class EmbedSettings:
     models that embed (None: all); any other model gets llama-server's 501 (``refusal=
     "vllm"``: vLLM's 400 "The model does not support Embeddings API"). ``fail_on``: a
     request with a text containing this string gets a 400, as a text longer than the
-    model's context does.
+    model's context does. ``max_batch``: more inputs than this in one request get TEI's
+    422 "batch size N > maximum allowed batch size M".
     """
 
     dimensions: int = DEFAULT_DIMENSIONS
@@ -56,6 +57,7 @@ class EmbedSettings:
     models: Collection[str] | None = None
     refusal: Literal["llamacpp", "vllm"] = "llamacpp"
     fail_on: str | None = None
+    max_batch: int | None = None
 
 
 def embedding_of(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
@@ -104,6 +106,9 @@ def render_embeddings(body: Any, settings: EmbedSettings, *, model: str) -> Plan
         return _error(
             400, '"input" must be a string or a non-empty list of strings', "invalid_request_error"
         )
+    if settings.max_batch is not None and len(texts) > settings.max_batch:
+        message = f"batch size {len(texts)} > maximum allowed batch size {settings.max_batch}"
+        return json_plan(422, {"error": message, "error_type": "Validation"})
     size = body.get("dimensions", settings.dimensions)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         return _error(400, '"dimensions" must be a positive integer', "invalid_request_error")
