@@ -224,10 +224,11 @@ def _vector(value: Any, position: int, payload: Any, redact: Any) -> list[float]
             floats.byteswap()
         return floats.tolist()
     if isinstance(value, list):
-        for number in value:
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise _bad(payload, f"entry {position}'s embedding holds {number!r}", redact)
-        return [float(n) for n in value]
+        try:
+            return array("d", value).tolist()  # floats, checked in C: vectors are long
+        except TypeError:
+            wrong = next(n for n in value if not isinstance(n, (int, float)))
+            raise _bad(payload, f"entry {position}'s embedding holds {wrong!r}", redact) from None
     raise _bad(payload, f"entry {position} has no embedding", redact)
 
 
