@@ -333,20 +333,25 @@ def test_sigkill_mid_run_then_resume(server: FakeServer, tmp_path: Path) -> None
     assert sent == 300 - done_before
 
 
-def test_sigterm_exits_143_and_resumes(server: FakeServer, tmp_path: Path) -> None:
-    """SIGTERM stops cleanly (143) with whole lines; a re-run finishes the rest."""
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"]
+)
+def test_a_signal_stops_cleanly_and_resumes(
+    server: FakeServer, tmp_path: Path, signum: int, code: int
+) -> None:
+    """SIGTERM (143) or Ctrl-C (130) stops cleanly with whole lines; a re-run finishes."""
     server.enqueue_embeddings(*[Reply(delay=0.05) for _ in range(1000)])
     src = write_jsonl(tmp_path / "in.jsonl", texts(200))
     out = tmp_path / "out.jsonl"
     proc = _embed_process(server, src, out, "--batch-size", "2", "-c", "2")
     try:
         _wait_for_lines(out, 5)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     assert "run the same command again" in err
     for line in out.read_text(encoding="utf-8").splitlines():
         json.loads(line)  # whole lines only
