@@ -236,7 +236,10 @@ class AnswerDecoder:
         if data == _DONE or (len(data) < 16 and data.strip() == _DONE):
             self.done = True
             return ""
-        chunk = self._loads(data)
+        try:
+            chunk = _json.loads(data)  # valid JSON, nearly always: no detour through _loads
+        except ValueError:
+            chunk = self._loads(data)
         if type(chunk) is not dict:
             if chunk is not None:
                 self._skip(data, "not a JSON object")

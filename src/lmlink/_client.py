@@ -202,15 +202,20 @@ class Client(ClientCore):
         """Chat with tools, running each call the model makes, until it answers without one
         (or ``max_steps`` model turns have passed: then the last response is returned, its
         ``tool_calls`` still set). A tool that raises reports the error back to the model.
+        A total timeout (``timeout=lmlink.Timeout(total=...)`` here, else the client's) bounds
+        the whole loop, tool runs included: each model call gets what is left of it, and
+        ``APITimeoutError`` is raised once it has passed.
 
         >>> def add(a: int, b: int) -> int:
         ...     "Add two numbers."
         ...     return a + b
         >>> client.run_tools("What is 2+3? Use the tool.", [add]).content
         """
-        loop = ToolLoop(messages, tools, max_steps, blocking=True)
+        loop = ToolLoop(
+            messages, tools, max_steps, blocking=True, timeout=self.timeout, kwargs=kwargs
+        )
         while loop.turn():
-            resp = self.chat(loop.history, tools=loop.definitions, **kwargs)
+            resp = self.chat(loop.history, tools=loop.definitions, **loop.kwargs())
             for call, run in loop.calls(resp):
                 try:
                     result = run()
@@ -251,11 +256,19 @@ class Client(ClientCore):
         >>> len(e.vectors), e.prompt_tokens
         (2, 4)
         """
-        from ._embed import embed_answer, embed_call
+        from ._embed import embed_call
 
         self._ensure_endpoint()
         call, count = embed_call(self, inputs, model, dimensions, extra)
         run = self._attempts(call)
+        if _observe.observers:  # instrumented (lmlink.otel)
+            op = _observe.embeddings_operation(call.url, model or self.model, dimensions, extra)
+            return _observe.call(op, self._embed, run, count)
+        return self._embed(run, count)
+
+    def _embed(self, run: Attempts, count: int) -> Embeddings:
+        from ._embed import embed_answer
+
         while True:  # bounded: by the retry budget
             try:
                 with self._open(run.call) as resp:

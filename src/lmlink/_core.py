@@ -9,6 +9,10 @@ whether to send a changed request at once (a refusal the plan adapts to), wait a
 again (the retry policy), or give up; and after each answer whether to ask again (a
 structured answer that did not validate). Errors leave the client through
 :meth:`Attempts.failed` or :meth:`ClientCore.scrub`, where the secrets are blanked out once.
+
+Plain calls and streams run :class:`Attempts` directly; the batch runner's pool decides what
+follows an item's failure in :mod:`lmlink.batch._attempts`, on the same
+:class:`~lmlink._retry.RetryState` and policy, and hands each call the item's deadline.
 """
 
 from __future__ import annotations

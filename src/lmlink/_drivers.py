@@ -13,8 +13,9 @@ no answer) or a :class:`Sleep`.
 - :func:`probe_steps`: one port of :func:`lmlink.discover`.
 
 The tool loop (:class:`ToolLoop`) is a driver too, in object form: it keeps the history,
-says which tools to run with which arguments, and when the loop is over; the shells call
-the model and the tools.
+says which tools to run with which arguments, what each model call is given (the time left
+of the loop's one total deadline), and when the loop is over; the shells call the model and
+the tools.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from ._config import Timeout
 from ._discovery import Probe, ServerInfo, version_from, version_probe
 from ._errors import APITimeoutError, ConfigurationError
 from ._wire import MessagesInput, normalize_messages
@@ -117,23 +119,54 @@ class ToolLoop:
     """The tool loop of ``run_tools``: chat, run the tools the model called, report their
     results, until the model answers without a call or ``max_steps`` turns have passed.
 
-    >>> loop = ToolLoop(messages, tools, max_steps, blocking=True)
+    A ``total`` timeout (the call's ``timeout=``, else the client's) bounds the whole loop,
+    model turns and tool runs together: each model call gets what is left of it, and a turn
+    that would start past it raises :class:`~lmlink.APITimeoutError` (a tool already running
+    is not interrupted).
+
+    >>> loop = ToolLoop(messages, tools, max_steps, blocking=True, timeout=client.timeout,
+    ...                 kwargs=kwargs)
     >>> while loop.turn():
-    ...     resp = client.chat(loop.history, tools=loop.definitions, **kwargs)
+    ...     resp = client.chat(loop.history, tools=loop.definitions, **loop.kwargs())
     ...     for call, run in loop.calls(resp):
     ...         loop.record(call, run())       # or ToolLoop.failure(exc) if it raised
     >>> loop.result
     """
 
-    __slots__ = ("_left", "blocking", "definitions", "history", "result", "toolset")
+    __slots__ = (
+        "_clock",
+        "_deadline",
+        "_kwargs",
+        "_left",
+        "_timeout",
+        "blocking",
+        "definitions",
+        "history",
+        "result",
+        "toolset",
+    )
 
     def __init__(
-        self, messages: MessagesInput, tools: Sequence[Any], max_steps: int, *, blocking: bool
+        self,
+        messages: MessagesInput,
+        tools: Sequence[Any],
+        max_steps: int,
+        *,
+        blocking: bool,
+        timeout: Timeout | None = None,
+        kwargs: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from ._tools import ToolSet
 
         if max_steps < 1:
             raise ConfigurationError(f"max_steps must be at least 1, not {max_steps}")
+        self._kwargs = kwargs or {}
+        given = self._kwargs.get("timeout")
+        self._timeout = Timeout.coerce(given) if given is not None else timeout
+        self._clock = clock
+        total = None if self._timeout is None else self._timeout.total
+        self._deadline = None if total is None else clock() + total
         self.toolset: ToolSet = ToolSet(tools)
         self.definitions = self.toolset.definitions
         self.history = list(normalize_messages(messages))
@@ -147,6 +180,25 @@ class ToolLoop:
             return False
         self._left -= 1
         return True
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keywords of this turn's model call: the loop's own, with a total timeout of
+        what is left of the loop's deadline. Raises APITimeoutError once it has passed."""
+        deadline = self._deadline
+        if deadline is None:
+            return self._kwargs
+        assert self._timeout is not None
+        total = self._timeout.total
+        left = deadline - self._clock()
+        if left <= 0:
+            raise APITimeoutError(
+                f"run_tools' total timeout of {total:g} s passed before the model's next turn",
+                phase="total",
+                timeout=total,
+                request_sent=False,
+                reason="timeout",
+            )
+        return {**self._kwargs, "timeout": self._timeout.replace(total=left)}
 
     def calls(self, resp: ChatResponse) -> Iterator[tuple[ToolCall, Callable[[], Any]]]:
         """The tool calls of ``resp``, each with a callable that runs it."""

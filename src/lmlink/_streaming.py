@@ -67,7 +67,7 @@ class StreamCore:
         self._context = context
         self._planned = planned
         self._run: Attempts | None = None
-        self._started = time.monotonic()
+        self._started = time.monotonic()  # again when the request is sent (_begin)
         self._on_delta = on_delta
         self._on_reasoning = on_reasoning
         self._decoder = SSEDecoder()
@@ -82,9 +82,12 @@ class StreamCore:
         self._watch: _observe.Watches | None = None  # when instrumented (lmlink.otel)
 
     def _begin(self) -> Attempts:
-        """The attempts of this stream (planned now if the plan waited for discovery)."""
+        """The attempts of this stream (planned now if the plan waited for discovery). The
+        call's clock, its total deadline included, starts here, as its request is sent, not
+        when the stream object was made."""
         planned = self._planned
         plan, options = planned() if callable(planned) else planned
+        self._started = time.monotonic()
         run = self._run = self._context.attempts(plan, options, self._started)
         if _observe.observers:
             self._watch = _observe.start(_observe.chat_operation(plan, run.call.url))

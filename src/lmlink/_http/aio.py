@@ -20,6 +20,7 @@ a cancelled wait aborts its connection and re-raises ``CancelledError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -194,6 +195,9 @@ class AsyncTransport(TransportSettings):
     async def aclose(self) -> None:
         """Close every pooled connection; responses still open close theirs when done."""
         self.close_now()
+        # Each aborted transport closes its socket in a callback the loop runs next: let it
+        # run, so that no socket outlives this call (a loop closed right after never would).
+        await asyncio.sleep(0)
 
     def close_now(self) -> None:
         """:meth:`aclose`, callable from the event loop's own callbacks."""
@@ -420,24 +424,59 @@ class LoopPools:
         return pool
 
     async def aclose(self) -> None:
-        """Close every loop's pooled connections (each on its own loop)."""
+        """Close every loop's pooled connections, each on its own loop, and return once
+        their sockets are closed: a pool of a loop running in another thread is closed by
+        that loop; one of a loop that idles (not running: driven by ``run_until_complete``
+        between calls) is closed by running that loop for a moment in a helper thread."""
         here = asyncio.get_running_loop()
         with self._lock:
             self._closed = True
             pools, self._pools, self._last = self._pools, {}, None
         for loop, pool in pools.items():
-            if loop is here or loop.is_closed():
-                pool.close_now()
+            if loop is here:
+                await pool.aclose()
+            elif loop.is_closed():
+                pool.close_now()  # its sockets can only be shut down now
+            elif loop.is_running():
+                await _close_on_running(loop, pool)
             else:
-                try:
-                    loop.call_soon_threadsafe(pool.close_now)
-                except RuntimeError:  # closed in the meantime
-                    pool.close_now()
+                helper = threading.Thread(target=_close_on_idle, args=(loop, pool))
+                helper.start()
+                helper.join()  # one loop iteration: no need to hand this loop back meanwhile
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._pools = {}
         self._last = None
+
+
+# How long aclose() waits for another thread's loop to close its pool (it takes one loop
+# iteration; a loop blocked by its own code must not block the close forever).
+_CLOSE_WAIT = 1.0
+
+
+async def _close_on_running(loop: asyncio.AbstractEventLoop, pool: AsyncTransport) -> None:
+    """Close ``pool`` on ``loop``, running in another thread; wait until it is done."""
+    try:
+        done = asyncio.run_coroutine_threadsafe(pool.aclose(), loop)
+    except RuntimeError:  # the loop closed in the meantime
+        pool.close_now()
+        return
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.wrap_future(done), _CLOSE_WAIT)
+
+
+def _close_on_idle(loop: asyncio.AbstractEventLoop, pool: AsyncTransport) -> None:
+    """Close ``pool`` by running its loop, which is not running, in this thread; if its
+    owner starts it meanwhile, the close is left to it, and a closed loop gets the close
+    of an orphan."""
+    try:
+        loop.run_until_complete(pool.aclose())
+    except RuntimeError:  # running again, or closed, in the meantime
+        try:
+            loop.call_soon_threadsafe(pool.close_now)
+        except RuntimeError:
+            pool.close_now()
 
 
 def _pool_timeout(fut: asyncio.Future[_Handoff]) -> None:
