@@ -191,8 +191,22 @@ def test_secret_in_headers_is_redacted(make_api: Any, server: FakeServer) -> Non
         (b"bytes", {}, "not bytes"),
         (["a"], {"dimensions": 0}, "dimensions"),
         (["a"], {"stream": True}, "stream"),
+        (["a"], {"input": ["b"]}, "first argument"),
+        (["a"], {"extra_body": {"input": ["b"]}}, "first argument"),
+        (["a"], {"extra_body": {"model": "x"}}, "model"),
+        (["a"], {"dimensions": 4, "extra_body": {"dimensions": 8}}, "twice"),
     ],
-    ids=["empty", "not-strings", "bytes", "dimensions", "stream"],
+    ids=[
+        "empty",
+        "not-strings",
+        "bytes",
+        "dimensions",
+        "stream",
+        "input-keyword",
+        "input-in-extra-body",
+        "model-in-extra-body",
+        "dimensions-twice",
+    ],
 )
 def test_bad_arguments_are_refused_before_sending(
     api: API, server: FakeServer, inputs: Any, kwargs: dict[str, Any], words: str

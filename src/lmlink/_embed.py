@@ -136,6 +136,12 @@ def embed_call(
     texts = embed_inputs(inputs)
     size = _dimensions(dimensions)
     options, fields = split_options(extra) if extra else (None, {})
+    if "input" in fields:
+        raise ConfigurationError(
+            "input is not a body field here: pass the texts as embed()'s first argument"
+        )
+    if size is not None and "dimensions" in fields:
+        raise ConfigurationError("dimensions is given twice, as dimensions= and in extra_body")
     url = core._url("/embeddings")  # "no endpoint" comes before "no model"
     name = model or core.model
     if not name:
