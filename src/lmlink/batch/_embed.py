@@ -124,7 +124,7 @@ class EmbedRunner(Runner):
 
     async def _embed(self, pool: EndpointPool, model: str | None, group: list[BatchItem]) -> None:
         """Embed ``group`` in one request; on a failure an input may have caused, each half
-        on its own."""
+        on its own (or parts of the size the server said it takes)."""
         texts = [_text(item) for item in group]
         params = self._params
 
