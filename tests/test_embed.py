@@ -91,6 +91,15 @@ def test_missing_usage_is_none(api: API, server: FakeServer) -> None:
     assert e.vectors == [embedding_of("a")]
 
 
+def test_usage_of_zeros_is_none(api: API, server: FakeServer) -> None:
+    """LocalAI's answer carries a usage of zeros: not a count, so ``prompt_tokens`` is None."""
+    zeros = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    server.enqueue_embeddings(answer([{"index": 0, "embedding": [0.5]}], usage=zeros))
+    e = embed(api, ["a"])
+    assert e.prompt_tokens is None
+    assert e.vectors == [[0.5]]
+
+
 def test_hand_made_base64_little_endian(api: API, server: FakeServer) -> None:
     """Base64 of little-endian float32, out of order, as llama-server sends it."""
     one = base64.b64encode(struct.pack("<2f", 0.5, -2.0)).decode()

@@ -10,8 +10,8 @@ The answer is OpenAI's shape, ``{"data": [{"index", "embedding"}], "model", "usa
 {"prompt_tokens"}}``, read as the local servers really send it: entries sorted by their
 ``index`` (a server may answer out of order), an embedding as a list of numbers or, when
 ``encoding_format="base64"`` was asked, as base64 of little-endian float32 (vLLM,
-llama-server, Ollama), a missing ``usage`` as ``prompt_tokens=None``, and an error object
-on HTTP 200 as the typed error it reports.
+llama-server, Ollama, LocalAI), a missing ``usage`` (or LocalAI's zeros) as
+``prompt_tokens=None``, and an error object on HTTP 200 as the typed error it reports.
 """
 
 from __future__ import annotations
@@ -207,10 +207,13 @@ def decode_embeddings(body: bytes, count: int, *, redact: Any = str) -> Embeddin
         slots[index] = _vector(entry.get("embedding"), position, payload, redact)
     usage = payload.get("usage")
     tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
+        # LocalAI sends a usage of zeros: no text is 0 tokens, so it was not counted.
+        tokens = None
     model = payload.get("model")
     return Embeddings(
         [v for v in slots if v is not None],
-        prompt_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+        prompt_tokens=tokens,
         model=model if isinstance(model, str) else None,
     )
 
