@@ -89,6 +89,17 @@ def test_template_csv_and_dimensions(server: FakeServer, tmp_path: Path) -> None
     assert read_header(out)["settings"]["params"] == {"dimensions": 3}
 
 
+def test_stdin_input(server: FakeServer, tmp_path: Path) -> None:
+    """INPUT "-" reads JSONL from standard input."""
+    out = tmp_path / "out.jsonl"
+    stdin = "".join(json.dumps(row) + "\n" for row in texts(3))
+    result = CliRunner().invoke(
+        main, ["embed", "-", "-o", str(out), "-e", server.url, "-m", "embedder"], input=stdin
+    )
+    assert result.exit_code == 0, result.stderr
+    assert vectors(out) == {f"d{i:03d}": embedding_of(f"document {i}") for i in range(3)}
+
+
 def test_bad_input_line_exits_2_before_sending(server: FakeServer, tmp_path: Path) -> None:
     """A row without text: exit 2, named with its line, nothing sent, no output file."""
     src = tmp_path / "in.jsonl"
