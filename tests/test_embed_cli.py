@@ -89,6 +89,24 @@ def test_template_csv_and_dimensions(server: FakeServer, tmp_path: Path) -> None
     assert read_header(out)["settings"]["params"] == {"dimensions": 3}
 
 
+def test_chat_parameter_columns_are_data(server: FakeServer, tmp_path: Path) -> None:
+    """Columns named like a chat row's parameters (``model``, ``temperature``) are data in
+    an embeddings input: no input error, and every request uses the run's model."""
+    src = tmp_path / "in.csv"
+    src.write_text(
+        "id,model,temperature,text\np1,iPhone 12,hot,A phone\np2,Pixel,cold,Another\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.jsonl"
+    result = invoke(server, str(src), "-o", str(out), "--template", "{model}: {text}")
+    assert result.exit_code == 0, result.stderr
+    assert vectors(out) == {
+        "p1": embedding_of("iPhone 12: A phone"),
+        "p2": embedding_of("Pixel: Another"),
+    }
+    assert {r.json["model"] for r in embed_requests(server)} == {"embedder"}
+
+
 def test_stdin_input(server: FakeServer, tmp_path: Path) -> None:
     """INPUT "-" reads JSONL from standard input."""
     out = tmp_path / "out.jsonl"

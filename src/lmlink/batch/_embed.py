@@ -43,8 +43,9 @@ __all__ = ["DEFAULT_BATCH_SIZE", "EMBED_TASK", "EmbedRunner", "splittable"]
 
 #: Inputs per request unless told otherwise.
 DEFAULT_BATCH_SIZE = 32
-#: What an embeddings item is: the row's ``text`` or ``prompt``, or the template's text.
-EMBED_TASK = Task("embed", None, {}, ("text", "prompt"), allow_messages=False)
+#: What an embeddings item is: the row's ``text`` or ``prompt``, or the template's text; its
+#: other fields (``model``, ``temperature``... included) are data, not request parameters.
+EMBED_TASK = Task("embed", None, {}, ("text", "prompt"), allow_messages=False, reads_options=False)
 
 _NO_OPTIONS = BatchItem("", [])
 # Statuses an input can cause: bad or too long text (llama-server answers 500 for that).
