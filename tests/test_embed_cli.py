@@ -62,6 +62,8 @@ def test_a_run_writes_one_vector_per_id(server: FakeServer, tmp_path: Path) -> N
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     assert "lmlink embed: 10 items: 10 ok, 0 failed" in result.stderr
+    assert "tok/s" not in result.stderr  # nothing is generated: no "0 tok/s" on any line
+    assert "items/s" in result.stderr
     got = vectors(out)
     assert got == {f"d{i:03d}": embedding_of(f"document {i}") for i in range(10)}
     sizes = sorted(len(r.json["input"]) for r in embed_requests(server))

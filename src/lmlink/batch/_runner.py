@@ -527,6 +527,7 @@ class Runner:
             final=final,
             ceiling=pool.ceiling if pool is not None else self._ceiling,
             endpoints=pool.shares() if pool is not None and len(pool.endpoints) > 1 else (),
+            generates=self.kind == BATCH_OUTPUT,
         )
 
     def _emit(self, *, final: bool = False) -> None:
