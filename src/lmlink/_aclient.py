@@ -272,7 +272,7 @@ class AsyncClient(ClientCore):
         endpoint = self._url("")
         kind = self._caps.kinds.get(endpoint)
         return await self._converse(
-            context_steps(endpoint, kind, model or self._model, self.redact)
+            context_steps(memory_of(self), endpoint, kind, model or self._model, self.redact)
         )
 
     async def _converse(self, steps: Generator[Ask, Reply, T]) -> T:
