@@ -36,11 +36,6 @@ def _embed_requests(server: FakeServer) -> list[Any]:
     return [r for r in server.requests if r.path == "/v1/embeddings"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_embed.embed_body: body.update(fields) lets an 'input' keyword or "
-    "extra_body['input'] replace the texts; refuse it like 'model' (before sending)",
-)
 @pytest.mark.parametrize("how", ["keyword", "extra_body"])
 def test_input_given_twice_is_refused_before_sending(
     make_api: Callable[..., API], server: FakeServer, how: str
