@@ -1,7 +1,6 @@
 """Token-count edges found in review, through real HTTP: a server known by its model list
 whose tokenizer route is missing (an older build, or a gateway that forwards only ``/v1``).
-
-Marked xfail(strict=True) while they fail; the reason names the fix."""
+"""
 
 from __future__ import annotations
 
@@ -57,12 +56,6 @@ def no_tokenizer(request: pytest.FixtureRequest) -> Iterator[str]:
     server.server_close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_tokens._ask_count/_judge: a 404 from the one route of a known kind (not "
-    "probing) is raised as NotFoundError with the 'check the model name' hint; it should "
-    "be UnsupportedError naming the server and the route",
-)
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_missing_tokenizer_route_is_unsupported(no_tokenizer: str, kind: str) -> None:
     """count_tokens on a server without its tokenizer route says so, as the typed error

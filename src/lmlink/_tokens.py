@@ -72,6 +72,9 @@ Redact = Callable[[str], str]
 #: What a server of another kind answers a tokenizer request it does not understand: no
 #: such route, or a body it cannot validate. Only while probing is this "try the next".
 _MISS = frozenset({400, 404, 405, 422, 501})
+#: What a known server answers when the tokenizer route itself is missing.
+_NO_ROUTE = frozenset({404, 405, 501})
+_MODEL = re.compile(r"\bmodel\b", re.IGNORECASE)
 
 _NAMES = {
     "ollama": "Ollama",
@@ -202,14 +205,32 @@ def _count_in(payload: Any) -> int | None:
 
 
 def _judge(
-    reply: Reply, read: Callable[[Any], Any], probing: bool, redact: Redact, what: str
+    reply: Reply,
+    read: Callable[[Any], Any],
+    probing: bool,
+    redact: Redact,
+    what: str,
+    route: Route | None = None,
+    origin: str = "",
 ) -> Any:
     """``read(payload)`` of a good answer; None for a miss while probing; else raise."""
     status, headers, body = reply
     if status >= 300:
         if probing and status in _MISS:
             return None
-        raise error_from_response(status, headers, body, redact=redact)
+        error = error_from_response(status, headers, body, redact=redact)
+        said = body.decode("utf-8", "replace")
+        if route is not None and status in _NO_ROUTE and not _MODEL.search(said):
+            # The route itself is missing (an older build, or a gateway that forwards only
+            # /v1): vLLM's 404 for an unknown model names the model, a missing route
+            # (FastAPI's "Not Found", llama.cpp's "File Not Found") does not.
+            raise UnsupportedError(
+                f"the {_label(route.name)} server at {origin} has no {what} tokenizer route "
+                f"(HTTP {status}: an older build, or a proxy that forwards only /v1), so "
+                "count_tokens cannot ask it",
+                server=route.name,
+            ) from error
+        raise error
     value = read(_payload(reply))
     if value is None and not probing:
         shown = redact(repr(body[:200]))
@@ -242,28 +263,29 @@ def _ask_count(
                     "than 2025): pass a string to count_tokens, or update the server",
                     server="llamacpp",
                 )
-            text = _judge(reply, _prompt_in, probing, redact, "/apply-template")
+            text = _judge(reply, _prompt_in, probing, redact, "/apply-template", route, origin)
             if text is None:
                 return None
         reply = yield Ask("POST", origin + "/tokenize", {"content": text, "add_special": True})
-        return _judge(reply, _count_in, probing, redact, "/tokenize")  # type: ignore[no-any-return]
+        return _judge(reply, _count_in, probing, redact, "/tokenize", route, origin)  # type: ignore[no-any-return]
     if route is _TGI:
         if messages is not None:
             chat = {"model": model or "tgi", "messages": messages}
             reply = yield Ask("POST", origin + "/chat_tokenize", chat)
         else:
             reply = yield Ask("POST", origin + "/tokenize", {"inputs": text})
-        return _judge(reply, _count_in, probing, redact, "tokenize")  # type: ignore[no-any-return]
+        path = "/chat_tokenize" if messages is not None else "/tokenize"
+        return _judge(reply, _count_in, probing, redact, path, route, origin)  # type: ignore[no-any-return]
     if route is _LLAMA_CPP_PYTHON:
         body: dict[str, Any] = {**named, "input": text}
         reply = yield Ask("POST", origin + "/extras/tokenize/count", body)
-        return _judge(reply, _count_in, probing, redact, "/extras/tokenize")  # type: ignore[no-any-return]
+        return _judge(reply, _count_in, probing, redact, "/extras/tokenize/count", route, origin)  # type: ignore[no-any-return]
     if messages is not None:  # vLLM: the server applies the chat template
         body = {**named, "messages": messages, "add_generation_prompt": True}
     else:
         body = {**named, "prompt": text, "add_special_tokens": True}
     reply = yield Ask("POST", origin + "/tokenize", body)
-    return _judge(reply, _count_in, probing, redact, "/tokenize")  # type: ignore[no-any-return]
+    return _judge(reply, _count_in, probing, redact, "/tokenize", route, origin)  # type: ignore[no-any-return]
 
 
 def count_steps(
@@ -276,7 +298,8 @@ def count_steps(
 ) -> Generator[Ask, Reply, int]:
     """How many tokens the server's tokenizer makes of ``what``. Raises UnsupportedError
     when the server has no tokenizer endpoint (or none that applies a chat template, for
-    messages)."""
+    messages), also when a server of a known kind answers its route with 404 (an older
+    build, or a proxy that forwards only ``/v1``)."""
     text, messages = _split(what)
     origin = origin_of(endpoint)
     known = memory.routes.get(endpoint)
