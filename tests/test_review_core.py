@@ -1,7 +1,5 @@
 """Answer-decoding edges found in review, through real HTTP against the fake server, sync
-and async, streamed and plain.
-
-Marked xfail(strict=True) while they fail; the reason names the fix."""
+and async, streamed and plain."""
 
 from __future__ import annotations
 
@@ -38,13 +36,6 @@ def _instant_retries() -> Iterator[None]:
     lmlink.set_instant_retries(False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_answer.loads_lenient / _wire.loads: orjson refuses NaN/Infinity, so a plain "
-    "answer with a -Infinity logprob is a DecodeError and the same chunk in a stream is "
-    "skipped, losing its text; read non-finite numbers (the standard library's json does) "
-    "and keep the text in both",
-)
 @pytest.mark.parametrize("mode", ["plain", "stream"])
 def test_non_finite_logprob_keeps_the_text(
     make_api: Callable[..., API], server: FakeServer, mode: str
@@ -64,3 +55,29 @@ def test_non_finite_logprob_keeps_the_text(
     (first,) = resp.logprobs
     assert first.token == "hello"
     assert first.logprob is None or math.isinf(first.logprob)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"a":-Infinity}', -math.inf),
+        (b'{"a":Infinity}', math.inf),
+        (b'{"a":"caf\xe9","b":-Infinity}', -math.inf),
+    ],
+    ids=["minus-infinity", "infinity", "with-invalid-utf8"],
+)
+def test_loads_lenient_reads_non_finite_numbers(data: bytes, expected: float) -> None:
+    """The lenient reader takes json.dumps' non-finite numbers, alone or beside invalid
+    UTF-8."""
+    from lmlink._answer import loads_lenient
+
+    assert loads_lenient(data)["a" if b"caf" not in data else "b"] == expected
+
+
+def test_loads_lenient_deep_nesting_is_a_value_error() -> None:
+    """A hostile nesting depth next to a non-finite number is still a ValueError (the
+    decoder's skip path), never a RecursionError."""
+    from lmlink._answer import loads_lenient
+
+    with pytest.raises(ValueError, match="nested too deep"):
+        loads_lenient(b"[" * 100_000 + b"NaN" + b"]" * 100_000)

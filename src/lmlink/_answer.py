@@ -42,14 +42,30 @@ _DONE = b"[DONE]"
 
 def loads_lenient(data: bytes) -> Any:
     """JSON from ``data``; invalid UTF-8 inside it is read as U+FFFD (as a plain answer's
-    text always was) instead of failing the whole object. Raises ValueError otherwise."""
+    text always was), and ``NaN``, ``Infinity`` and ``-Infinity`` as floats, instead of
+    failing the whole object. Raises ValueError otherwise.
+
+    Python servers that serialise with ``json.dumps``' defaults write ``-Infinity`` for the
+    log-probability of a token constrained decoding rules out; orjson refuses it, the
+    standard library reads it."""
     try:
         return _json.loads(data)
-    except ValueError:
-        text = data.decode("utf-8", "replace")
-        if "\ufffd" not in text:
-            raise
-        return _json.loads(text)
+    except ValueError as exc:
+        error = exc
+    text = data.decode("utf-8", "replace")
+    if "\ufffd" in text:
+        try:
+            return _json.loads(text)
+        except ValueError as exc:
+            error = exc
+    if b"Infinity" in data or b"NaN" in data:
+        import json
+
+        try:
+            return json.loads(text)
+        except RecursionError:  # a hostile nesting depth: orjson's limit is far lower
+            raise ValueError("the JSON is nested too deep") from None
+    raise error
 
 
 class _ToolFragments:
