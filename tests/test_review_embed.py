@@ -1,7 +1,6 @@
 """Embeddings edges found in review, pinned through real HTTP against the fake server.
 
-Each test states the behaviour a user should get; those marked xfail(strict=True) fail
-today and name the fix in their reason (remove the mark with the fix)."""
+Each test states the behaviour a user should get."""
 
 from __future__ import annotations
 
@@ -51,12 +50,6 @@ def test_input_given_twice_is_refused_before_sending(
     assert _embed_requests(server) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch/_embed.EmbedRunner._embed splits on any 400 down to single items; an "
-    "error every input shares (vLLM's 400 for dimensions on a model without matryoshka) "
-    "costs ~2 requests per item and an error line each instead of stopping the run",
-)
 def test_an_error_every_input_shares_is_not_split_to_single_items(
     server: FakeServer, tmp_path: Path
 ) -> None:
@@ -80,12 +73,40 @@ def test_an_error_every_input_shares_is_not_split_to_single_items(
     assert len(_embed_requests(server)) <= 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch/_embed.splittable: ResponseTooLargeError (a group's answer over "
-    "max_response_bytes: many inputs of a wide model) is not split, so every item of "
-    "the group gets an error line, again on --retry-errors; split it like a 413",
-)
+def test_long_inputs_in_both_halves_are_still_isolated(server: FakeServer, tmp_path: Path) -> None:
+    """Two too-long inputs, one in each half at the same place, give both halves the same
+    refusal; it speaks of size, so it is not taken as the request's own: splitting goes
+    on and the other 30 inputs get their vectors."""
+    server.embed = EmbedSettings(fail_on="POISON")
+    rows = [{"id": f"d{i:03d}", "text": f"doc {i}"} for i in range(32)]
+    rows[3]["text"] = rows[19]["text"] = "POISON pill"
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    summary = lmlink.batch.run_embed(
+        src, out, endpoint=server.url, model="fake-model", batch_size=32
+    )
+    assert summary.ok == 30
+    assert summary.errors == {"ContextLengthError": 2}
+
+
+def test_a_shared_refusal_is_remembered_for_later_groups(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """Once both halves of a group were refused alike, later groups refused alike are not
+    split again: one request each."""
+    body = {"object": "error", "message": "unsupported encoding", "code": 400}
+    server.enqueue_embeddings(*[Reply(status=400, body=body) for _ in range(200)])
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"d{i:03d}", "text": f"doc {i}"} for i in range(320)]
+    )
+    summary = lmlink.batch.run_embed(
+        src, tmp_path / "out.jsonl", endpoint=server.url, model="fake-model", batch_size=32
+    )
+    assert summary.errors == {"BadRequestError": 320}
+    # 10 groups: at least one splits once (3 requests), the others at most that.
+    assert len(_embed_requests(server)) < 3 * 10
+
+
 def test_a_group_whose_answer_is_too_large_is_split(server: FakeServer, tmp_path: Path) -> None:
     """--batch-size 1024 with a 4096-dimension model is an 80 MB JSON answer, over the
     64 MiB cap: the group is the cause, so smaller groups must get the vectors. Here the

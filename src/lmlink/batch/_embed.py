@@ -9,10 +9,14 @@ reading and ids, the template, the header record (``"lmlink": "embed-output"``, 
 journal with group commit, the done set and resume, ``retry_errors``, progress.
 
 A group whose request fails for something an input can cause (a 400, a 413, a 422, or a
-500, which llama-server gives a text too long for its batch) is split in two and each half
-sent again, down to single items: one bad input gets the error line, the others their
-vectors. A server that says how many inputs it takes (TEI's 422 "maximum allowed batch size
-32", or a 413) gets groups of that size from then on. Errors that every item would share
+500, which llama-server gives a text too long for its batch) or for its size (an answer over
+``max_response_bytes``) is split in two and each half sent again, down to single items: one
+bad input gets the error line, the others their vectors. A server that says how many inputs
+it takes (TEI's 422 "maximum allowed batch size 32", a 413, an answer too large) gets groups
+of that size from then on. When both halves are refused alike, for no reason of size or
+length (vLLM's 400 for ``dimensions`` on a model without matryoshka), the refusal is the
+request's own: the group's items get it without further splitting, and so do later groups
+refused alike. Errors that every item would share
 (no server, a refused key, an unknown model or route, a server that does not embed: 501)
 stop the run, as in a chat batch.
 
@@ -28,7 +32,13 @@ from typing import Any
 
 from lmlink import AsyncClient
 from lmlink._embed import Embeddings
-from lmlink._errors import APIStatusError, ConfigurationError, LMLinkError
+from lmlink._errors import (
+    APIStatusError,
+    ConfigurationError,
+    ContextLengthError,
+    LMLinkError,
+    ResponseTooLargeError,
+)
 from lmlink._log import log
 
 from ._header import EMBED_OUTPUT
@@ -51,12 +61,42 @@ _NO_OPTIONS = BatchItem("", [])
 # Statuses an input can cause: bad or too long text (llama-server answers 500 for that).
 _SPLIT = frozenset({400, 413, 422, 500})
 _NO_EMBEDDINGS = re.compile(r"(does not|doesn't) support embeddings", re.IGNORECASE)
+_SIZE_WORDS = re.compile(
+    r"too (?:long|large|big|many)|exceed|length|tokens|batch size|maximum|limit", re.IGNORECASE
+)
 _MAX_BATCH = re.compile(r"maximum allowed batch size\D{0,8}(\d+)", re.IGNORECASE)
 
 
 def splittable(exc: LMLinkError) -> bool:
-    """Whether a group's failure may be one input's fault: then each half is tried alone."""
+    """Whether a group's failure may be one input's fault, or its size's (an answer over
+    ``max_response_bytes``: many vectors of a wide model): then each half is tried alone."""
+    if isinstance(exc, ResponseTooLargeError):
+        return True
     return isinstance(exc, APIStatusError) and exc.status_code in _SPLIT
+
+
+def _too_big(exc: LMLinkError) -> bool:
+    """The group was too large as a whole: its request (413) or its answer."""
+    if isinstance(exc, ResponseTooLargeError):
+        return True
+    return isinstance(exc, APIStatusError) and exc.status_code == 413
+
+
+def _signature(exc: LMLinkError) -> tuple[str, int | None, str]:
+    return type(exc).__name__, getattr(exc, "status_code", None), exc.message
+
+
+def _alike(answer: Any, error: LMLinkError) -> bool:
+    return isinstance(answer, LMLinkError) and _signature(answer) == _signature(error)
+
+
+def _shared(exc: LMLinkError) -> bool:
+    """Whether a refusal both halves of a group got alike can be taken as the request's
+    own: not one that speaks of size or length, which two long inputs (one per half)
+    would also give."""
+    if _too_big(exc) or isinstance(exc, ContextLengthError):
+        return False
+    return _SIZE_WORDS.search(exc.message) is None
 
 
 def _fatal(exc: LMLinkError) -> bool:
@@ -110,6 +150,7 @@ class EmbedRunner(Runner):
             raise ConfigurationError(f"dimensions must be a positive integer, not {dimensions!r}")
         super().__init__(items, output, task=task, params=params, **options)
         self.batch_size = batch_size
+        self._shared: set[tuple[str, int | None, str]] = set()
 
     async def _worker(self) -> None:
         assert self._job is not None
@@ -123,29 +164,51 @@ class EmbedRunner(Runner):
             await self._embed(pool, model, group)
             await self._commit.room()
 
-    async def _embed(self, pool: EndpointPool, model: str | None, group: list[BatchItem]) -> None:
-        """Embed ``group`` in one request; on a failure an input may have caused, each half
-        on its own (or parts of the size the server said it takes)."""
+    async def _embed(
+        self, pool: EndpointPool, model: str | None, group: list[BatchItem], answer: Any = None
+    ) -> None:
+        """Embed ``group`` in one request (or take its ``answer``, when already asked); on a
+        failure an input may have caused, each half on its own (or parts of the size the
+        server said it takes)."""
+        result = answer if answer is not None else await self._ask(pool, model, group)
+        if not isinstance(result, LMLinkError):
+            self._record_vectors(group, result)
+            return
+        if len(group) < 2 or not splittable(result) or self._known_shared(result):
+            for item in group:
+                self._record_error(item, result)
+            return
+        cap = self._learn_cap(result, len(group))
+        size = cap or (len(group) + 1) // 2
+        parts = [group[start : start + size] for start in range(0, len(group), size)]
+        answers = [await self._ask(pool, model, part) for part in parts]
+        if len(parts) == 2 and all(_alike(a, result) for a in answers) and _shared(result):
+            # Both halves refused alike, for no reason tied to an input's length: a refusal
+            # of the request itself (vLLM's 400 for dimensions on a model without
+            # matryoshka), which splitting to single items would only repeat ~2n times.
+            self._shared.add(_signature(result))
+            for item in group:
+                self._record_error(item, result)
+            return
+        for part, part_answer in zip(parts, answers, strict=True):
+            await self._embed(pool, model, part, part_answer)
+
+    async def _ask(self, pool: EndpointPool, model: str | None, group: list[BatchItem]) -> Any:
+        """The vectors of ``group`` (one request, retries included), or its error."""
         texts = [_text(item) for item in group]
         params = self._params
 
         def send(client: AsyncClient, options: dict[str, Any]) -> Any:
             return client.embed(texts, model=model, **{**params, **options})
 
-        result = await pool.ask(
+        return await pool.ask(
             [], model=model, params={}, fatal=_fatal, label=_label(group), send=send
         )
-        if isinstance(result, LMLinkError):
-            if len(group) > 1 and splittable(result):
-                cap = self._learn_cap(result, len(group))
-                size = cap or (len(group) + 1) // 2
-                for start in range(0, len(group), size):
-                    await self._embed(pool, model, group[start : start + size])
-                return
-            for item in group:
-                self._record_error(item, result)
-            return
-        self._record_vectors(group, result)
+
+    def _known_shared(self, exc: LMLinkError) -> bool:
+        """Whether ``exc`` is a refusal already seen to hit every input of a group: later
+        groups refused alike are not split again."""
+        return bool(self._shared) and _signature(exc) in self._shared
 
     def _learn_cap(self, exc: LMLinkError, sent: int) -> int | None:
         """The most inputs the server takes per request, if ``exc`` says so (TEI's 422
@@ -154,7 +217,7 @@ class EmbedRunner(Runner):
         found = _MAX_BATCH.search(exc.message)
         if found is not None:
             cap = max(1, int(found.group(1)))
-        elif isinstance(exc, APIStatusError) and exc.status_code == 413:
+        elif _too_big(exc):
             cap = max(1, sent // 2)
         else:
             return None
