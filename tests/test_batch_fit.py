@@ -25,8 +25,10 @@ SHORT = "Say hi"
 WORDY = "word " * 700
 # 3000 bytes but one token: over the byte bound, so counted, and it fits.
 DENSE = "x" * 3000
-# 1000 words: 5000 bytes, over the window even at 8 bytes per token.
+# 1000 words: over the window even at one token per word.
 HUGE = "word " * 1000
+# 6000 bytes but three words: a few tokens (one token may cover a long run of spaces).
+SPACED = "Summarize:" + " " * 6000 + "the end"
 
 Run = Callable[..., lmlink.BatchSummary]
 
@@ -114,13 +116,15 @@ def test_short_items_cost_no_extra_request(run: Run, server: FakeServer, tmp_pat
 def test_without_a_tokenizer_the_estimate_refuses_only_the_hopeless(
     run: Run, server: FakeServer, tmp_path: Path
 ) -> None:
-    """Ollama tells the window but cannot count: only an item over it even at 8 bytes per
-    token is refused; one that may fit is sent (the server answers for it)."""
-    out = go(run, server, tmp_path, items(huge=HUGE, wordy=WORDY, dense=DENSE))
-    assert out["huge"]["error"]["type"] == "PromptTooLongError"
-    assert "estimated, no tokenizer" in out["huge"]["error"]["message"]
-    assert "content" in out["wordy"]
+    """Ollama tells the window but cannot count: only an item over it even at one token
+    per word is refused; one that may fit (many bytes, few words) is sent (the server
+    answers for it)."""
+    out = go(run, server, tmp_path, items(huge=HUGE, wordy=WORDY, dense=DENSE, spaced=SPACED))
+    for refused in ("huge", "wordy"):
+        assert out[refused]["error"]["type"] == "PromptTooLongError"
+        assert "estimated, no tokenizer" in out[refused]["error"]["message"]
     assert "content" in out["dense"]
+    assert "content" in out["spaced"]
     assert not [r for r in server.requests if "tokenize" in r.path]
 
 
@@ -184,6 +188,18 @@ def test_rule_bounds_by_bytes_and_template() -> None:
     assert FitRule.bound(messages) == 20 + 3 + 2 * 16 + 64
     assert FitRule(120).surely_fits(messages)
     assert not FitRule(119).surely_fits(messages)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("word " * 700, 700), (SPACED, 3), ("=" * 5000, 1), ("a.b.c\n\td e", 3), ("", 0)],
+    ids=["words", "spaces", "one-mark", "punctuation-and-tabs", "empty"],
+)
+def test_rule_estimates_a_token_per_word(text: str, words: int) -> None:
+    """Without a tokenizer the estimate is the words (runs of non-space characters): no
+    token spans the space between two, while one token may cover many bytes."""
+    messages = [{"role": "user", "content": text}]
+    assert FitRule.estimate(messages) == words
 
 
 def test_rule_cannot_bound_images() -> None:

@@ -12,10 +12,12 @@ The rule (pure, :class:`FitRule`) keeps the run cheap and never refuses an item 
    reaches the window: then not even one answer token fits. A server that tokenizes plain
    text only (SGLang, llama-cpp-python) counts the messages' text without the template,
    which the template only adds to. A count that fails sends the item.
-3. **No tokenizer** (Ollama, LM Studio...): an estimate decides, set so that it does not
-   refuse an item that fits: :data:`BYTES_PER_TOKEN` bytes per token, about twice what
-   English text takes and more than any common text. Below that, the item is sent and the
-   server decides.
+3. **No tokenizer** (Ollama, LM Studio...): an estimate decides, one that no tokenizer's
+   count falls under: one token per word (a run of non-space characters). Bytes say
+   nothing sure here, since one token can cover a long run of spaces or of one punctuation
+   mark (byte-level BPE vocabularies hold such tokens); but no token spans the whitespace
+   between two words (BPE pre-tokenizers and SentencePiece split there). Below the
+   window, the item is sent and the server decides.
 
 Images and other non-text parts cannot be bounded by bytes: such items are always counted
 (or sent, without a tokenizer). Only the prompt is weighed, not ``max_tokens``: servers
@@ -25,7 +27,9 @@ the window), and the server still answers for the rest.
 :class:`FitGate` is the run's side: at most one context-length query per run, made when
 the first item that could overflow comes (an item bounded under :data:`FLOOR` tokens is
 sent without it), the rule, and the counts (after a server says it has no tokenizer, it is
-not asked again).
+not asked again). With several servers an item may go to any of them: the largest of their
+windows decides (each server still answers for itself), and none is used when one of them
+does not tell its window.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from lmlink._log import log
 if TYPE_CHECKING:
     from lmlink import AsyncClient
 
-__all__ = ["BYTES_PER_TOKEN", "FLOOR", "OVERHEAD", "PER_MESSAGE", "FitGate", "FitRule", "short"]
+__all__ = ["FLOOR", "OVERHEAD", "PER_MESSAGE", "FitGate", "FitRule", "short"]
 
 #: Tokens a chat template may add per message (role markers, separators).
 PER_MESSAGE = 16
@@ -51,9 +55,6 @@ OVERHEAD = 64
 #: worth running has a smaller window (and were one to, its own refusal is the item's
 #: error line). A run of short items makes no extra request at all.
 FLOOR = 512
-#: The estimate without a tokenizer: refuse only when even this many bytes per token
-#: cannot fit.
-BYTES_PER_TOKEN = 8
 
 
 def _size(messages: Sequence[Any]) -> int | None:
@@ -106,9 +107,10 @@ class FitRule:
 
     @staticmethod
     def estimate(messages: Sequence[Any]) -> int | None:
-        """A count that real text does not fall under, or None (non-text parts)."""
-        size = _size(messages)
-        return None if size is None else size // BYTES_PER_TOKEN
+        """A count no tokenizer falls under: the words of the text (runs of non-space
+        characters); None for non-text parts."""
+        text = _joined(messages)
+        return None if text is None else len(text.split())
 
     def refusal(self, tokens: int | None, *, counted: bool) -> PromptTooLongError | None:
         """The error for a prompt of ``tokens`` tokens, or None when it may be sent."""
@@ -128,14 +130,18 @@ class FitGate:
     """The run's check: :meth:`refusal` per item. The window is asked once, when the first
     item comes that it could matter for (none at all in a run of short items).
 
+    ``client`` is the run's client, or its clients when several servers share the work:
+    then the largest window decides, and the client of that server counts.
+
     >>> gate = FitGate(client, model)
     >>> error = await gate.refusal(item.messages)  # PromptTooLongError, or None: send it
     """
 
-    __slots__ = ("_asked", "_client", "_lock", "_mode", "_model", "_rule")
+    __slots__ = ("_asked", "_client", "_clients", "_lock", "_mode", "_model", "_rule")
 
-    def __init__(self, client: AsyncClient, model: str) -> None:
-        self._client = client
+    def __init__(self, client: AsyncClient | Sequence[AsyncClient], model: str) -> None:
+        self._clients = list(client) if isinstance(client, Sequence) else [client]
+        self._client = self._clients[0]
         self._model = model
         self._lock = asyncio.Lock()
         self._asked = False
@@ -150,14 +156,21 @@ class FitGate:
         if not self._asked:
             async with self._lock:
                 if not self._asked:
-                    try:
-                        window = await self._client.context_length(self._model)
-                    except LMLinkError as exc:
-                        log.info("lmlink: batch: context window unknown (%s)", exc)
-                        window = None
-                    self._rule = None if window is None else FitRule(window)
+                    windows = await asyncio.gather(*(self._window(c) for c in self._clients))
+                    known = [w for w in windows if w is not None]
+                    if known and len(known) == len(windows):
+                        largest = max(known)
+                        self._client = self._clients[windows.index(largest)]
+                        self._rule = FitRule(largest)
                     self._asked = True
         return self._rule
+
+    async def _window(self, client: AsyncClient) -> int | None:
+        try:
+            return await client.context_length(self._model)
+        except LMLinkError as exc:
+            log.info("lmlink: batch: context window of %s unknown (%s)", client.endpoint, exc)
+            return None
 
     async def refusal(self, messages: Sequence[Any]) -> PromptTooLongError | None:
         """Why the item must not be sent, or None. (The runner calls it only for items

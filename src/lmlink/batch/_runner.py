@@ -376,7 +376,9 @@ class Runner:
         self._work = self.pending()
         self._job = (pool, cache, model, where)
         # Items of the run's model are checked against its window (asked once, when needed).
-        self._fit = FitGate(pool.endpoints[0].client, model) if model is not None else None
+        # With several servers the largest window decides (each still answers for itself).
+        clients = [e.client for e in pool.endpoints]
+        self._fit = FitGate(clients, model) if model is not None else None
         flusher = asyncio.ensure_future(commit.run())
         flusher.add_done_callback(self._helper_ended)
         ticker = asyncio.ensure_future(self._tick())
