@@ -281,3 +281,30 @@ def test_empty_hooks_change_nothing(make_api: Callable[..., API], server: FakeSe
     api = make_api(event_hooks={"request": [], "response": []})
     assert api.chat("hi").content
     assert len(server.requests) == 1
+
+
+def test_embed_is_shown(make_api: Callable[..., API], server: FakeServer) -> None:
+    """embed() requests go through the hooks like chat's."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    if isinstance(api, AsyncAPI):
+        api.run(api.client.embed(["a", "b"]))
+    else:
+        api.client.embed(["a", "b"])
+    assert seen.requests[0].url == server.url + "/embeddings"
+    assert b'"input"' in seen.requests[0].body
+    assert [r.status_code for r in seen.responses] == [200]
+
+
+def test_token_count_requests_are_shown() -> None:
+    """count_tokens() sends its requests through the hooks too (llama.cpp's /tokenize)."""
+    seen = Recorder()
+    with FakeServer(model="fake-model", persona="llamacpp") as server:
+        client = lmlink.Client(endpoint=server.url, model="fake-model", event_hooks=seen.hooks)
+        with client:
+            assert client.count_tokens("Hello world") == 3
+        posted = [r for r in server.requests if r.method == "POST"]
+    shown = [r for r in seen.requests if r.method == "POST"]
+    assert [r.url.rsplit("/", 1)[-1] for r in shown] == ["tokenize"]
+    assert shown[-1].body == posted[-1].body
+    assert len(seen.responses) == len(seen.requests)

@@ -19,9 +19,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import lmlink
+import lmlink._observe
 import lmlink.otel
-from apis import API
-from lmlink.testing import FakeServer, Reply
+from apis import API, AsyncAPI
+from lmlink.testing import EmbedSettings, FakeServer, Reply
 
 
 class Telemetry:
@@ -143,6 +144,19 @@ def test_model_named_in_the_call_names_the_span(otel: Telemetry, api: API) -> No
     span = otel.span()
     assert span.name == "chat other-model"
     assert (span.attributes or {})["gen_ai.request.model"] == "other-model"
+
+
+def test_span_is_a_child_of_the_current_span(otel: Telemetry, api: API) -> None:
+    """A call made inside a span of the caller's is that span's child, plain and streamed."""
+    tracer = otel.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("job") as parent:
+        api.chat("hi")
+        api.stream("hi")
+    chats = [s for s in otel.spans() if s.name.startswith("chat ")]
+    assert len(chats) == 2
+    for span in chats:
+        assert span.parent is not None
+        assert span.parent.span_id == parent.get_span_context().span_id
 
 
 def test_failed_chat_span_has_error_type(otel: Telemetry, api: API, server: FakeServer) -> None:
@@ -320,6 +334,7 @@ def test_uninstrument_stops_and_reinstrument_starts(
     uninstrument() when not instrumented does nothing."""
     api = make_api()
     lmlink.otel.uninstrument()
+    before = list(lmlink._observe.observers)
     telemetry = Telemetry()
     lmlink.otel.instrument(tracer_provider=telemetry.tracer_provider)
     assert lmlink.otel.is_instrumented()
@@ -327,6 +342,7 @@ def test_uninstrument_stops_and_reinstrument_starts(
     lmlink.otel.uninstrument()
     lmlink.otel.uninstrument()
     assert not lmlink.otel.is_instrumented()
+    assert lmlink._observe.observers == before  # the seam is as it was: empty, the fast path
     api.chat("two")
     api.stream("three")
     assert len(telemetry.spans()) == 1
@@ -381,5 +397,64 @@ def test_import_lmlink_does_not_import_opentelemetry() -> None:
         "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'loaded'\n"
         "lmlink.otel.instrument()\n"
         "assert 'opentelemetry.trace' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _embed(api: API, *args: Any, **kwargs: Any) -> Any:
+    if isinstance(api, AsyncAPI):
+        return api.run(api.client.embed(*args, **kwargs))
+    return api.client.embed(*args, **kwargs)
+
+
+def test_embeddings_span(otel: Telemetry, api: API, server: FakeServer) -> None:
+    """embed() is one span ``embeddings {model}`` with the dimensions asked for, the
+    response model and the input tokens; its duration and input-token points are recorded."""
+    e = _embed(api, ["a cat", "a big dog"], dimensions=8)
+    assert len(e.vectors) == 2
+    span = otel.span()
+    attrs = span.attributes or {}
+    assert span.name == "embeddings fake-model"
+    assert span.kind is SpanKind.CLIENT
+    assert attrs["gen_ai.operation.name"] == "embeddings"
+    assert attrs["gen_ai.request.model"] == "fake-model"
+    assert attrs["gen_ai.embeddings.dimension.count"] == 8
+    assert attrs["gen_ai.usage.input_tokens"] == e.prompt_tokens == 5
+    assert attrs["gen_ai.response.model"] == "fake-model"
+    assert attrs["server.port"] == server.port
+    assert "gen_ai.usage.output_tokens" not in attrs
+    (duration,) = otel.points("gen_ai.client.operation.duration")
+    assert duration.attributes["gen_ai.operation.name"] == "embeddings"
+    tokens = otel.points("gen_ai.client.token.usage")
+    assert [(p.attributes["gen_ai.token.type"], p.sum) for p in tokens] == [("input", 5)]
+
+
+def test_embeddings_failure(otel: Telemetry, api: API, server: FakeServer) -> None:
+    """An embed() the server refuses (a text too long, as the fake server says it) fails
+    its span with the error's kind."""
+    server.embed = EmbedSettings(fail_on="BAD")
+    with pytest.raises(lmlink.ContextLengthError):
+        _embed(api, ["fine", "BAD text"], model="embedder", encoding_format="float")
+    span = otel.span()
+    assert span.name == "embeddings embedder"
+    attrs = span.attributes or {}
+    assert attrs["error.type"] == "lmlink.ContextLengthError"
+    assert attrs["gen_ai.request.encoding_formats"] == ("float",)
+
+
+def test_without_opentelemetry_instrument_says_what_to_install() -> None:
+    """Without opentelemetry installed, instrument() is a ConfigurationError naming the
+    extra, and lmlink itself works as before."""
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry'] = None  # as if it were not installed\n"
+        "import lmlink, lmlink.otel\n"
+        "try:\n"
+        "    lmlink.otel.instrument()\n"
+        "except lmlink.ConfigurationError as exc:\n"
+        "    assert \"pip install 'lmlink[otel]'\" in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+        "assert not lmlink.otel.is_instrumented()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -938,3 +938,8 @@ def test_command_line_server() -> None:
         finally:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 0
+
+
+def test_an_unknown_persona_is_a_clear_error_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown persona 'llama-server'.*llamacpp"):
+        FakeServer(persona="llama-server")

@@ -3,6 +3,7 @@ of each real server (its persona), blocking and asyncio."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,8 +11,15 @@ import pytest
 
 import lmlink
 from apis import API, AsyncAPI
-from lmlink._tokens import ollama_window
+from lmlink._tokens import (
+    TokenMemory,
+    context_steps,
+    count_steps,
+    ollama_served,
+    ollama_window,
+)
 from lmlink.testing import FakeServer
+from raw_http import RawServer
 
 HELLO = [{"role": "user", "content": "Hello world"}]
 # The fake's ChatML prompt of HELLO: <|im_start|> user \n Hello ␣world <|im_end|> \n
@@ -60,6 +68,7 @@ def posts(server: FakeServer) -> list[tuple[str, Any]]:
             "/extras/tokenize/count",
             {"model": "fake-model", "input": "Hello world"},
         ),
+        ("tgi", "/tokenize", {"inputs": "Hello world"}),
     ],
 )
 def test_count_text_per_server(api: API, server: FakeServer, path: str, body: Any) -> None:
@@ -74,6 +83,7 @@ def test_count_text_per_server(api: API, server: FakeServer, path: str, body: An
     [
         ("llamacpp", HELLO_CHAT + 1, ["/apply-template", "/tokenize"]),
         ("vllm", HELLO_CHAT, ["/tokenize"]),
+        ("tgi", HELLO_CHAT + 1, ["/chat_tokenize"]),
     ],
 )
 def test_count_messages_with_the_chat_template(
@@ -87,14 +97,13 @@ def test_count_messages_with_the_chat_template(
     assert sent[0][1]["messages"] == HELLO
 
 
+@pytest.mark.parametrize("persona", ["vllm"])
 def test_vllm_chat_body_asks_for_the_generation_prompt(api: API, server: FakeServer) -> None:
-    """vLLM is asked for the prompt a chat call would get: generation prompt included."""
-    server.persona = lmlink.testing.PERSONAS["vllm"]
-    server.owned_by = "vllm"
+    """vLLM is asked for the prompt a chat call would get: generation prompt included, the
+    model named."""
     call(api, "count_tokens", HELLO)
     body = posts(server)[-1][1]
-    assert body["add_generation_prompt"] is True
-    assert body["messages"] == HELLO
+    assert body == {"model": "fake-model", "messages": HELLO, "add_generation_prompt": True}
 
 
 @pytest.mark.parametrize(
@@ -111,7 +120,7 @@ def test_text_only_tokenizers_refuse_messages(api: API, server: FakeServer, name
 
 @pytest.mark.parametrize(
     ("persona", "name"),
-    [("ollama", "Ollama"), ("lmstudio", "LM Studio"), ("tgi", "TGI"), ("mlx", "mlx-lm")],
+    [("ollama", "Ollama"), ("lmstudio", "LM Studio"), ("mlx", "mlx-lm"), ("openai", "OpenAI")],
 )
 def test_no_tokenizer_is_a_typed_error_naming_the_server(
     api: API, server: FakeServer, persona: str, name: str
@@ -198,6 +207,7 @@ def test_api_key_is_sent(make_api: Callable[..., API], server: FakeServer) -> No
         ("llamacpp", "/props"),
         ("ollama", "/api/show"),
         ("lmstudio", "/api/v0/models"),
+        ("tgi", "/info"),
     ],
 )
 def test_context_length_per_server(api: API, server: FakeServer, path: str) -> None:
@@ -209,16 +219,16 @@ def test_context_length_per_server(api: API, server: FakeServer, path: str) -> N
     assert call(api, "context_length", "fake-model") == 2048
 
 
-@pytest.mark.parametrize("persona", ["vllm", "llamacpp", "ollama", "lmstudio", "sglang"])
+@pytest.mark.parametrize("persona", ["vllm", "llamacpp", "ollama", "lmstudio", "sglang", "tgi"])
 def test_context_length_none_when_not_told(api: API, server: FakeServer) -> None:
     """A server that does not report the window gives None, not a guess."""
     server.context_length = None
     assert call(api, "context_length") is None
 
 
-@pytest.mark.parametrize("persona", ["llama-cpp-python", "tgi", "mlx", None])
+@pytest.mark.parametrize("persona", ["llama-cpp-python", "mlx", None])
 def test_context_length_none_for_servers_that_never_say(api: API, server: FakeServer) -> None:
-    """llama-cpp-python, TGI, mlx-lm and unknown servers do not tell their window: None."""
+    """llama-cpp-python, mlx-lm and unknown servers do not tell their window: None."""
     assert call(api, "context_length") is None
 
 
@@ -259,3 +269,151 @@ def test_ollama_window_prefers_num_ctx() -> None:
     assert ollama_window({"model_info": {"qwen3.context_length": 40960}}) == 40960
     assert ollama_window({"model_info": {}}) is None
     assert ollama_window("garbage") is None
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_context_length_teaches_the_kind_to_count_tokens(api: API, server: FakeServer) -> None:
+    """The kind learned by context_length is reused: count_tokens asks no model list."""
+    server.owned_by = "vllm"
+    call(api, "context_length")
+    call(api, "count_tokens", "Hello world")
+    assert [(r.method, r.path) for r in server.requests] == [
+        ("GET", "/v1/models"),
+        ("POST", "/tokenize"),
+    ]
+
+
+@pytest.mark.parametrize("persona", [None])
+def test_old_llamacpp_without_apply_template(api: API, server: FakeServer) -> None:
+    """A llama.cpp build without /apply-template cannot count messages: a typed error that
+    says what to do, not a bare 404."""
+    server.owned_by = "llamacpp"
+    with pytest.raises(lmlink.UnsupportedError, match="no /apply-template"):
+        call(api, "count_tokens", HELLO)
+
+
+@pytest.mark.parametrize("persona", ["vllm"])
+def test_the_fake_tokenizer_is_public(api: API, server: FakeServer) -> None:
+    """Users can work out the fake server's counts with the same functions it uses."""
+    from lmlink.testing import chat_prompt, fake_tokens
+
+    assert call(api, "count_tokens", "a, b c") == len(fake_tokens("a, b c", bos=True)) == 5
+    assert call(api, "count_tokens", HELLO) == len(fake_tokens(chat_prompt(HELLO))) == HELLO_CHAT
+
+
+# -- the drivers, pure: answers in, requests out --------------------------------------
+
+
+def drive(steps: Any, answers: list[tuple[int, bytes]]) -> tuple[list[Any], Any]:
+    """Run a driver on canned answers; return the requests it made and its result (or the
+    exception it raised)."""
+    asked: list[Any] = []
+    reply: Any = None
+    try:
+        while True:
+            asked.append(steps.send(reply))
+            status, body = answers.pop(0)
+            reply = (status, {}, body)
+    except StopIteration as done:
+        return asked, done.value
+    except lmlink.LMLinkError as exc:
+        return asked, exc
+
+
+@pytest.mark.parametrize("miss", [400, 404, 405, 422, 501])
+def test_probe_moves_on_after_a_refusal(miss: int) -> None:
+    """While probing a server of no known tokenizer shape (LocalAI, a proxy), a refusal
+    means "not this shape"."""
+    memory = TokenMemory()
+    answers = [(miss, b"{}"), (200, b'{"count": 7}')]
+    asked, result = drive(count_steps(memory, "http://h:1/v1", "localai", "m", "x"), answers)
+    assert result == 7
+    assert [a.url for a in asked] == ["http://h:1/tokenize", "http://h:1/tokenize"]
+    assert asked[1].body == {"model": "m", "prompt": "x", "add_special_tokens": True}
+    assert memory.routes["http://h:1/v1"].name == "vllm"
+
+
+def test_probe_stops_at_a_server_error() -> None:
+    """A 500 is the server's failure, not a shape it lacks: raised at once."""
+    steps = count_steps(TokenMemory(), "http://h:1/v1", "localai", None, "x")
+    asked, result = drive(steps, [(500, b'{"error": "boom"}')])
+    assert isinstance(result, lmlink.InternalServerError)
+    assert len(asked) == 1
+
+
+def test_known_kind_decodes_strictly() -> None:
+    """A known server's answer that holds no count is a DecodeError, not a guess."""
+    steps = count_steps(TokenMemory(), "http://h:1/v1", "llamacpp", None, "x")
+    _, result = drive(steps, [(200, b'{"nothing": 1}')])
+    assert isinstance(result, lmlink.DecodeError)
+
+
+def test_context_steps_reads_max_model_len_first() -> None:
+    """A window in the model list is taken without asking anything else."""
+    listing = b'{"data": [{"id": "a", "max_model_len": 32768}]}'
+    asked, result = drive(
+        context_steps(TokenMemory(), "http://h:1/v1", None, "a"), [(200, listing)]
+    )
+    assert result == 32768
+    assert len(asked) == 1
+
+
+def test_context_steps_lmstudio_falls_back_to_the_v1_listing() -> None:
+    """LM Studio without the v0 API: the v1 listing's loaded instance gives the window."""
+    v1 = (
+        b'{"models": [{"key": "q", "max_context_length": 131072,'
+        b' "loaded_instances": [{"id": "q", "config": {"context_length": 8192}}]}]}'
+    )
+    answers = [(200, b'{"data": [{"id": "q"}]}'), (404, b"{}"), (200, v1)]
+    asked, result = drive(context_steps(TokenMemory(), "http://h:1/v1", "lmstudio", "q"), answers)
+    assert result == 8192
+    assert [a.url for a in asked][1:] == ["http://h:1/api/v0/models", "http://h:1/api/v1/models"]
+
+
+def _answer(sock: socket.socket, status: str, body: bytes, extra: str = "") -> None:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+
+
+def test_count_tokens_waits_out_a_busy_server(make_api: Callable[..., API]) -> None:
+    """A 503 with Retry-After on the tokenizer endpoint is retried like any call's."""
+
+    def script(n: int, sock: socket.socket) -> None:
+        if n == 0:
+            _answer(sock, "200 OK", b'{"data": [{"id": "m", "owned_by": "llamacpp"}]}')
+        elif n == 1:
+            _answer(sock, "503 Service Unavailable", b'{"error": "busy"}', "Retry-After: 0\r\n")
+        else:
+            _answer(sock, "200 OK", b'{"tokens": [1, 2, 3, 4]}')
+
+    raw = RawServer(script)
+    try:
+        assert call(make_api(endpoint=raw.url), "count_tokens", "four tokens here") == 4
+        assert raw.requests == 3
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("persona", ["ollama"])
+def test_ollama_loaded_model_gives_the_served_window(api: API, server: FakeServer) -> None:
+    """Once Ollama has loaded the model (a chat asked for it), /api/ps says the window it
+    serves; /api/show is not asked."""
+    api.chat("hi")
+    server.context_length = 2048
+    assert call(api, "context_length") == 2048
+    asked = [r.path for r in server.requests if r.method != "POST" or "chat" not in r.path]
+    assert asked[-1] == "/api/ps"
+    assert "/api/show" not in asked
+
+
+def test_ollama_served_matches_names_with_and_without_tag() -> None:
+    """A model asked for as ``llama3`` is the loaded ``llama3:latest``."""
+    ps = {"models": [{"name": "llama3:latest", "model": "llama3:latest", "context_length": 4096}]}
+    assert ollama_served(ps, "llama3") == 4096
+    assert ollama_served(ps, "llama3:latest") == 4096
+    assert ollama_served(ps, "qwen3:8b") is None
+    assert ollama_served({"models": [{"name": "llama3:latest"}]}, "llama3") is None
+    assert ollama_served(None, "llama3") is None

@@ -54,7 +54,8 @@ class AsyncClient(ClientCore):
     ...     resp = await client.chat("Say hi")
 
     One client may serve several event loops (in several threads, or one after another):
-    each loop gets a connection pool of its own (up to ``max_connections`` each).
+    each loop gets a connection pool of its own (up to ``max_connections`` each). Its
+    ``event_hooks`` may be async functions too: what they return is awaited.
     """
 
     _pools: LoopPools
@@ -222,11 +223,19 @@ class AsyncClient(ClientCore):
         **extra: Any,
     ) -> Embeddings:
         """The embedding vectors of ``inputs`` (see :meth:`Client.embed`)."""
-        from ._embed import embed_answer, embed_call
+        from ._embed import embed_call
 
         await self._ensure_endpoint()
         call, count = embed_call(self, inputs, model, dimensions, extra)
         run = self._attempts(call)
+        if _observe.observers:  # instrumented (lmlink.otel)
+            op = _observe.embeddings_operation(call.url, model or self.model, dimensions, extra)
+            return await _observe.acall(op, self._embed, run, count)
+        return await self._embed(run, count)
+
+    async def _embed(self, run: Attempts, count: int) -> Embeddings:
+        from ._embed import embed_answer
+
         while True:  # bounded: by the retry budget
             try:
                 async with await self._open(run.call) as resp:
@@ -263,7 +272,7 @@ class AsyncClient(ClientCore):
         endpoint = self._url("")
         kind = self._caps.kinds.get(endpoint)
         return await self._converse(
-            context_steps(endpoint, kind, model or self._model, self.redact)
+            context_steps(memory_of(self), endpoint, kind, model or self._model, self.redact)
         )
 
     async def _converse(self, steps: Generator[Ask, Reply, T]) -> T:

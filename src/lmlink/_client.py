@@ -256,11 +256,19 @@ class Client(ClientCore):
         >>> len(e.vectors), e.prompt_tokens
         (2, 4)
         """
-        from ._embed import embed_answer, embed_call
+        from ._embed import embed_call
 
         self._ensure_endpoint()
         call, count = embed_call(self, inputs, model, dimensions, extra)
         run = self._attempts(call)
+        if _observe.observers:  # instrumented (lmlink.otel)
+            op = _observe.embeddings_operation(call.url, model or self.model, dimensions, extra)
+            return _observe.call(op, self._embed, run, count)
+        return self._embed(run, count)
+
+    def _embed(self, run: Attempts, count: int) -> Embeddings:
+        from ._embed import embed_answer
+
         while True:  # bounded: by the retry budget
             try:
                 with self._open(run.call) as resp:
@@ -290,9 +298,9 @@ class Client(ClientCore):
     def count_tokens(self, what: str | MessagesInput, *, model: str | None = None) -> int:
         """How many tokens the server's own tokenizer makes of ``what``: a string as plain
         text (with the BOS token a prompt gets), messages as the prompt of a chat call
-        (the model's chat template applied by the server). llama.cpp, vLLM, SGLang and
-        llama-cpp-python have a tokenizer endpoint (the last two count text only); other
-        servers raise UnsupportedError. The endpoint that worked is remembered.
+        (the model's chat template applied by the server). llama.cpp, vLLM, TGI, SGLang
+        and llama-cpp-python have a tokenizer endpoint (the last two count text only);
+        other servers raise UnsupportedError. The endpoint that worked is remembered.
 
         >>> client.count_tokens("Hello world")
         3
@@ -306,8 +314,8 @@ class Client(ClientCore):
 
     def context_length(self, model: str | None = None) -> int | None:
         """The model's context window in tokens, as the server tells it (vLLM/SGLang
-        ``max_model_len``, llama.cpp ``/props``, Ollama ``/api/show``, LM Studio's model
-        list), or None when it does not say.
+        ``max_model_len``, llama.cpp ``/props``, Ollama ``/api/ps`` or ``/api/show``, LM
+        Studio's model list, TGI ``/info``), or None when it does not say.
 
         >>> client.context_length()
         8192
@@ -315,7 +323,9 @@ class Client(ClientCore):
         self._ensure_endpoint()
         endpoint = self._url("")
         kind = self._caps.kinds.get(endpoint)
-        return self._converse(context_steps(endpoint, kind, model or self._model, self.redact))
+        return self._converse(
+            context_steps(memory_of(self), endpoint, kind, model or self._model, self.redact)
+        )
 
     def _converse(self, steps: Generator[Ask, Reply, T]) -> T:
         """Run a driver of ``_tokens``: its requests one after another."""

@@ -31,6 +31,7 @@ __all__ = [
     "acall",
     "call",
     "chat_operation",
+    "embeddings_operation",
     "observers",
     "start",
 ]
@@ -152,6 +153,19 @@ def chat_operation(plan: ChatPlan, url: str) -> Operation:
         if "max_tokens" not in params and extra.get("max_completion_tokens") is not None:
             params["max_tokens"] = extra["max_completion_tokens"]
     return Operation("chat", spec.model, url, stream=plan.stream, params=params)
+
+
+def embeddings_operation(
+    url: str, model: str | None, dimensions: int | None, extra: Mapping[str, Any]
+) -> Operation:
+    """The :class:`Operation` of an ``embed`` call (its model already checked)."""
+    params: dict[str, Any] = {}
+    if dimensions is not None:
+        params["dimensions"] = dimensions
+    encoding = extra.get("encoding_format")
+    if isinstance(encoding, str):
+        params["encoding_format"] = encoding
+    return Operation("embeddings", model or "", url, params=params)
 
 
 def call(op: Operation, fn: Callable[..., T], *args: Any) -> T:

@@ -17,9 +17,14 @@ Where each server keeps them (read from their source):
   "count", "max_model_len"}``; plain text only. Window: ``/v1/models`` ``max_model_len``.
 - llama-cpp-python: ``POST /extras/tokenize/count`` ``{"input", "model"}`` → ``{"count"}``;
   plain text only, the BOS token always counted. Window: not told.
-- Ollama: no tokenizer. Window: ``POST /api/show`` ``{"model"}``: ``num_ctx`` in
-  ``parameters`` when the model sets one (what Ollama runs it with), else
-  ``model_info["<arch>.context_length"]`` (what the model was trained for).
+- TGI: ``POST /tokenize`` ``{"inputs"}`` → a list of ``{"id", "text", "start", "stop"}``;
+  messages through ``POST /chat_tokenize`` ``{"model", "messages"}`` →
+  ``{"tokenize_response": [...], "templated_text"}``. Window: ``GET /info`` →
+  ``max_total_tokens``.
+- Ollama: no tokenizer. Window: ``GET /api/ps`` ``context_length`` while the model is
+  loaded (what Ollama serves it with); else ``POST /api/show`` ``{"model"}``: ``num_ctx``
+  in ``parameters`` when the model sets one, else ``model_info["<arch>.context_length"]``
+  (what it was trained for, at least the served window).
 - LM Studio: no tokenizer over HTTP. Window: the model's ``GET /api/v0/models`` entry,
   ``loaded_context_length`` or else ``max_context_length`` (``GET /api/v1/models``, the
   newer listing, when there is no v0).
@@ -56,6 +61,7 @@ __all__ = [
     "context_steps",
     "count_steps",
     "memory_of",
+    "ollama_served",
     "ollama_window",
     "raw_answer",
 ]
@@ -101,30 +107,40 @@ _LLAMACPP = Route("llamacpp", chat=True)
 _VLLM = Route("vllm", chat=True)
 _SGLANG = Route("sglang", chat=False)
 _LLAMA_CPP_PYTHON = Route("llama-cpp-python", chat=False)
+_TGI = Route("tgi", chat=True)
 
 _ROUTES = {
     "llamacpp": (_LLAMACPP,),
     "vllm": (_VLLM,),
     "sglang": (_SGLANG,),
     "llama-cpp-python": (_LLAMA_CPP_PYTHON,),
+    "tgi": (_TGI,),
     # Known to have no tokenizer endpoint: no request at all.
     "ollama": (),
     "lmstudio": (),
     "mlx": (),
     "openai": (),
-    "tgi": (),
 }
 # Any other server (a proxy, LocalAI, one not identified): each shape in turn.
 _PROBE = (_LLAMACPP, _VLLM, _LLAMA_CPP_PYTHON)
 
 
 class TokenMemory:
-    """What one client learned: the tokenizer route that worked, per endpoint."""
+    """What one client learned, per endpoint: the server's kind, and the tokenizer route
+    that worked."""
 
-    __slots__ = ("routes",)
+    __slots__ = ("kinds", "routes")
 
     def __init__(self) -> None:
+        self.kinds: dict[str, str] = {}
         self.routes: dict[str, Route] = {}
+
+    def kind(self, endpoint: str, known: str | None) -> str | None:
+        """The kind of the server at ``endpoint``: ``known`` (what the client learned
+        elsewhere) unless it is unknown, else what a driver here found."""
+        if known is not None and known != "unknown":
+            return known
+        return self.kinds.get(endpoint)
 
 
 def memory_of(core: ClientCore) -> TokenMemory:
@@ -170,9 +186,14 @@ def _payload(reply: Reply) -> Any:
 
 
 def _count_in(payload: Any) -> int | None:
-    """``{"count": n}`` (vLLM, SGLang, llama-cpp-python's /count) or ``{"tokens": [...]}``."""
+    """``{"count": n}`` (vLLM, SGLang, llama-cpp-python's /count), ``{"tokens": [...]}``
+    (llama.cpp), a list of tokens (TGI) or ``{"tokenize_response": [...]}`` (TGI's chat)."""
+    if isinstance(payload, list):
+        return len(payload)
     if not isinstance(payload, dict):
         return None
+    if isinstance(payload.get("tokenize_response"), list):
+        return len(payload["tokenize_response"])
     count = payload.get("count")
     if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
         return count
@@ -191,7 +212,8 @@ def _judge(
         raise error_from_response(status, headers, body, redact=redact)
     value = read(_payload(reply))
     if value is None and not probing:
-        raise DecodeError(f"the server's {what} answer is not what it should be: {body[:200]!r}")
+        shown = redact(repr(body[:200]))
+        raise DecodeError(f"the server's {what} answer is not what it should be: {shown}")
     return value
 
 
@@ -214,11 +236,24 @@ def _ask_count(
     if route is _LLAMACPP:
         if messages is not None:
             reply = yield Ask("POST", origin + "/apply-template", {"messages": messages})
+            if not probing and reply[0] == 404:
+                raise UnsupportedError(
+                    f"the llama.cpp server at {origin} has no /apply-template (a build older "
+                    "than 2025): pass a string to count_tokens, or update the server",
+                    server="llamacpp",
+                )
             text = _judge(reply, _prompt_in, probing, redact, "/apply-template")
             if text is None:
                 return None
         reply = yield Ask("POST", origin + "/tokenize", {"content": text, "add_special": True})
         return _judge(reply, _count_in, probing, redact, "/tokenize")  # type: ignore[no-any-return]
+    if route is _TGI:
+        if messages is not None:
+            chat = {"model": model or "tgi", "messages": messages}
+            reply = yield Ask("POST", origin + "/chat_tokenize", chat)
+        else:
+            reply = yield Ask("POST", origin + "/tokenize", {"inputs": text})
+        return _judge(reply, _count_in, probing, redact, "tokenize")  # type: ignore[no-any-return]
     if route is _LLAMA_CPP_PYTHON:
         body: dict[str, Any] = {**named, "input": text}
         reply = yield Ask("POST", origin + "/extras/tokenize/count", body)
@@ -245,16 +280,18 @@ def count_steps(
     text, messages = _split(what)
     origin = origin_of(endpoint)
     known = memory.routes.get(endpoint)
+    kind = memory.kind(endpoint, kind)
     if known is not None:
         candidates: tuple[Route, ...] = (known,)
     else:
-        if kind is None or kind == "unknown":
+        if kind is None:
             kind = identify((yield Ask("GET", endpoint + "/models")), None)[0]
+            memory.kinds[endpoint] = kind
         candidates = _ROUTES.get(kind, _PROBE)
         if not candidates:
             raise UnsupportedError(
                 f"the {_label(kind)} server at {endpoint} has no tokenizer endpoint: "
-                "count_tokens needs llama.cpp, vLLM, SGLang or llama-cpp-python",
+                "count_tokens needs llama.cpp, vLLM, SGLang, TGI or llama-cpp-python",
                 server=kind,
             )
     probing = len(candidates) > 1
@@ -274,7 +311,7 @@ def count_steps(
     what_kind = "chat messages" if messages is not None else "text"
     raise UnsupportedError(
         f"the server at {endpoint} answered none of the tokenizer endpoints lmlink knows "
-        f"for {what_kind} (llama.cpp, vLLM, SGLang, llama-cpp-python)",
+        f"for {what_kind} (llama.cpp, vLLM, SGLang, llama-cpp-python, TGI)",
         server=kind or "unknown",
     )
 
@@ -335,6 +372,16 @@ def ollama_window(payload: Any) -> int | None:
     return None
 
 
+def ollama_served(payload: Any, model: str) -> int | None:
+    """The window Ollama serves ``model`` with, from ``/api/ps`` (only while it is loaded)."""
+    models = payload.get("models") if isinstance(payload, dict) else None
+    names = {model, model if ":" in model else model + ":latest"}
+    for entry in models if isinstance(models, list) else ():
+        if isinstance(entry, dict) and (entry.get("name") in names or entry.get("model") in names):
+            return _whole(entry.get("context_length"))
+    return None
+
+
 def _lmstudio_v0(payload: Any, model: str | None) -> int | None:
     data = payload.get("data") if isinstance(payload, dict) else None
     entry = _entry(data, "id", model)
@@ -361,15 +408,17 @@ def _ok(reply: Reply) -> Any:
 
 
 def context_steps(
-    endpoint: str, kind: str | None, model: str | None, redact: Redact = str
+    memory: TokenMemory, endpoint: str, kind: str | None, model: str | None, redact: Redact = str
 ) -> Generator[Ask, Reply, int | None]:
     """The model's context window in tokens, or None when the server does not say."""
     origin = origin_of(endpoint)
     listing = yield Ask("GET", endpoint + "/models")
     if listing[0] >= 300:
         raise error_from_response(*listing, redact=redact)
-    if kind is None or kind == "unknown":
+    kind = memory.kind(endpoint, kind)
+    if kind is None:
         kind = identify(listing, None)[0]
+        memory.kinds[endpoint] = kind
     payload = _payload(listing)
     data = payload.get("data") if isinstance(payload, dict) else None
     entry = _entry(data, "id", model)
@@ -382,12 +431,18 @@ def context_steps(
     if kind == "ollama":
         if model is None:
             return None
+        served = ollama_served(_ok((yield Ask("GET", origin + "/api/ps"))), model)
+        if served is not None:
+            return served
         return ollama_window(_ok((yield Ask("POST", origin + "/api/show", {"model": model}))))
     if kind == "lmstudio":
         reply = yield Ask("GET", origin + "/api/v0/models")
         if reply[0] == 200:
             return _lmstudio_v0(_payload(reply), model)
         return _lmstudio_v1(_ok((yield Ask("GET", origin + "/api/v1/models"))), model)
+    if kind == "tgi":
+        info = _ok((yield Ask("GET", origin + "/info")))
+        return _whole(info.get("max_total_tokens")) if isinstance(info, dict) else None
     if kind in ("llamacpp", "unknown", "localai"):
         return _n_ctx(_ok((yield Ask("GET", origin + "/props"))))
     return None

@@ -19,7 +19,9 @@ settings that were given (``gen_ai.request.max_tokens``, ``temperature``, ``top_
 ``output_tokens`` (when the server reported usage), ``server.address`` / ``server.port``.
 Retries stay inside the one span. A stream's span ends when the stream does: at its last
 event, at an error, or when the caller leaves it early (then with what had arrived, no
-finish reason).
+finish reason). ``embed`` calls are spans named ``embeddings {model}``, with
+``gen_ai.embeddings.dimension.count`` (``dimensions=``), ``gen_ai.request.encoding_formats``
+and the input tokens.
 
 A call that ends in an exception gets the status ERROR, the exception as an event, and
 ``error.type``: for lmlink's own errors their public name (``lmlink.RateLimitError``,
@@ -148,16 +150,17 @@ def error_type(exc: BaseException) -> str:
 class _OtelObserver:
     """Turns each observed call into a span and metric points."""
 
-    __slots__ = ("duration", "tokens", "tracer")
+    __slots__ = ("client", "duration", "tokens", "tracer")
 
     def __init__(self, tracer: Tracer, duration: Histogram, tokens: Histogram) -> None:
+        from opentelemetry.trace import SpanKind
+
         self.tracer = tracer
         self.duration = duration
         self.tokens = tokens
+        self.client = SpanKind.CLIENT
 
     def start(self, op: _observe.Operation) -> _SpanWatch:
-        from opentelemetry.trace import SpanKind
-
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": op.name,
             "gen_ai.provider.name": PROVIDER,
@@ -175,11 +178,17 @@ class _OtelObserver:
             attributes["gen_ai.request.stop_sequences"] = [stop]
         elif isinstance(stop, Sequence) and all(isinstance(s, str) for s in stop):
             attributes["gen_ai.request.stop_sequences"] = list(stop)
+        dimensions = params.get("dimensions")
+        if isinstance(dimensions, int):
+            attributes["gen_ai.embeddings.dimension.count"] = dimensions
+        encoding = params.get("encoding_format")
+        if isinstance(encoding, str):
+            attributes["gen_ai.request.encoding_formats"] = [encoding]
         n = params.get("n")
         if isinstance(n, int) and not isinstance(n, bool) and n != 1:
             attributes["gen_ai.request.choice.count"] = n
         span = self.tracer.start_span(
-            f"{op.name} {op.model}", kind=SpanKind.CLIENT, attributes=attributes
+            f"{op.name} {op.model}", kind=self.client, attributes=attributes
         )
         return _SpanWatch(self, op, span)
 
@@ -207,27 +216,28 @@ class _SpanWatch:
 
     def end(self, result: Any) -> None:
         elapsed = time.perf_counter() - self._started
-        span = self._span
-        model = getattr(result, "model", None)
+        attributes: dict[str, Any] = {}
         metric = self._metric_attributes()
+        model = getattr(result, "model", None)
         if model:
-            span.set_attribute("gen_ai.response.model", model)
-            metric["gen_ai.response.model"] = model
+            attributes["gen_ai.response.model"] = metric["gen_ai.response.model"] = model
         raw = getattr(result, "raw", None)
         if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-            span.set_attribute("gen_ai.response.id", raw["id"])
+            attributes["gen_ai.response.id"] = raw["id"]
         choices = getattr(result, "choices", None)
         if isinstance(choices, list):
             reasons = [c.finish_reason for c in choices if c.finish_reason is not None]
             if reasons:
-                span.set_attribute("gen_ai.response.finish_reasons", reasons)
+                attributes["gen_ai.response.finish_reasons"] = reasons
         usage = {
             "input": getattr(result, "prompt_tokens", None),
             "output": getattr(result, "output_tokens", None),
         }
         for kind, count in usage.items():
             if count is not None:
-                span.set_attribute(f"gen_ai.usage.{kind}_tokens", count)
+                attributes[f"gen_ai.usage.{kind}_tokens"] = count
+        span = self._span
+        span.set_attributes(attributes)  # one call: the SDK locks once per call
         span.end()
         observer = self._observer
         observer.duration.record(elapsed, metric)

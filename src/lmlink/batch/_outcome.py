@@ -116,7 +116,8 @@ def error_record(
     """The output line of a failure; ``type`` is the lmlink error class name. The message
     goes through ``redact`` too: the client blanks its errors, this guards the file. An
     answer that failed its schema keeps the model's text as ``raw``."""
-    status = exc.status_code if isinstance(exc, APIStatusError) else None
+    # 0: an error lmlink raised without asking (a prompt too long to send).
+    status = exc.status_code or None if isinstance(exc, APIStatusError) else None
     message = redact(str(exc))
     error: dict[str, Any] = {"type": type(exc).__name__, "message": message, "status_code": status}
     if isinstance(exc, StructuredOutputError):

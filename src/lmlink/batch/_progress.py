@@ -65,6 +65,8 @@ class Progress:
     final: bool = False
     ceiling: int = 0
     endpoints: tuple[EndpointShare, ...] = ()
+    #: False for a run whose answers are not generated text (embeddings): no tokens/s.
+    generates: bool = True
 
     @property
     def rate(self) -> float:

@@ -41,6 +41,7 @@ from lmlink._models import ChatResponse
 from ._cache import ResponseCache, cache_key
 from ._commit import GroupCommit
 from ._doneset import DigestSet, digest
+from ._fit import FitGate, short
 from ._header import BATCH_OUTPUT, describe_changes, make_settings
 from ._input import BatchInputError, BatchItem, Problem, items_from_rows
 from ._journal import Journal, JournalState, SettingsChangedError, encode_record
@@ -167,6 +168,7 @@ class Runner:
         self._exhausted = False
         self._ended: asyncio.Event | None = None
         self._failure: BaseException | None = None
+        self._fit: FitGate | None = None  # prompts against the context window, by _drive
 
     # -- setup --------------------------------------------------------------------------
 
@@ -373,6 +375,8 @@ class Runner:
         self._ended = ended = asyncio.Event()
         self._work = self.pending()
         self._job = (pool, cache, model, where)
+        # Items of the run's model are checked against its window (asked once, when needed).
+        self._fit = FitGate(pool.endpoints[0].client, model) if model is not None else None
         flusher = asyncio.ensure_future(commit.run())
         flusher.add_done_callback(self._helper_ended)
         ticker = asyncio.ensure_future(self._tick())
@@ -439,6 +443,12 @@ class Runner:
                     hits += 1
                     if hits % 16 == 0:
                         await asyncio.sleep(0)  # a run of hits must not starve the loop
+                    await self._commit.room()
+                    continue
+            if self._fit is not None and item_model == model and not short(item.messages):
+                refused = await self._fit.refusal(item.messages)
+                if refused is not None:  # its prompt alone fills the window: not sent
+                    self._record_error(item, refused)
                     await self._commit.room()
                     continue
             # Streams give a real TTFT; structured output is re-asked only on plain requests.
@@ -517,6 +527,7 @@ class Runner:
             final=final,
             ceiling=pool.ceiling if pool is not None else self._ceiling,
             endpoints=pool.shares() if pool is not None and len(pool.endpoints) > 1 else (),
+            generates=self.kind == BATCH_OUTPUT,
         )
 
     def _emit(self, *, final: bool = False) -> None:

@@ -1,5 +1,6 @@
 """A fake OpenAI-compatible LLM server for tests: real HTTP on 127.0.0.1, scripted answers,
-the wire quirks of Ollama, vLLM, llama.cpp, SGLang, TGI and mlx-lm, and injectable faults.
+the wire quirks of Ollama, vLLM, llama.cpp, SGLang, TGI and mlx-lm, injectable faults, and
+embeddings (a fixed vector per text, :class:`EmbedSettings` for the servers' differences).
 
 Standalone: it imports nothing else from lmlink, only the standard library (and orjson when
 present), so any client can be tested against it.
@@ -27,6 +28,7 @@ from ._personas import PERSONAS, Persona
 from ._replies import CANNED_REPLY, DIALECTS, Faults, Reply
 from ._server import FakeServer, Responder
 from ._shapes import SHAPES, ServerShape, ShapeModel, ShapeServer, SimResult, simulate
+from ._tokenize import chat_prompt, fake_tokens
 
 __all__ = [
     "PERSONAS",
@@ -45,7 +47,9 @@ __all__ = [
     "ShapeServer",
     "SimResult",
     "Stats",
+    "chat_prompt",
     "embedding_of",
+    "fake_tokens",
     "sensible_reply",
     "simulate",
 ]

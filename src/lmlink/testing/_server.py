@@ -100,6 +100,8 @@ class FakeServer:
     ) -> None:
         self.model = model
         #: The real server this one imitates where servers differ (see ``PERSONAS``).
+        if persona is not None and persona not in PERSONAS:
+            raise ValueError(f"unknown persona {persona!r}; one of: {', '.join(PERSONAS)}")
         self.persona: Persona | None = PERSONAS[persona] if persona is not None else None
         self.host = host
         self.models: list[str] = list(models) if models is not None else [model]

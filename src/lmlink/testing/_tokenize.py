@@ -14,7 +14,12 @@ A persona answers where its real server does (``FakeServer(persona="vllm")`` and
   "count", "max_model_len"}``; ``max_model_len`` in ``/v1/models``.
 - ``llama-cpp-python``: ``POST /extras/tokenize`` ``{"input"}`` → ``{"tokens"}`` and
   ``/extras/tokenize/count`` → ``{"count"}``, the BOS token always added.
-- ``ollama``: ``POST /api/show`` ``{"model"}`` with ``model_info["<arch>.context_length"]``.
+- ``tgi``: ``POST /tokenize`` ``{"inputs"}`` → a list of ``{"id", "text", "start",
+  "stop"}`` (BOS first); ``POST /chat_tokenize`` ``{"messages"}`` → ``{"tokenize_response",
+  "templated_text"}``; ``GET /info`` with ``max_total_tokens``.
+- ``ollama``: ``GET /api/ps`` lists the models a chat request asked for, with
+  ``context_length``; ``POST /api/show`` ``{"model"}`` with
+  ``model_info["<arch>.context_length"]``.
 - ``lmstudio``: ``GET /api/v0/models`` with ``max_context_length``.
 
 The tokenizer is a toy with fixed rules, so that tests can work counts out by hand: a word
@@ -171,6 +176,23 @@ def _ollama_show(srv: FakeServer, body: dict[str, Any]) -> Plan:
     )
 
 
+def _ollama_ps(srv: FakeServer) -> Plan:
+    """The models loaded: those a chat request asked for (Ollama loads on first use)."""
+    chatted = {
+        r.json.get("model")
+        for r in srv.requests
+        if r.method == "POST" and r.path.endswith("/chat/completions") and isinstance(r.json, dict)
+    }
+    loaded = []
+    for m in srv.models:
+        if m in chatted:
+            entry: dict[str, Any] = {"name": m, "model": m, "size": 1 << 30, "size_vram": 1 << 30}
+            if srv.context_length is not None:
+                entry["context_length"] = srv.context_length
+            loaded.append(entry)
+    return json_plan(200, {"models": loaded})
+
+
 def _lmstudio_models(srv: FakeServer) -> Plan:
     entries = []
     for m in srv.models:
@@ -188,6 +210,46 @@ def _lmstudio_models(srv: FakeServer) -> Plan:
             entry["max_context_length"] = srv.context_length
         entries.append(entry)
     return json_plan(200, {"object": "list", "data": entries}, {"X-Powered-By": "Express"})
+
+
+def _tgi_tokens(text: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"id": BOS, "text": "<s>", "start": 0, "stop": 0}]
+    at = 0
+    for piece, i in zip(_PIECE.findall(text), fake_tokens(text), strict=True):
+        out.append({"id": i, "text": piece, "start": at, "stop": at + len(piece)})
+        at += len(piece)
+    return out
+
+
+def _tgi(srv: FakeServer, path: str, request: RecordedRequest, body: dict[str, Any]) -> Plan | None:
+    if path == "/info" and request.method == "GET":
+        info: dict[str, Any] = {
+            "model_id": srv.model,
+            "version": "3.3.6",
+            "max_client_batch_size": 4,
+        }
+        if srv.context_length is not None:
+            info.update(
+                max_input_tokens=srv.context_length - 1, max_total_tokens=srv.context_length
+            )
+        return json_plan(200, info)
+    if request.method != "POST":
+        return None
+    if path == "/tokenize":
+        if not isinstance(body.get("inputs"), str):
+            return Plan(
+                status=422,
+                headers=[("Content-Type", "text/plain; charset=utf-8")],
+                body=b"Failed to deserialize the JSON body: missing field `inputs`",
+            )
+        return json_plan(200, _tgi_tokens(body["inputs"]))
+    if path == "/chat_tokenize":
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return json_plan(422, {"error": "missing field `messages`", "error_type": "validation"})
+        prompt = chat_prompt(messages)
+        return json_plan(200, {"tokenize_response": _tgi_tokens(prompt), "templated_text": prompt})
+    return None
 
 
 def serve_tokens(srv: FakeServer, request: RecordedRequest, path: str) -> Plan | None:
@@ -217,6 +279,10 @@ def serve_tokens(srv: FakeServer, request: RecordedRequest, path: str) -> Plan |
         if path == "/extras/tokenize/count":
             return json_plan(200, {"count": len(ids)})
         return json_plan(200, {"tokens": ids}) if path == "/extras/tokenize" else None
+    if persona == "tgi":
+        return _tgi(srv, path, request, body)
+    if persona == "ollama" and path == "/api/ps" and request.method == "GET":
+        return _ollama_ps(srv)
     if persona == "ollama" and post and path == "/api/show":
         return _ollama_show(srv, body)
     if persona == "lmstudio" and path == "/api/v0/models" and request.method == "GET":
