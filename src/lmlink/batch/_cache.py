@@ -27,7 +27,7 @@ from lmlink._log import log
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = ["ResponseCache", "cache_key"]
+__all__ = ["ResponseCache", "cache_key", "check_cache"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -79,6 +79,56 @@ def cache_key(endpoint: str, model: str, messages: Any, params: Mapping[str, Any
     except TypeError:  # orjson.JSONEncodeError included
         return None
     return hashlib.sha256(blob).hexdigest()
+
+
+def check_cache(path: str | Path) -> None:
+    """Raise ConfigurationError, with one line saying why, if ``path`` cannot be a cache
+    (a directory, a file that cannot be read and written, a file that is not an SQLite
+    database, a database of something else, a folder that does not exist). Nothing on
+    disk changes: a run checks its cache this way before it opens its output.
+    """
+    import sqlite3
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigurationError(f"the cache {path} is a directory; give the path of a file")
+    if not path.exists():
+        parent = path.parent
+        if not parent.is_dir():
+            raise ConfigurationError(
+                f"cannot create the cache {path}: the folder {parent} does not exist"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigurationError(f"cannot create the cache {path}: {parent} is read-only")
+        return
+    try:
+        # r+b neither truncates nor touches the file; it fails if it is not ours to write.
+        with open(path, "r+b") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot use the cache {path}: {exc.strerror or exc}") from exc
+    if not head:
+        return  # an empty file: SQLite makes it a database
+    if head != b"SQLite format 3\x00":
+        raise ConfigurationError(
+            f"{path} is not an lmlink cache (not an SQLite database); give the cache another file"
+        )
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            columns = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ConfigurationError(
+            f"{path} is not a usable lmlink cache ({exc}); give the cache another file"
+        ) from exc
+    if tables and not {"key", "value", "created"} <= columns:
+        raise ConfigurationError(
+            f"{path} is an SQLite database of something else, not an lmlink cache; "
+            "give the cache another file"
+        )
 
 
 class ResponseCache:

@@ -38,7 +38,7 @@ from lmlink._errors import (
 )
 from lmlink._models import ChatResponse
 
-from ._cache import ResponseCache, cache_key
+from ._cache import ResponseCache, cache_key, check_cache
 from ._commit import GroupCommit
 from ._doneset import DigestSet, digest
 from ._fit import FitGate, short
@@ -185,6 +185,8 @@ class Runner:
     def prepare(self) -> JournalState:
         """Open and lock the output, repair a torn last line, and count the pending items."""
         if self.journal is None:
+            if self._cache_path is not None:
+                check_cache(self._cache_path)  # before the output is touched
             # The model, when not given, is known once the server is asked; run() checks
             # it then, before anything is sent.
             given = self._model or (self._client.model if self._client else None)

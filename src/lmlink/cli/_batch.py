@@ -123,7 +123,7 @@ def run_options(fn: F, *, chat: bool) -> F:
             click.option("--max-tokens", type=click.IntRange(1), default=None),
             click.option(
                 "--cache",
-                type=click.Path(dir_okay=False, path_type=Path),
+                type=click.Path(path_type=Path),  # one that cannot be used: exit 2, one line
                 default=None,
                 help="An SQLite file of answers; cached items send nothing.",
             ),
@@ -302,6 +302,14 @@ def _prepare(
     from lmlink.batch._runner import Runner, load_items
     from lmlink.batch._shard import parse_shard
 
+    if str(output) == "-":
+        # The output is the run's journal: a re-run reads it to skip what is done, so it
+        # has to be a file (stdout cannot be read back).
+        _exit(
+            2,
+            "-o -: the output must be a file, not stdout: a re-run continues from it; "
+            "give a file (-o results.jsonl) and read it when the run ends",
+        )
     try:
         part = parse_shard(shard)
     except ConfigurationError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -206,17 +207,32 @@ class FakeServer:
             loop.close()
 
     async def _close_all(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self._conns):
-            conn.abort()
+        loop = asyncio.get_running_loop()
         me = asyncio.current_task()
-        tasks = [t for t in asyncio.all_tasks() if t is not me]
-        for task in tasks:
+        server = self._server
+        if server is not None:
+            # Stop accepting, but keep the server open until asyncio's own tasks have set
+            # up the connections accepted already: one that runs after Server.close() fails
+            # inside asyncio and its socket is never closed (a leak, a ResourceWarning).
+            for sock in server.sockets:
+                with contextlib.suppress(NotImplementedError):  # loops without readers
+                    loop.remove_reader(sock.fileno())
+        # Each connection is aborted once it registers, and a response task ends as soon as
+        # its connection is gone; only what still runs after a few seconds is cancelled.
+        deadline = loop.time() + 5.0
+        while True:
+            for conn in list(self._conns):
+                conn.abort()
+            others = {t for t in asyncio.all_tasks() if t is not me}
+            if not others or loop.time() > deadline:
+                break
+            await asyncio.wait(others, timeout=0.05)
+        for task in others:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await asyncio.gather(*others, return_exceptions=True)
+        if server is not None:
+            server.close()
+            await server.wait_closed()
         await asyncio.sleep(0)  # let the aborted transports run connection_lost
 
     # -- public API ---------------------------------------------------------------------------
