@@ -91,6 +91,15 @@ def test_missing_usage_is_none(api: API, server: FakeServer) -> None:
     assert e.vectors == [embedding_of("a")]
 
 
+def test_usage_of_zeros_is_none(api: API, server: FakeServer) -> None:
+    """LocalAI's answer carries a usage of zeros: not a count, so ``prompt_tokens`` is None."""
+    zeros = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    server.enqueue_embeddings(answer([{"index": 0, "embedding": [0.5]}], usage=zeros))
+    e = embed(api, ["a"])
+    assert e.prompt_tokens is None
+    assert e.vectors == [[0.5]]
+
+
 def test_hand_made_base64_little_endian(api: API, server: FakeServer) -> None:
     """Base64 of little-endian float32, out of order, as llama-server sends it."""
     one = base64.b64encode(struct.pack("<2f", 0.5, -2.0)).decode()
@@ -191,8 +200,22 @@ def test_secret_in_headers_is_redacted(make_api: Any, server: FakeServer) -> Non
         (b"bytes", {}, "not bytes"),
         (["a"], {"dimensions": 0}, "dimensions"),
         (["a"], {"stream": True}, "stream"),
+        (["a"], {"input": ["b"]}, "first argument"),
+        (["a"], {"extra_body": {"input": ["b"]}}, "first argument"),
+        (["a"], {"extra_body": {"model": "x"}}, "model"),
+        (["a"], {"dimensions": 4, "extra_body": {"dimensions": 8}}, "twice"),
     ],
-    ids=["empty", "not-strings", "bytes", "dimensions", "stream"],
+    ids=[
+        "empty",
+        "not-strings",
+        "bytes",
+        "dimensions",
+        "stream",
+        "input-keyword",
+        "input-in-extra-body",
+        "model-in-extra-body",
+        "dimensions-twice",
+    ],
 )
 def test_bad_arguments_are_refused_before_sending(
     api: API, server: FakeServer, inputs: Any, kwargs: dict[str, Any], words: str

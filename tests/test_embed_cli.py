@@ -62,6 +62,8 @@ def test_a_run_writes_one_vector_per_id(server: FakeServer, tmp_path: Path) -> N
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     assert "lmlink embed: 10 items: 10 ok, 0 failed" in result.stderr
+    assert "tok/s" not in result.stderr  # nothing is generated: no "0 tok/s" on any line
+    assert "items/s" in result.stderr
     got = vectors(out)
     assert got == {f"d{i:03d}": embedding_of(f"document {i}") for i in range(10)}
     sizes = sorted(len(r.json["input"]) for r in embed_requests(server))
@@ -87,6 +89,35 @@ def test_template_csv_and_dimensions(server: FakeServer, tmp_path: Path) -> None
     }
     assert embed_requests(server)[0].json["dimensions"] == 3
     assert read_header(out)["settings"]["params"] == {"dimensions": 3}
+
+
+def test_chat_parameter_columns_are_data(server: FakeServer, tmp_path: Path) -> None:
+    """Columns named like a chat row's parameters (``model``, ``temperature``) are data in
+    an embeddings input: no input error, and every request uses the run's model."""
+    src = tmp_path / "in.csv"
+    src.write_text(
+        "id,model,temperature,text\np1,iPhone 12,hot,A phone\np2,Pixel,cold,Another\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.jsonl"
+    result = invoke(server, str(src), "-o", str(out), "--template", "{model}: {text}")
+    assert result.exit_code == 0, result.stderr
+    assert vectors(out) == {
+        "p1": embedding_of("iPhone 12: A phone"),
+        "p2": embedding_of("Pixel: Another"),
+    }
+    assert {r.json["model"] for r in embed_requests(server)} == {"embedder"}
+
+
+def test_stdin_input(server: FakeServer, tmp_path: Path) -> None:
+    """INPUT "-" reads JSONL from standard input."""
+    out = tmp_path / "out.jsonl"
+    stdin = "".join(json.dumps(row) + "\n" for row in texts(3))
+    result = CliRunner().invoke(
+        main, ["embed", "-", "-o", str(out), "-e", server.url, "-m", "embedder"], input=stdin
+    )
+    assert result.exit_code == 0, result.stderr
+    assert vectors(out) == {f"d{i:03d}": embedding_of(f"document {i}") for i in range(3)}
 
 
 def test_bad_input_line_exits_2_before_sending(server: FakeServer, tmp_path: Path) -> None:
@@ -138,6 +169,40 @@ def test_a_group_that_fails_for_the_server_is_not_split(server: FakeServer, tmp_
     assert len(errors) == 4
     assert invoke(server, str(src), "-o", str(out), "--retry-errors").exit_code == 0
     assert len(vectors(out)) == 4
+
+
+def test_a_server_batch_limit_is_learned(server: FakeServer, tmp_path: Path) -> None:
+    """TEI's 422 "maximum allowed batch size 8": the group is resent 8 at a time and later
+    groups keep to 8; every id gets its vector, no error line (exit 0)."""
+    server.embed = EmbedSettings(max_batch=8)
+    src = write_jsonl(tmp_path / "in.jsonl", texts(100))
+    out = tmp_path / "out.jsonl"
+    result = invoke(server, str(src), "-o", str(out), "--batch-size", "32", "-c", "1")
+    assert result.exit_code == 0, result.stderr
+    assert vectors(out) == {f"d{i:03d}": embedding_of(f"document {i}") for i in range(100)}
+    sizes = [len(r.json["input"]) for r in embed_requests(server)]
+    refused = [n for n in sizes if n > 8]
+    assert all(n <= 8 for n in sizes if n not in refused)
+    # Only the groups taken before the limit was known were refused (one per worker).
+    assert 1 <= len(refused) <= 4
+    assert sum(n for n in sizes if n <= 8) == 100
+
+
+def test_a_413_halves_later_groups(server: FakeServer, tmp_path: Path) -> None:
+    """A 413 (request too large) sends that group in halves, and the groups taken after it
+    are halved too; every id gets its vector."""
+    server.enqueue_embeddings(Reply.error(413, "Payload Too Large"))
+    src = write_jsonl(tmp_path / "in.jsonl", texts(200))
+    out = tmp_path / "out.jsonl"
+    result = invoke(server, str(src), "-o", str(out), "--batch-size", "32", "-c", "1")
+    assert result.exit_code == 0, result.stderr
+    assert len(vectors(out)) == 200
+    sizes = [len(r.json["input"]) for r in embed_requests(server)]
+    assert sizes[0] == 32
+    assert sum(sizes[1:]) == 200
+    # At most the groups the workers held before the 413 go out whole (4 at -c 1).
+    assert sizes.count(32) <= 4
+    assert sizes[-1] <= 16
 
 
 def test_torn_last_line_is_repaired_and_resumed(server: FakeServer, tmp_path: Path) -> None:
@@ -299,20 +364,25 @@ def test_sigkill_mid_run_then_resume(server: FakeServer, tmp_path: Path) -> None
     assert sent == 300 - done_before
 
 
-def test_sigterm_exits_143_and_resumes(server: FakeServer, tmp_path: Path) -> None:
-    """SIGTERM stops cleanly (143) with whole lines; a re-run finishes the rest."""
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"]
+)
+def test_a_signal_stops_cleanly_and_resumes(
+    server: FakeServer, tmp_path: Path, signum: int, code: int
+) -> None:
+    """SIGTERM (143) or Ctrl-C (130) stops cleanly with whole lines; a re-run finishes."""
     server.enqueue_embeddings(*[Reply(delay=0.05) for _ in range(1000)])
     src = write_jsonl(tmp_path / "in.jsonl", texts(200))
     out = tmp_path / "out.jsonl"
     proc = _embed_process(server, src, out, "--batch-size", "2", "-c", "2")
     try:
         _wait_for_lines(out, 5)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     assert "run the same command again" in err
     for line in out.read_text(encoding="utf-8").splitlines():
         json.loads(line)  # whole lines only

@@ -941,5 +941,5 @@ def test_command_line_server() -> None:
 
 
 def test_an_unknown_persona_is_a_clear_error_naming_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown persona 'llama-server'.*llamacpp"):
+    with pytest.raises(ValueError, match=r"unknown persona 'llama-server'.*llamacpp"):
         FakeServer(persona="llama-server")

@@ -10,8 +10,8 @@ The answer is OpenAI's shape, ``{"data": [{"index", "embedding"}], "model", "usa
 {"prompt_tokens"}}``, read as the local servers really send it: entries sorted by their
 ``index`` (a server may answer out of order), an embedding as a list of numbers or, when
 ``encoding_format="base64"`` was asked, as base64 of little-endian float32 (vLLM,
-llama-server, Ollama), a missing ``usage`` as ``prompt_tokens=None``, and an error object
-on HTTP 200 as the typed error it reports.
+llama-server, Ollama, LocalAI), a missing ``usage`` (or LocalAI's zeros) as
+``prompt_tokens=None``, and an error object on HTTP 200 as the typed error it reports.
 """
 
 from __future__ import annotations
@@ -136,6 +136,12 @@ def embed_call(
     texts = embed_inputs(inputs)
     size = _dimensions(dimensions)
     options, fields = split_options(extra) if extra else (None, {})
+    if "input" in fields:
+        raise ConfigurationError(
+            "input is not a body field here: pass the texts as embed()'s first argument"
+        )
+    if size is not None and "dimensions" in fields:
+        raise ConfigurationError("dimensions is given twice, as dimensions= and in extra_body")
     url = core._url("/embeddings")  # "no endpoint" comes before "no model"
     name = model or core.model
     if not name:
@@ -201,10 +207,13 @@ def decode_embeddings(body: bytes, count: int, *, redact: Any = str) -> Embeddin
         slots[index] = _vector(entry.get("embedding"), position, payload, redact)
     usage = payload.get("usage")
     tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
+        # LocalAI sends a usage of zeros: no text is 0 tokens, so it was not counted.
+        tokens = None
     model = payload.get("model")
     return Embeddings(
         [v for v in slots if v is not None],
-        prompt_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+        prompt_tokens=tokens,
         model=model if isinstance(model, str) else None,
     )
 
@@ -224,10 +233,11 @@ def _vector(value: Any, position: int, payload: Any, redact: Any) -> list[float]
             floats.byteswap()
         return floats.tolist()
     if isinstance(value, list):
-        for number in value:
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise _bad(payload, f"entry {position}'s embedding holds {number!r}", redact)
-        return [float(n) for n in value]
+        try:
+            return array("d", value).tolist()  # floats, checked in C: vectors are long
+        except TypeError:
+            wrong = next(n for n in value if not isinstance(n, (int, float)))
+            raise _bad(payload, f"entry {position}'s embedding holds {wrong!r}", redact) from None
     raise _bad(payload, f"entry {position} has no embedding", redact)
 
 

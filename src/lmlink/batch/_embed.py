@@ -11,8 +11,10 @@ journal with group commit, the done set and resume, ``retry_errors``, progress.
 A group whose request fails for something an input can cause (a 400, a 413, a 422, or a
 500, which llama-server gives a text too long for its batch) is split in two and each half
 sent again, down to single items: one bad input gets the error line, the others their
-vectors. Errors that every item would share (no server, a refused key, an unknown model or
-route, a server that does not embed: 501) stop the run, as in a chat batch.
+vectors. A server that says how many inputs it takes (TEI's 422 "maximum allowed batch size
+32", or a 413) gets groups of that size from then on. Errors that every item would share
+(no server, a refused key, an unknown model or route, a server that does not embed: 501)
+stop the run, as in a chat batch.
 
 Each line is ``{"id": "a1", "embedding": [0.0123, ...]}`` or ``{"id", "error": {...}}``.
 """
@@ -27,6 +29,7 @@ from typing import Any
 from lmlink import AsyncClient
 from lmlink._embed import Embeddings
 from lmlink._errors import APIStatusError, ConfigurationError, LMLinkError
+from lmlink._log import log
 
 from ._header import EMBED_OUTPUT
 from ._input import BatchItem
@@ -40,13 +43,15 @@ __all__ = ["DEFAULT_BATCH_SIZE", "EMBED_TASK", "EmbedRunner", "splittable"]
 
 #: Inputs per request unless told otherwise.
 DEFAULT_BATCH_SIZE = 32
-#: What an embeddings item is: the row's ``text`` or ``prompt``, or the template's text.
-EMBED_TASK = Task("embed", None, {}, ("text", "prompt"), allow_messages=False)
+#: What an embeddings item is: the row's ``text`` or ``prompt``, or the template's text; its
+#: other fields (``model``, ``temperature``... included) are data, not request parameters.
+EMBED_TASK = Task("embed", None, {}, ("text", "prompt"), allow_messages=False, reads_options=False)
 
 _NO_OPTIONS = BatchItem("", [])
 # Statuses an input can cause: bad or too long text (llama-server answers 500 for that).
 _SPLIT = frozenset({400, 413, 422, 500})
 _NO_EMBEDDINGS = re.compile(r"(does not|doesn't) support embeddings", re.IGNORECASE)
+_MAX_BATCH = re.compile(r"maximum allowed batch size\D{0,8}(\d+)", re.IGNORECASE)
 
 
 def splittable(exc: LMLinkError) -> bool:
@@ -120,7 +125,7 @@ class EmbedRunner(Runner):
 
     async def _embed(self, pool: EndpointPool, model: str | None, group: list[BatchItem]) -> None:
         """Embed ``group`` in one request; on a failure an input may have caused, each half
-        on its own."""
+        on its own (or parts of the size the server said it takes)."""
         texts = [_text(item) for item in group]
         params = self._params
 
@@ -132,14 +137,35 @@ class EmbedRunner(Runner):
         )
         if isinstance(result, LMLinkError):
             if len(group) > 1 and splittable(result):
-                half = len(group) // 2
-                await self._embed(pool, model, group[:half])
-                await self._embed(pool, model, group[half:])
+                cap = self._learn_cap(result, len(group))
+                size = cap or (len(group) + 1) // 2
+                for start in range(0, len(group), size):
+                    await self._embed(pool, model, group[start : start + size])
                 return
             for item in group:
                 self._record_error(item, result)
             return
         self._record_vectors(group, result)
+
+    def _learn_cap(self, exc: LMLinkError, sent: int) -> int | None:
+        """The most inputs the server takes per request, if ``exc`` says so (TEI's 422
+        "batch size 64 > maximum allowed batch size 32", a 413); later groups keep to it,
+        instead of every one of them failing and being split."""
+        found = _MAX_BATCH.search(exc.message)
+        if found is not None:
+            cap = max(1, int(found.group(1)))
+        elif isinstance(exc, APIStatusError) and exc.status_code == 413:
+            cap = max(1, sent // 2)
+        else:
+            return None
+        if cap < self.batch_size:
+            log.warning(
+                "lmlink: the server takes at most %d inputs per request; sending %d at a time",
+                cap,
+                cap,
+            )
+            self.batch_size = cap
+        return min(cap, sent - 1)  # smaller than what failed, whatever the server said
 
     def _record_vectors(self, group: list[BatchItem], result: Embeddings) -> None:
         latency = result.latency_s

@@ -132,13 +132,15 @@ class ItemFormat:
 
     ``template`` renders the user message from the row's fields; without one, the first of
     ``text_fields`` present is the user message, or ``messages`` if ``allow_messages``.
-    ``system`` is prepended as a system message.
+    ``system`` is prepended as a system message. ``options``: whether a row's request
+    parameters (:data:`ITEM_OPTIONS`) are read; when not, those fields are data like any other.
     """
 
     template: str | None = None
     system: str | None = None
     text_fields: tuple[str, ...] = ("prompt",)
     allow_messages: bool = True
+    options: bool = True
 
 
 def _split_field(name: str) -> tuple[str, bool]:
@@ -272,7 +274,7 @@ def item_of(
     elif on_id is not None:
         on_id(raw_id)
     options: dict[str, Any] = {}
-    for key, (check, wanted) in ITEM_OPTIONS.items():
+    for key, (check, wanted) in ITEM_OPTIONS.items() if fmt.options else ():
         if key in row and row[key] is not None:
             if not check(row[key]):
                 return f'"{key}" must be {wanted}, not {_kind(row[key])}'

@@ -68,6 +68,8 @@ class Progress:
     ceiling: int = 0
     endpoints: tuple[EndpointShare, ...] = ()
     waiting_s: float = 0.0
+    #: False for a run whose answers are not generated text (embeddings): no tokens/s.
+    generates: bool = True
 
     @property
     def rate(self) -> float:

@@ -532,6 +532,7 @@ class Runner:
             ceiling=pool.ceiling if pool is not None else self._ceiling,
             endpoints=pool.shares() if pool is not None and len(pool.endpoints) > 1 else (),
             waiting_s=_held_back(pool),
+            generates=self.kind == BATCH_OUTPUT,
         )
 
     def _emit(self, *, final: bool = False) -> None:

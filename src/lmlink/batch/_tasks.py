@@ -36,6 +36,7 @@ class Task:
     text_fields: tuple[str, ...] = ("prompt",)
     allow_messages: bool = True
     adds_label: bool = False
+    reads_options: bool = True
 
     @classmethod
     def classify(cls, labels: Sequence[str]) -> Task:
@@ -102,6 +103,7 @@ class Task:
             system="\n\n".join(parts) or None,
             text_fields=self.text_fields,
             allow_messages=self.allow_messages,
+            options=self.reads_options,
         )
 
     def extra_fields(self, parsed: Any) -> dict[str, Any]:

@@ -36,8 +36,9 @@ def _eta(seconds: float | None) -> str:
 
 
 def _generated(p: Progress) -> bool:
-    """Whether tokens/s means anything yet: not while every answer came from the cache."""
-    return not (p.cached and p.cached == p.ok)
+    """Whether tokens/s means anything: not for embeddings, nor while every answer came
+    from the cache."""
+    return p.generates and not (p.cached and p.cached == p.ok)
 
 
 def progress_line(p: Progress) -> str:

@@ -46,7 +46,8 @@ def embed(batch_size: int, dimensions: int | None, **options: Any) -> None:
     """Embed the text of every row of INPUT (JSONL, or CSV with a header).
 
     \b
-    The text is a row's "text" or "prompt" field, or --template 'Title: {title}'.
+    The text is a row's "text" or "prompt" field, or --template 'Title: {title}'
+    (every field is data for it: a "model" column does not pick the model).
     Each line of OUTPUT is {"id", "embedding": [...]} or {"id", "error": {...}};
     the first is lmlink's header (an embeddings output: `lmlink batch` refuses it,
     and `lmlink embed` refuses a batch output). --batch-size inputs go in one

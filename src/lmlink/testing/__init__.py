@@ -1,5 +1,6 @@
 """A fake OpenAI-compatible LLM server for tests: real HTTP on 127.0.0.1, scripted answers,
-the wire quirks of Ollama, vLLM, llama.cpp, SGLang, TGI and mlx-lm, and injectable faults.
+the wire quirks of Ollama, vLLM, llama.cpp, SGLang, TGI and mlx-lm, injectable faults, and
+embeddings (a fixed vector per text, :class:`EmbedSettings` for the servers' differences).
 
 Standalone: it imports nothing else from lmlink, only the standard library (and orjson when
 present), so any client can be tested against it.

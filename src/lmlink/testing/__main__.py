@@ -2,7 +2,7 @@
 
 Requests with a JSON schema (``lmlink classify``, ``extract``, ``chat --json``) get JSON of
 that shape, labels picked by keywords (:func:`~lmlink.testing.sensible_reply`); others get
-the canned reply.
+the canned reply. ``POST /v1/embeddings`` (``lmlink embed``) gets each text's fixed vector.
 
 Example::
 

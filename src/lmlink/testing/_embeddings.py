@@ -1,7 +1,7 @@
 """The fake server's ``POST /v1/embeddings``: deterministic vectors, and the ways real
 servers answer.
 
-Every text gets the same unit vector every time (its SHA-256 spread over the dimensions),
+Every text gets the same unit vector every time (its SHAKE-256 digest, a byte per dimension),
 so tests can compare vectors across calls and runs. ``dimensions`` gives shorter vectors,
 ``encoding_format: "base64"`` base64 of little-endian float32 (as vLLM, llama-server and
 Ollama send it), and ``usage.prompt_tokens`` counts words. :class:`EmbedSettings` (the
@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import struct
+import sys
+from array import array
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,7 +47,10 @@ class EmbedSettings:
     models that embed (None: all); any other model gets llama-server's 501 (``refusal=
     "vllm"``: vLLM's 400 "The model does not support Embeddings API"). ``fail_on``: a
     request with a text containing this string gets a 400, as a text longer than the
-    model's context does.
+    model's context does. ``max_batch``: more inputs than this in one request get TEI's
+    422 "batch size N > maximum allowed batch size M". ``delay`` + ``delay_per_input`` times
+    the number of inputs: how long each answer takes (a request's fixed cost and its
+    inputs' share).
     """
 
     dimensions: int = DEFAULT_DIMENSIONS
@@ -56,6 +60,9 @@ class EmbedSettings:
     models: Collection[str] | None = None
     refusal: Literal["llamacpp", "vllm"] = "llamacpp"
     fail_on: str | None = None
+    max_batch: int | None = None
+    delay: float = 0.0
+    delay_per_input: float = 0.0
 
 
 def embedding_of(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
@@ -64,16 +71,10 @@ def embedding_of(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]
     >>> len(embedding_of("hello", 4)), round(sum(x * x for x in embedding_of("hello")), 6)
     (4, 1.0)
     """
-    raw: list[float] = []
-    block = 0
-    while len(raw) < dimensions:
-        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
-        raw.extend(b / 127.5 - 1.0 for b in digest)
-        block += 1
-    raw = raw[:dimensions]
+    raw = [b / 127.5 - 1.0 for b in hashlib.shake_256(text.encode()).digest(dimensions)]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     # float32 values, so that base64 and JSON answers carry the same numbers.
-    return [struct.unpack("<f", struct.pack("<f", x / norm))[0] for x in raw]
+    return array("f", [x / norm for x in raw]).tolist()
 
 
 def _error(status: int, message: str, kind: str) -> Plan:
@@ -104,6 +105,9 @@ def render_embeddings(body: Any, settings: EmbedSettings, *, model: str) -> Plan
         return _error(
             400, '"input" must be a string or a non-empty list of strings', "invalid_request_error"
         )
+    if settings.max_batch is not None and len(texts) > settings.max_batch:
+        message = f"batch size {len(texts)} > maximum allowed batch size {settings.max_batch}"
+        return json_plan(422, {"error": message, "error_type": "Validation"})
     size = body.get("dimensions", settings.dimensions)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         return _error(400, '"dimensions" must be a positive integer', "invalid_request_error")
@@ -121,8 +125,10 @@ def render_embeddings(body: Any, settings: EmbedSettings, *, model: str) -> Plan
         vector = embedding_of(text, size)
         entry: dict[str, Any] = {"object": "embedding", "index": index}
         if as_base64:
-            packed = struct.pack(f"<{len(vector)}f", *vector)
-            entry["embedding"] = base64.b64encode(packed).decode("ascii")
+            packed = array("f", vector)
+            if sys.byteorder == "big":  # the wire is little-endian
+                packed.byteswap()
+            entry["embedding"] = base64.b64encode(packed.tobytes()).decode("ascii")
         else:
             entry["embedding"] = vector
         data.append(entry)
@@ -132,4 +138,6 @@ def render_embeddings(body: Any, settings: EmbedSettings, *, model: str) -> Plan
     if settings.usage:
         tokens = sum(max(1, len(t.split())) for t in texts)
         answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return json_plan(200, answer)
+    plan = json_plan(200, answer)
+    plan.wait = settings.delay + settings.delay_per_input * len(texts)
+    return plan
