@@ -73,7 +73,7 @@ def test_progress_and_summary_say_the_server_asks_to_wait(tmp_path: Path) -> Non
     assert proc.returncode == 130, stderr
     assert stdout == ""
     assert "the server asked to wait" in stderr
-    assert "up to 30 s each" in stderr
+    assert "up to 30.00 s each" in stderr
     assert "5 items: 0 ok, 0 failed, 5 not done" in stderr
 
 

@@ -221,7 +221,7 @@ class BatchSummary:
             times = "once" if self.server_waits == 1 else f"{self.server_waits:,} times"
             lines.append(
                 f"the server asked to wait {times} (429/503 with Retry-After, up to "
-                f"{self.server_wait_max_s:.0f} s each): new requests were held back meanwhile"
+                f"{_secs(self.server_wait_max_s)} each): new requests were held back meanwhile"
             )
         if len(self.endpoints) > 1:
             lines.append(f"{len(self.endpoints)} endpoints:")
