@@ -4,6 +4,7 @@ out-of-order choices, as a pure object."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from typing import Any
 
@@ -14,7 +15,7 @@ import lmlink
 from lmlink._answer import AnswerDecoder, decode_answer
 from lmlink._sse import SSEEvent
 from lmlink.testing import DIALECTS, FakeServer, Reply
-from lmlink.testing._choices import token_logprob
+from lmlink.testing._choices import alternative_logprob, token_logprob
 
 HOW = ["chat", "chat_stream"]
 
@@ -36,7 +37,11 @@ def _check_logprobs(choice: lmlink.Choice, index: int, top: int) -> None:
             assert t.top[0].logprob == t.logprob
         for j, alt in enumerate(t.top[1:], 1):
             assert alt.token == f"alt{j}"
-            assert alt.logprob == pytest.approx(t.logprob - j)
+            assert alt.logprob == alternative_logprob(t.logprob, j)
+        # As a model's: in order, and the listed probabilities add up to less than 1.
+        probabilities = [math.exp(alt.logprob) for alt in t.top]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert sum(probabilities) < 1
 
 
 @pytest.mark.parametrize("how", HOW)

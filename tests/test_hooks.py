@@ -5,7 +5,10 @@ sync and async, streamed and plain, through real HTTP against the fake server.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import gc
+import warnings
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +42,17 @@ def _instant_retries() -> Any:
     lmlink.set_instant_retries(True)
     yield
     lmlink.set_instant_retries(False)
+
+
+@contextlib.contextmanager
+def _no_warnings() -> Iterator[None]:
+    """Fails if a warning (a coroutine never awaited, say) is raised inside, or when the
+    garbage it leaves is collected."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
 
 
 def _server_info(api: API) -> lmlink.ServerInfo:
@@ -213,7 +227,10 @@ def test_async_client_awaits_async_hooks(server: FakeServer) -> None:
         order.append(f"async response {response.status_code}")
 
     async def go() -> None:
-        hooks = {"request": [async_request, plain_request], "response": [async_response]}
+        hooks: dict[str, list[Callable[[Any], Any]]] = {
+            "request": [async_request, plain_request],
+            "response": [async_response],
+        }
         async with lmlink.AsyncClient(
             endpoint=server.url, model="fake-model", event_hooks=hooks
         ) as client:
@@ -308,3 +325,109 @@ def test_token_count_requests_are_shown() -> None:
     assert [r.url.rsplit("/", 1)[-1] for r in shown] == ["tokenize"]
     assert shown[-1].body == posted[-1].body
     assert len(seen.responses) == len(seen.requests)
+
+
+def test_blocking_client_refuses_a_hook_that_returns_an_awaitable(server: FakeServer) -> None:
+    """A plain function handing back a coroutine (a lambda around an async hook) would never
+    run in the blocking client: the call fails with a ConfigurationError, nothing is sent,
+    and no "never awaited" warning is left behind."""
+    ran: list[Any] = []
+
+    async def hook(request: Any) -> None:
+        ran.append(request)
+
+    client = lmlink.Client(
+        endpoint=server.url,
+        model="fake-model",
+        event_hooks={"request": [lambda r: hook(r)]},  # noqa: PLW0108 (the point)
+    )
+    with _no_warnings(), pytest.raises(lmlink.ConfigurationError, match="AsyncClient"):
+        client.chat("hi")
+    assert ran == []
+    assert server.requests == []
+    client.close()
+
+
+def test_blocking_client_refuses_a_response_hook_that_returns_an_awaitable(
+    server: FakeServer,
+) -> None:
+    """The same for a response hook: the call fails instead of the hook being skipped."""
+
+    async def hook(response: Any) -> None:
+        pass
+
+    client = lmlink.Client(
+        endpoint=server.url,
+        model="fake-model",
+        event_hooks={"response": [lambda r: hook(r)]},  # noqa: PLW0108 (the point)
+    )
+    with _no_warnings(), pytest.raises(lmlink.ConfigurationError, match="coroutine"):
+        client.chat("hi")
+    client.close()
+
+
+def test_cookie_is_blanked(make_api: Callable[..., API], server: FakeServer) -> None:
+    """A session cookie is a credential too: the hooks see it blanked, the server gets it."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    api.chat("hi", headers={"Cookie": "session=cookie-secret"})
+    (request,) = seen.requests
+    assert request.headers["cookie"] == "***"
+    assert "cookie-secret" not in repr(request.headers)
+    assert server.requests[0].headers["cookie"] == "session=cookie-secret"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X-Goog-Api-Key", "X-Auth-Token", "Ocp-Apim-Subscription-Key", "X-Session-Id", "X-Secret"],
+)
+def test_headers_named_as_credentials_are_blanked(
+    make_api: Callable[..., API], server: FakeServer, name: str
+) -> None:
+    """A gateway's own key header is blanked for the hooks like Authorization; the server
+    still gets it, and other headers are shown as sent."""
+    seen = Recorder()
+    api = make_api(event_hooks=seen.hooks)
+    api.chat("hi", headers={name: "gateway-secret", "X-Trace": "t1"})
+    (request,) = seen.requests
+    assert request.headers[name] == "***"
+    assert "gateway-secret" not in repr(request.headers)
+    assert request.headers["X-Trace"] == "t1"
+    assert server.requests[0].headers[name.lower()] == "gateway-secret"
+
+
+def test_userinfo_in_the_endpoint_never_reaches_a_hook(
+    make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """user:password@ in the endpoint is sent as Basic auth: the hooks see neither in the
+    URL nor in the header."""
+    seen = Recorder()
+    endpoint = server.url.replace("http://", "http://alice:pw-secret@")
+    api = make_api(endpoint=endpoint, event_hooks=seen.hooks)
+    api.chat("hi")
+    (request,) = seen.requests
+    assert request.url == server.url + "/chat/completions"
+    assert request.headers["authorization"] == "Basic ***"
+    assert "pw-secret" not in repr(request.headers) + request.url
+    assert server.requests[0].headers["authorization"].startswith("Basic ")
+
+
+def test_blocking_client_leaves_a_scheduled_task_alone(server: FakeServer) -> None:
+    """A hook of the blocking client may schedule work on a loop of its own and return the
+    task: the task is already running there, so the call goes on and the task runs."""
+    loop = asyncio.new_event_loop()
+    ran: list[str] = []
+
+    async def record(url: str) -> None:
+        ran.append(url)
+
+    def hook(request: Any) -> Any:
+        return loop.create_task(record(request.url))
+
+    with lmlink.Client(
+        endpoint=server.url, model="fake-model", event_hooks={"request": [hook]}
+    ) as client:
+        assert client.chat("hi").content
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert ran == [server.url + "/chat/completions"]

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pydantic
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -22,7 +23,7 @@ import lmlink
 import lmlink._observe
 import lmlink.otel
 from apis import API, AsyncAPI
-from lmlink.testing import EmbedSettings, FakeServer, Reply
+from lmlink.testing import EmbedSettings, FakeServer, Reply, sensible_reply
 
 
 class Telemetry:
@@ -458,3 +459,98 @@ def test_without_opentelemetry_instrument_says_what_to_install() -> None:
         "assert not lmlink.otel.is_instrumented()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _Ticket(pydantic.BaseModel):
+    label: str
+
+
+@pytest.mark.parametrize(
+    ("response_format", "expected"),
+    [
+        ({"type": "object", "properties": {"label": {"type": "string"}}}, "json"),
+        (_Ticket, "json"),
+        ("json", "json"),
+        ({"type": "json_object"}, "json"),
+        (None, None),
+    ],
+    ids=["schema", "pydantic", "json", "json-object", "none"],
+)
+def test_output_type_follows_response_format(
+    otel: Telemetry, make_api: Callable[..., API], response_format: Any, expected: str | None
+) -> None:
+    """gen_ai.output.type (conditionally required when the request asks for an output
+    format) is "json" for every JSON response_format, absent without one."""
+    with FakeServer(model="fake-model", responder=sensible_reply) as srv:
+        api = make_api(endpoint=srv.url)
+        api.chat('Label this: {"label": "x"}', response_format=response_format)
+    attrs = otel.span().attributes or {}
+    assert attrs.get("gen_ai.output.type") == expected
+
+
+def test_stream_reports_time_to_first_chunk(otel: Telemetry, api: API, server: FakeServer) -> None:
+    """A streamed call is marked gen_ai.request.stream and carries the time to its first
+    chunk, as a span attribute and as a time_to_first_chunk point (seconds, the duration
+    buckets); the time is the answer's own ttft_s and within the call's duration."""
+    server.enqueue(Reply(content="one two three four", chunk_chars=4, delay=0.005))
+    resp = api.chat_stream("hi")
+    attrs = otel.span().attributes or {}
+    assert attrs["gen_ai.request.stream"] is True
+    assert resp.ttft_s is not None
+    assert attrs["gen_ai.response.time_to_first_chunk"] == resp.ttft_s
+    assert otel.unit("gen_ai.client.operation.time_to_first_chunk") == "s"
+    (point,) = otel.points("gen_ai.client.operation.time_to_first_chunk")
+    assert point.count == 1
+    assert point.sum == pytest.approx(resp.ttft_s)
+    assert point.explicit_bounds[:3] == (0.01, 0.02, 0.04)
+    assert point.attributes["gen_ai.operation.name"] == "chat"
+    assert point.attributes["gen_ai.response.model"] == "fake-model"
+    (duration,) = otel.points("gen_ai.client.operation.duration")
+    assert 0 < point.sum <= duration.sum
+
+
+def test_plain_call_reports_no_time_to_first_chunk(otel: Telemetry, api: API) -> None:
+    """Not streamed: gen_ai.request.stream is false and no first-chunk time is reported
+    (the conventions say it SHOULD NOT be for a plain answer)."""
+    api.chat("hi")
+    attrs = otel.span().attributes or {}
+    assert attrs["gen_ai.request.stream"] is False
+    assert "gen_ai.response.time_to_first_chunk" not in attrs
+    assert otel.points("gen_ai.client.operation.time_to_first_chunk") == []
+
+
+def test_stream_without_output_reports_no_first_chunk(
+    otel: Telemetry, api: API, server: FakeServer
+) -> None:
+    """A stream refused before any output has no first chunk to report."""
+    server.enqueue(Reply.error(400))
+    with pytest.raises(lmlink.BadRequestError):
+        api.chat_stream("hi")
+    assert "gen_ai.response.time_to_first_chunk" not in (otel.span().attributes or {})
+    assert otel.points("gen_ai.client.operation.time_to_first_chunk") == []
+
+
+def test_embeddings_span_has_no_stream_attribute(otel: Telemetry, api: API) -> None:
+    """gen_ai.request.stream belongs to chat spans only."""
+    if isinstance(api, AsyncAPI):
+        api.run(api.client.embed(["a"]))
+    else:
+        api.client.embed(["a"])
+    assert "gen_ai.request.stream" not in (otel.span().attributes or {})
+
+
+def test_userinfo_in_the_endpoint_never_reaches_a_span(
+    otel: Telemetry, make_api: Callable[..., API], server: FakeServer
+) -> None:
+    """server.address is the host alone: no user:password@ from the endpoint, on the span
+    or in its status when the call fails."""
+    server.enqueue(Reply.error(401, "no"))
+    api = make_api(endpoint=server.url.replace("http://", "http://alice:pw-secret@"))
+    with pytest.raises(lmlink.AuthenticationError):
+        api.chat("hi")
+    span = otel.span()
+    assert (span.attributes or {})["server.address"] == "127.0.0.1"
+    shown = repr(dict(span.attributes or {})) + str(span.status.description)
+    shown += repr([dict(e.attributes or {}) for e in span.events])
+    assert "pw-secret" not in shown
+    assert "alice" not in shown

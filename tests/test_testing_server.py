@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import lmlink
 from lmlink.testing import CANNED_REPLY, DIALECTS, FakeServer, Faults, RecordedRequest, Reply
 from lmlink.testing import _pytest as plugin
 
@@ -943,3 +944,22 @@ def test_command_line_server() -> None:
 def test_an_unknown_persona_is_a_clear_error_naming_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown persona 'llama-server'.*llamacpp"):
         FakeServer(persona="llama-server")
+
+
+def test_command_line_server_with_a_persona_counts_tokens() -> None:
+    """``--persona vllm`` serves vLLM's tokenizer and window, so the README's
+    count_tokens / context_length examples work from the shell."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "lmlink.testing", "--port", "0", "--persona", "vllm"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert "like vllm" in line
+            with lmlink.Client(endpoint=line.split()[3], model="fake-model") as client:
+                assert client.count_tokens("hello world") > 0
+                assert client.context_length() == 4096
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0

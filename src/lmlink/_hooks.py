@@ -7,20 +7,22 @@ a :class:`Request` just before it goes out, and its answer to the ``"response"``
 They are there to look: changing the objects changes nothing that is sent.
 
 Secrets never reach a hook: the values of ``Authorization`` and the other credential
-headers are blanked out (``Bearer ***``).
+headers (``Proxy-Authorization``, ``X-API-Key``, ``api-key``, ``Cookie``, and any whose name
+speaks of a key, token, secret, password, session or auth) are blanked out (``Bearer ***``).
 
 An exception raised by a hook propagates to the caller unchanged, as httpx does: a request
 hook's before the request is sent, a response hook's after the response is closed. (An
 lmlink error raised by a hook is treated like the same error from the server: a retryable
 one is retried.) The async client awaits what an async hook returns; the blocking client
-refuses async hooks when it is made.
+refuses async hooks when it is made, and a hook that returns a coroutine when it runs.
 
 A client without hooks pays for one attribute test per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -30,8 +32,18 @@ __all__ = ["Headers", "Hooks", "Request", "Response"]
 
 Hook = Callable[[Any], Any]
 
-# Headers whose values are credentials: what a hook sees of them is blanked out.
-_SECRET = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+# Headers whose values are credentials: what a hook sees of them is blanked out. Besides the
+# usual names, any name that says it holds one (X-Goog-Api-Key, X-Auth-Token,
+# Ocp-Apim-Subscription-Key...): a gateway's key must not reach a log either.
+_SECRET = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"})
+_SECRET_WORDS = re.compile(r"auth|key|token|secret|passw|cookie|credential|session")
+
+
+def _secret(name: str) -> bool:
+    lower = name.lower()
+    return lower in _SECRET or _SECRET_WORDS.search(lower) is not None
+
+
 _KINDS = ("request", "response")
 
 
@@ -81,7 +93,7 @@ class Request:
     ) -> None:
         self.method = method
         self.url = url
-        self.headers = Headers([(n, _blank(v) if n.lower() in _SECRET else v) for n, v in headers])
+        self.headers = Headers([(n, _blank(v) if _secret(n) else v) for n, v in headers])
         self.body = body or b""
 
     @property
@@ -178,7 +190,7 @@ class Hooks:
         """Call the request hooks (blocking client); the Request they saw."""
         request = Request(method, url, headers, body)
         for fn in self.request:
-            fn(request)
+            _returned(fn, fn(request))
         return request
 
     def answered(
@@ -187,7 +199,7 @@ class Hooks:
         """Call the response hooks (blocking client)."""
         response = Response(request, status, headers, seconds)
         for fn in self.response:
-            fn(response)
+            _returned(fn, fn(response))
 
     async def asending(
         self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes | None
@@ -205,6 +217,18 @@ class Hooks:
         response = Response(request, status, headers, seconds)
         for fn in self.response:
             await _settle(fn(response))
+
+
+def _returned(fn: Hook, result: Any) -> None:
+    """For the blocking client: a hook that hands back a coroutine (a lambda around an
+    async function, say) would never run; it is refused rather than silently skipped. (A
+    task or future it returns is already scheduled on its own loop: that is left alone.)"""
+    if result is not None and isinstance(result, Coroutine):
+        result.close()  # never awaited: no "never awaited" warning later
+        raise ConfigurationError(
+            f"event hook {getattr(fn, '__name__', fn)!r} returned a coroutine, which the "
+            "blocking Client cannot await: use AsyncClient"
+        )
 
 
 async def _settle(result: Any) -> None:

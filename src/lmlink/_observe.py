@@ -152,7 +152,26 @@ def chat_operation(plan: ChatPlan, url: str) -> Operation:
                 params[name] = value
         if "max_tokens" not in params and extra.get("max_completion_tokens") is not None:
             params["max_tokens"] = extra["max_completion_tokens"]
+    output = _output_type(spec.response_format, spec.output is not None)
+    if output is not None:
+        params["output_type"] = output
     return Operation("chat", spec.model, url, stream=plan.stream, params=params)
+
+
+def _output_type(response_format: Any, structured: bool) -> str | None:
+    """What the call asked the model to answer in: ``"json"`` for any JSON format (a schema,
+    a pydantic class, ``"json"``, ``{"type": "json_object"}``), ``"text"`` for an explicit
+    ``{"type": "text"}``; None when no format was asked for (or one not known)."""
+    if response_format is None:
+        return None
+    if structured:
+        return "json"
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "text":
+        return "text"
+    if isinstance(kind, str) and kind.startswith("json"):
+        return "json"
+    return None
 
 
 def embeddings_operation(

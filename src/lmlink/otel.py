@@ -14,7 +14,8 @@ follows the OpenTelemetry GenAI semantic conventions: named ``chat {model}``, wi
 speak; ``server.address`` tells which server it was), ``gen_ai.request.model``, the request
 settings that were given (``gen_ai.request.max_tokens``, ``temperature``, ``top_p``,
 ``top_k``, ``seed``, ``stop_sequences``, ``frequency_penalty``, ``presence_penalty``,
-``choice.count`` when ``n`` is not 1), ``gen_ai.response.model``, ``gen_ai.response.id``,
+``choice.count`` when ``n`` is not 1), ``gen_ai.output.type`` (``json`` when a
+``response_format`` asks for JSON), ``gen_ai.response.model``, ``gen_ai.response.id``,
 ``gen_ai.response.finish_reasons`` (one per choice), ``gen_ai.usage.input_tokens`` /
 ``output_tokens`` (when the server reported usage), ``server.address`` / ``server.port``.
 Retries stay inside the one span. A stream's span ends when the stream does: at its last
@@ -28,10 +29,14 @@ A call that ends in an exception gets the status ERROR, the exception as an even
 ``lmlink.APITimeoutError``, ...), for any other exception (one raised by the caller inside a
 stream's block, a cancellation) its qualified class name.
 
-With a meter provider (the global one unless given), two histograms with the conventions'
+A streamed call also has ``gen_ai.request.stream`` and, once text, reasoning or a tool
+call arrived, ``gen_ai.response.time_to_first_chunk`` (seconds from sending the request).
+
+With a meter provider (the global one unless given), histograms with the conventions'
 bucket boundaries: ``gen_ai.client.operation.duration`` (seconds, every call, ``error.type``
-on failures) and ``gen_ai.client.token.usage`` (``gen_ai.token.type`` ``input`` /
-``output``, when the server reported them).
+on failures), ``gen_ai.client.token.usage`` (``gen_ai.token.type`` ``input`` /
+``output``, when the server reported them) and, for streams that received output,
+``gen_ai.client.operation.time_to_first_chunk``.
 """
 
 from __future__ import annotations
@@ -110,7 +115,13 @@ def instrument(
             description="Number of input and output tokens used.",
             explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS),
         )
-        _installed = _OtelObserver(tracer, duration, tokens)
+        first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            description="Time to receive the first chunk of a streamed answer.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+        _installed = _OtelObserver(tracer, duration, tokens, first_chunk)
         _observe.observers.append(_installed)
 
 
@@ -150,14 +161,17 @@ def error_type(exc: BaseException) -> str:
 class _OtelObserver:
     """Turns each observed call into a span and metric points."""
 
-    __slots__ = ("client", "duration", "tokens", "tracer")
+    __slots__ = ("client", "duration", "first_chunk", "tokens", "tracer")
 
-    def __init__(self, tracer: Tracer, duration: Histogram, tokens: Histogram) -> None:
+    def __init__(
+        self, tracer: Tracer, duration: Histogram, tokens: Histogram, first_chunk: Histogram
+    ) -> None:
         from opentelemetry.trace import SpanKind
 
         self.tracer = tracer
         self.duration = duration
         self.tokens = tokens
+        self.first_chunk = first_chunk
         self.client = SpanKind.CLIENT
 
     def start(self, op: _observe.Operation) -> _SpanWatch:
@@ -168,6 +182,8 @@ class _OtelObserver:
             "server.address": op.host,
             "server.port": op.port,
         }
+        if op.name == "chat":
+            attributes["gen_ai.request.stream"] = op.stream
         params = op.params
         for name, key in _REQUEST_ATTRIBUTES.items():
             value = params.get(name)
@@ -184,6 +200,9 @@ class _OtelObserver:
         encoding = params.get("encoding_format")
         if isinstance(encoding, str):
             attributes["gen_ai.request.encoding_formats"] = [encoding]
+        output = params.get("output_type")
+        if isinstance(output, str):
+            attributes["gen_ai.output.type"] = output
         n = params.get("n")
         if isinstance(n, int) and not isinstance(n, bool) and n != 1:
             attributes["gen_ai.request.choice.count"] = n
@@ -236,11 +255,18 @@ class _SpanWatch:
         for kind, count in usage.items():
             if count is not None:
                 attributes[f"gen_ai.usage.{kind}_tokens"] = count
+        # Streams only (the conventions: not reported for a plain answer): when the first
+        # generated text, reasoning or tool call arrived, from sending the request.
+        first = getattr(result, "ttft_s", None) if self._op.stream else None
+        if first is not None:
+            attributes["gen_ai.response.time_to_first_chunk"] = first
         span = self._span
         span.set_attributes(attributes)  # one call: the SDK locks once per call
         span.end()
         observer = self._observer
         observer.duration.record(elapsed, metric)
+        if first is not None:
+            observer.first_chunk.record(first, metric)
         for kind, count in usage.items():
             if count is not None:
                 observer.tokens.record(count, {**metric, "gen_ai.token.type": kind})

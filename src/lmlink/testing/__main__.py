@@ -8,6 +8,7 @@ Example::
 
     $ python -m lmlink.testing --port 8080 --dialect ollama --delay 0.05
     lmlink test server: http://127.0.0.1:8080/v1 (model fake-model); Ctrl-C stops it
+    $ python -m lmlink.testing --port 8080 --persona vllm     # count_tokens, context_length
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 
 from ._answers import sensible_reply
 from ._http import RecordedRequest
+from ._personas import PERSONAS
 from ._replies import DIALECTS, Reply
 from ._server import FakeServer
 
@@ -37,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="fake-model", help="model name to report")
     parser.add_argument("--dialect", default="openai", choices=DIALECTS, help="chunk layout")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument(
+        "--persona",
+        choices=sorted(PERSONAS),
+        help="the real server to imitate where servers differ: its tokenizer and "
+        "context-window routes, error shapes, model listing (none: plain OpenAI-style)",
+    )
     args = parser.parse_args(argv)
     default = Reply(dialect=args.dialect, delay=args.delay)
 
@@ -45,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return None if shaped is None else dataclasses.replace(default, content=shaped.content)
 
     server = FakeServer(
-        args.model, host=args.host, port=args.port, default=default, responder=respond
+        args.model,
+        host=args.host,
+        port=args.port,
+        default=default,
+        responder=respond,
+        persona=args.persona,
     )
     try:
         server.start()
@@ -54,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         # Printed inside the try: a Ctrl-C right after the URL appears must still stop cleanly.
-        print(f"lmlink test server: {server.url} (model {args.model}); Ctrl-C stops it", flush=True)
+        like = f", like {args.persona}" if args.persona else ""
+        print(
+            f"lmlink test server: {server.url} (model {args.model}{like}); Ctrl-C stops it",
+            flush=True,
+        )
         threading.Event().wait()
     except KeyboardInterrupt:
         pass

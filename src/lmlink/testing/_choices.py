@@ -4,7 +4,9 @@ the fake server, laid over an answer already rendered as choice 0.
 Pure. Every choice says choice 0's text; choices differ in their log-probabilities, which are
 deterministic: token ``k`` of choice ``c`` has ``-(0.05 + 0.1 * (k % 10) + 0.01 * c)``, and its
 ``j``-th alternative (``top_logprobs``) is the token itself for ``j = 0``, else ``"alt{j}"``
-one nat less likely per step. Tokens are the text's words with their trailing whitespace.
+with half of the probability the ones before it left (:func:`alternative_logprob`), so the
+listed probabilities add up to less than 1 and fall in order, as a real model's do.
+Tokens are the text's words with their trailing whitespace.
 A stream sends each chunk once per choice, choice by choice, each carrying its ``index``,
 as vLLM does.
 """
@@ -12,11 +14,18 @@ as vLLM does.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["expand_chunks", "expand_completion", "sampling", "token_logprob"]
+__all__ = [
+    "alternative_logprob",
+    "expand_chunks",
+    "expand_completion",
+    "sampling",
+    "token_logprob",
+]
 
 JSON = dict[str, Any]
 _TOKENS = re.compile(r"\s*\S+\s*|\s+")
@@ -42,6 +51,12 @@ def token_logprob(k: int, choice: int) -> float:
     return -round(0.05 + 0.1 * (k % 10) + 0.01 * choice, 4)
 
 
+def alternative_logprob(logprob: float, j: int) -> float:
+    """The log-probability of alternative ``j >= 1`` of a token whose own is ``logprob``:
+    ``(1 - p) / 2**j`` of the probability, where ``p`` is the token's."""
+    return round(math.log((1.0 - math.exp(logprob)) / 2**j), 4)
+
+
 def _entries(text: str, start: int, choice: int, top: int) -> list[JSON]:
     out: list[JSON] = []
     for k, token in enumerate(_TOKENS.findall(text), start):
@@ -49,7 +64,11 @@ def _entries(text: str, start: int, choice: int, top: int) -> list[JSON]:
         alternatives = [
             {"token": token, "logprob": logprob, "bytes": list(token.encode())},
             *(
-                {"token": f"alt{j}", "logprob": round(logprob - j, 4), "bytes": list(b"alt%d" % j)}
+                {
+                    "token": f"alt{j}",
+                    "logprob": alternative_logprob(logprob, j),
+                    "bytes": list(b"alt%d" % j),
+                }
                 for j in range(1, top)
             ),
         ][:top]
