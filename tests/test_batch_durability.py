@@ -20,6 +20,7 @@ from lmlink.testing import FakeServer, Faults, RecordedRequest, Reply
 ITEMS = 200
 KILLS = 12
 SEED = 20260523
+PATIENCE = 120.0
 
 
 def _answer(request: RecordedRequest) -> Reply:
@@ -46,6 +47,17 @@ def _check(out: Path, ids: set[str], *, final: bool) -> dict[str, Any]:
     assert len(seen) == len(set(seen)), "an id appears twice"
     assert set(seen) <= ids
     return {"lines": len(seen), "torn": torn, "errors": sum(b'"error"' in x for x in complete)}
+
+
+def _wait_until_sending(server: FakeServer, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the new run has sent a request (or ended): the random moment of the kill
+    is counted from there, not from the start of Python, which a busy machine slows
+    down a lot. Generous, so it only turns a hang into a failure."""
+    before = server.live_stats.chat_requests
+    deadline = time.monotonic() + PATIENCE
+    while server.live_stats.chat_requests == before and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run sent nothing"
+        time.sleep(0.01)
 
 
 def test_sigkill_at_random_moments_never_loses_or_duplicates_a_result(tmp_path: Path) -> None:
@@ -92,11 +104,12 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates_a_result(tmp_path: 
                 stderr=subprocess.DEVNULL,
                 env=clean_env(),
             )
-            time.sleep(rng.uniform(0.3, 1.5))
+            _wait_until_sending(server, proc)
+            time.sleep(rng.uniform(0.1, 1.2))
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 kills += 1
-            proc.wait(timeout=30)
+            proc.wait(timeout=PATIENCE)
             state = _check(out, ids, final=False)
             progress.append(state["lines"])
         finish = subprocess.run(
@@ -104,7 +117,7 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates_a_result(tmp_path: 
             capture_output=True,
             text=True,
             env=clean_env(),
-            timeout=60,
+            timeout=PATIENCE * 2,
             check=False,
         )
         assert finish.returncode in (0, 3), finish.stderr  # 3: finished with error lines
@@ -120,19 +133,22 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates_a_result(tmp_path: 
                 stderr=subprocess.DEVNULL,
                 env=clean_env(),
             )
-            time.sleep(rng.uniform(0.2, 0.6))
+            _wait_until_sending(server, proc)
+            time.sleep(rng.uniform(0.05, 0.4))
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 kills += 1
-            proc.wait(timeout=30)
+            proc.wait(timeout=PATIENCE)
             _check(out, ids, final=False)
         server.faults = None
+        # No faults now: a 1 s idle timeout would only measure how busy the machine is.
+        calm = [*retry, "--timeout", "30"]
         again = subprocess.run(
-            [*lmlink_command(), *retry],
+            [*lmlink_command(), *calm],
             capture_output=True,
             text=True,
             env=clean_env(),
-            timeout=60,
+            timeout=PATIENCE * 2,
             check=False,
         )
         assert again.returncode == 0, again.stderr

@@ -311,18 +311,26 @@ def test_rate_limits_shrink_concurrency_then_it_grows_back(
 
     server.responder = answer
     seen: list[Progress] = []
+    # Items enough after the burst (at 250) for the limit to grow back even on a slow,
+    # busy machine.
     summary = _run(
-        server, prompts(400), tmp_path / "out.jsonl", concurrency=8, on_progress=seen.append
+        server, prompts(600), tmp_path / "out.jsonl", concurrency=8, on_progress=seen.append
     )
-    assert (summary.ok, summary.failed) == (400, 0)
-    assert server.stats.chat_requests == 408
+    assert (summary.ok, summary.failed) == (600, 0)
+    assert server.stats.chat_requests == 608
     limits = [p.concurrency for p in seen]
     peak = limits.index(max(limits))
     low = min(limits[peak:])
     assert max(limits) == 8
     assert low <= 4
     assert max(limits[limits.index(low, peak) :]) > low
-    assert summary.concurrency_range == (1, 8)
+    # How far it fell depends on how the burst's refusals spread over the halvings (one
+    # per burst: refusals of requests sent before a halving do not count again), which
+    # scheduling decides; the summary's range holds at least what progress showed.
+    assert summary.concurrency_range is not None
+    lowest, highest = summary.concurrency_range
+    assert highest == 8
+    assert 1 <= lowest <= low
 
 
 def test_rate_limits_past_the_retry_budget_are_error_lines(

@@ -220,6 +220,8 @@ class AdaptiveLimiter:
         self.decreases = 0
         self.probes = 0
         self.paused_until = -math.inf
+        self.pauses = 0  # Retry-After pauses taken, and the longest (what a summary reports)
+        self.longest_pause = 0.0
         self.limit = min(ceiling, max(floor, initial))
         self.cruise = self.limit  # the level held between probes; where it settled
         self.low = self.high = self.limit  # the range the limit took (probes included)
@@ -264,7 +266,10 @@ class AdaptiveLimiter:
         self.in_flight -= 1
         if outcome is Outcome.OVERLOAD:
             if retry_after is not None and retry_after > 0:
-                self.paused_until = max(self.paused_until, now + min(retry_after, _MAX_PAUSE))
+                pause = min(retry_after, _MAX_PAUSE)
+                self.paused_until = max(self.paused_until, now + pause)
+                self.pauses += 1
+                self.longest_pause = max(self.longest_pause, pause)
             if ticket.epoch == self.epoch:
                 if self._calm >= _CALM_PER_SLOT * self.limit:
                     # One refusal after a long calm says little about load (a proxy's

@@ -46,7 +46,9 @@ class Progress:
     ``done`` how much of it is finished (``ok + failed``, each counted once its line is on
     disk); ``concurrency`` is the adaptive limit right now and ``in_flight`` the requests
     open, ``ceiling`` the most the limit may reach; ``final`` is True for the last snapshot.
-    ``endpoints`` has each server's part when the run uses several.
+    ``endpoints`` has each server's part when the run uses several. ``waiting_s`` is how
+    long every server still holds new requests back because it answered 429 or 503 with a
+    Retry-After (0 when none does): why a run can look stuck.
 
     >>> def show(p: lmlink.batch.Progress) -> None:
     ...     print(f"{p.done}/{p.total} {p.tokens_per_s:.0f} tok/s")
@@ -65,6 +67,7 @@ class Progress:
     final: bool = False
     ceiling: int = 0
     endpoints: tuple[EndpointShare, ...] = ()
+    waiting_s: float = 0.0
     #: False for a run whose answers are not generated text (embeddings): no tokens/s.
     generates: bool = True
 
@@ -116,7 +119,9 @@ class BatchSummary:
     ``complete`` is True when every input id has a line, ``succeeded`` when every one has an
     answer; ``earlier_errors`` are the skipped ids whose line is an error (from an earlier
     run). ``cache_error`` says why the cache was turned off during the run (a full disk,
-    say), if it was. ``concurrency`` is the most requests in flight allowed,
+    say), if it was. ``server_waits`` counts the times a server asked the run to wait
+    (429 or 503 with a Retry-After), ``server_wait_max_s`` the longest such wait (capped,
+    see :class:`~lmlink.RetryPolicy`). ``concurrency`` is the most requests in flight allowed,
     ``concurrency_range`` the lowest and highest the adaptive limit took,
     ``concurrency_settled`` where it settled (None when nothing was sent); with several
     servers these add up the servers' limits, and ``endpoints`` holds each server's
@@ -156,6 +161,8 @@ class BatchSummary:
     concurrency_settled: int | None = None
     earlier_errors: int = 0
     endpoints: tuple[EndpointShare, ...] = ()
+    server_waits: int = 0
+    server_wait_max_s: float = 0.0
 
     @property
     def remaining(self) -> int:
@@ -209,6 +216,12 @@ class BatchSummary:
             lines.append(
                 f"concurrency {low}-{high}, settled at {self.concurrency_settled}"
                 f" (at most {self.concurrency:,})"
+            )
+        if self.server_waits:
+            times = "once" if self.server_waits == 1 else f"{self.server_waits:,} times"
+            lines.append(
+                f"the server asked to wait {times} (429/503 with Retry-After, up to "
+                f"{_secs(self.server_wait_max_s)} each): new requests were held back meanwhile"
             )
         if len(self.endpoints) > 1:
             lines.append(f"{len(self.endpoints)} endpoints:")

@@ -512,6 +512,8 @@ class Runner:
             s.concurrency = pool.ceiling
             if len(limiters) > 1:
                 s.endpoints = pool.shares()
+            s.server_waits = sum(x.pauses for x in limiters)
+            s.server_wait_max_s = max(x.longest_pause for x in limiters)
 
     def progress(self, *, final: bool = False) -> Progress:
         """A snapshot of the run so far."""
@@ -531,12 +533,23 @@ class Runner:
             final=final,
             ceiling=pool.ceiling if pool is not None else self._ceiling,
             endpoints=pool.shares() if pool is not None and len(pool.endpoints) > 1 else (),
+            waiting_s=_held_back(pool),
             generates=self.kind == BATCH_OUTPUT,
         )
 
     def _emit(self, *, final: bool = False) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress(final=final))
+
+
+def _held_back(pool: EndpointPool | None) -> float:
+    """Seconds until a server takes new requests again, when every live one is paused by
+    a Retry-After (0 when any of them takes requests now)."""
+    if pool is None:
+        return 0.0
+    now = time.monotonic()
+    waits = [e.limiter.wait_s(now) for e in pool.endpoints if e.up]
+    return min(waits) if waits else 0.0
 
 
 def _fatal_for(item: BatchItem) -> Callable[[LMLinkError], bool]:

@@ -13,7 +13,7 @@ from ._common import say
 if TYPE_CHECKING:
     from lmlink.batch import BatchSummary, Progress
 
-__all__ = ["View", "make_view", "servers", "show_summary"]
+__all__ = ["View", "make_view", "servers", "show_summary", "waiting"]
 
 PLAIN_INTERVAL = 2.0
 
@@ -56,9 +56,17 @@ def progress_line(p: Progress) -> str:
     ]
     if not p.final:
         parts.append(f"ETA {_eta(p.eta_s)}")
+        if p.waiting_s > 0:
+            parts.append(waiting(p))
     if p.endpoints:
         parts.append(servers(p))
     return "lmlink: " + " · ".join(parts)
+
+
+def waiting(p: Progress) -> str:
+    """Why nothing is sent: ``server asks to wait 28 s (Retry-After)``."""
+    who = "servers ask" if len(p.endpoints) > 1 else "server asks"
+    return f"{who} to wait {max(1, round(p.waiting_s))} s (Retry-After)"
 
 
 def servers(p: Progress) -> str:
@@ -128,6 +136,8 @@ class RichView:
         if _generated(progress):
             rate += f"{progress.tokens_per_s:,.0f} tok/s · "
         stats = f"{rate}{failed} · limit {progress.concurrency} · ETA {_eta(progress.eta_s)}"
+        if progress.waiting_s > 0:
+            stats += f" · {waiting(progress)}"
         if progress.final:
             stats = f"{rate}{failed}"
         if progress.endpoints:

@@ -188,7 +188,9 @@ def _start_test_server(stack: ExitStack, model: str | None) -> tuple[str, str]:
         return Reply(content=json.dumps({"label": label}), chunk_chars=4, delay=delay)
 
     server.responder = respond
-    server.faults = Faults(seed=7, p_429=0.02, retry_after=0.2)
+    # One request in a hundred: enough to see retries and the limit halve and grow back;
+    # more keep the limit low for most of the run and only make the demo slow.
+    server.faults = Faults(seed=7, p_429=0.01, retry_after=0.2)
     return server.url, name
 
 
