@@ -1,4 +1,4 @@
-"""Answer-decoding edges found in review, through real HTTP against the fake server, sync
+"""Answer-decoding edges (non-finite numbers), through real HTTP against the fake server, sync
 and async, streamed and plain."""
 
 from __future__ import annotations

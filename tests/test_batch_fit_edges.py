@@ -1,5 +1,5 @@
-"""The batch runner's fit check must never refuse an item that would fit: two cases found in
-review where it does, through real HTTP against the fake server."""
+"""The batch runner's fit check must never refuse an item that would fit: two cases where a
+naive check would, through real HTTP against the fake server."""
 
 from __future__ import annotations
 

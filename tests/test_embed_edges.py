@@ -1,4 +1,4 @@
-"""Embeddings edges found in review, pinned through real HTTP against the fake server.
+"""Embeddings edges, pinned through real HTTP against the fake server.
 
 Each test states the behaviour a user should get."""
 

@@ -1,4 +1,4 @@
-"""Token-count edges found in review, through real HTTP: a server known by its model list
+"""Token-count edges, through real HTTP: a server known by its model list
 whose tokenizer route is missing (an older build, or a gateway that forwards only ``/v1``).
 """
 
