@@ -34,7 +34,7 @@ from ._http.aio import LoopPools
 from ._http.common import Timeouts
 from ._models import ChatResponse, ModelInfo
 from ._streaming import Delta
-from ._tokens import Ask, Reply, ask_call, context_steps, count_steps, memory_of, raw_answer
+from ._tokens import Ask, Reply, ask_call, counting, raw_answer, windowing
 from ._wire import MessagesInput
 
 if TYPE_CHECKING:
@@ -260,20 +260,12 @@ class AsyncClient(ClientCore):
         """How many tokens the server's tokenizer makes of ``what`` (see
         :meth:`Client.count_tokens`)."""
         await self._ensure_endpoint()
-        memory = memory_of(self)
-        endpoint = self._url("")
-        kind = self._caps.kinds.get(endpoint)
-        model = model or self._model
-        return await self._converse(count_steps(memory, endpoint, kind, model, what, self.redact))
+        return await self._converse(counting(self, what, model))
 
     async def context_length(self, model: str | None = None) -> int | None:
         """The model's context window in tokens, or None (see :meth:`Client.context_length`)."""
         await self._ensure_endpoint()
-        endpoint = self._url("")
-        kind = self._caps.kinds.get(endpoint)
-        return await self._converse(
-            context_steps(memory_of(self), endpoint, kind, model or self._model, self.redact)
-        )
+        return await self._converse(windowing(self, model))
 
     async def _converse(self, steps: Generator[Ask, Reply, T]) -> T:
         """Run a driver of ``_tokens``: its requests one after another."""

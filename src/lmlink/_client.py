@@ -36,7 +36,7 @@ from ._http.common import Timeouts
 from ._http.sync import SyncTransport
 from ._models import ChatResponse, ModelInfo
 from ._streaming import ChatStream, Delta
-from ._tokens import Ask, Reply, ask_call, context_steps, count_steps, memory_of, raw_answer
+from ._tokens import Ask, Reply, ask_call, counting, raw_answer, windowing
 from ._wire import MessagesInput
 
 if TYPE_CHECKING:
@@ -306,11 +306,7 @@ class Client(ClientCore):
         3
         """
         self._ensure_endpoint()
-        memory = memory_of(self)
-        endpoint = self._url("")
-        kind = self._caps.kinds.get(endpoint)
-        model = model or self._model
-        return self._converse(count_steps(memory, endpoint, kind, model, what, self.redact))
+        return self._converse(counting(self, what, model))
 
     def context_length(self, model: str | None = None) -> int | None:
         """The model's context window in tokens, as the server tells it (vLLM/SGLang
@@ -321,11 +317,7 @@ class Client(ClientCore):
         8192
         """
         self._ensure_endpoint()
-        endpoint = self._url("")
-        kind = self._caps.kinds.get(endpoint)
-        return self._converse(
-            context_steps(memory_of(self), endpoint, kind, model or self._model, self.redact)
-        )
+        return self._converse(windowing(self, model))
 
     def _converse(self, steps: Generator[Ask, Reply, T]) -> T:
         """Run a driver of ``_tokens``: its requests one after another."""

@@ -155,6 +155,23 @@ def memory_of(core: ClientCore) -> TokenMemory:
     return memory
 
 
+def counting(
+    core: ClientCore, what: str | MessagesInput, model: str | None
+) -> Generator[Ask, Reply, int]:
+    """:func:`count_steps` for the client ``core``: its endpoint, what it knows of the
+    server, its model unless ``model`` is given."""
+    endpoint = core._url("")
+    kind = core._caps.kinds.get(endpoint)
+    return count_steps(memory_of(core), endpoint, kind, model or core._model, what, core.redact)
+
+
+def windowing(core: ClientCore, model: str | None) -> Generator[Ask, Reply, int | None]:
+    """:func:`context_steps` for the client ``core`` (see :func:`counting`)."""
+    endpoint = core._url("")
+    kind = core._caps.kinds.get(endpoint)
+    return context_steps(memory_of(core), endpoint, kind, model or core._model, core.redact)
+
+
 def ask_call(core: ClientCore, ask: Ask) -> Call:
     """The request of ``ask``, with the client's headers and timeout."""
     if ask.body is None:
